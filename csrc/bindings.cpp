@@ -1,0 +1,210 @@
+// The only pybind11 file: array views, argument checks, GIL release, and cpu/cuda dispatch.
+// Kernels get raw pointers, sizes and strides in elements; every size is checked here (and again
+// in C++ where the kernel is called directly) before any memory is touched.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <string>
+#include <vector>
+
+#include "fastdl.h"
+
+namespace py = pybind11;
+using fastdl::index_t;
+
+namespace {
+
+enum class DType { f32, f64 };
+
+std::string shape_of(const py::array& a) {
+  std::string s = "(";
+  for (py::ssize_t d = 0; d < a.ndim(); ++d) s += (d ? ", " : "") + std::to_string(a.shape(d));
+  return s + (a.ndim() == 1 ? ",)" : ")");
+}
+
+DType float_dtype(const py::array& a, const char* op, const char* name) {
+  if (py::isinstance<py::array_t<float>>(a)) return DType::f32;
+  if (py::isinstance<py::array_t<double>>(a)) return DType::f64;
+  throw py::type_error(std::string(op) + ": " + name + " must be float32 or float64, got " +
+                       py::str(a.dtype()).cast<std::string>() + " " + shape_of(a));
+}
+
+// Stride of dimension d in elements (NumPy stores bytes).
+index_t stride_of(const py::array& a, py::ssize_t d, const char* op) {
+  const auto bytes = a.strides(d);
+  FASTDL_CHECK(bytes % static_cast<py::ssize_t>(a.itemsize()) == 0, op,
+               ": array strides must be multiples of the item size, got ", bytes, " bytes");
+  return static_cast<index_t>(bytes / static_cast<py::ssize_t>(a.itemsize()));
+}
+
+// out (M×N) = alpha · op(a) · op(b) + beta · out on any strides.
+template <class T>
+void gemm_2d(const py::array& a, const py::array& b, py::array& out, bool trans_a, bool trans_b, double alpha,
+             double beta) {
+  const index_t M = out.shape(0), N = out.shape(1), K = trans_a ? a.shape(0) : a.shape(1);
+  const index_t rsa = stride_of(a, trans_a ? 1 : 0, "gemm"), csa = stride_of(a, trans_a ? 0 : 1, "gemm");
+  const index_t rsb = stride_of(b, trans_b ? 1 : 0, "gemm"), csb = stride_of(b, trans_b ? 0 : 1, "gemm");
+  const index_t rsc = stride_of(out, 0, "gemm"), csc = stride_of(out, 1, "gemm");
+  const T* pa = static_cast<const T*>(a.data());
+  const T* pb = static_cast<const T*>(b.data());
+  T* pc = static_cast<T*>(out.mutable_data());
+  py::gil_scoped_release release;
+  fastdl::cpu::gemm_strided<T>(M, N, K, static_cast<T>(alpha), pa, rsa, csa, pb, rsb, csb, static_cast<T>(beta), pc,
+                               rsc, csc);
+}
+
+void check_writable(const py::array& out, const char* op) {
+  if (!out.writeable()) throw py::value_error(std::string(op) + ": out " + shape_of(out) + " is read-only");
+}
+
+void gemm(const py::array& a, const py::array& b, py::array out, bool trans_a, bool trans_b, double alpha,
+          double beta) {
+  const DType ta = float_dtype(a, "gemm", "a"), tb = float_dtype(b, "gemm", "b"), tc = float_dtype(out, "gemm", "out");
+  if (ta != tb || ta != tc)
+    throw py::type_error("gemm: dtypes differ: a " + py::str(a.dtype()).cast<std::string>() + " " + shape_of(a) +
+                         ", b " + py::str(b.dtype()).cast<std::string>() + " " + shape_of(b) + ", out " +
+                         py::str(out.dtype()).cast<std::string>() + " " + shape_of(out));
+  if (a.ndim() != 2 || b.ndim() != 2 || out.ndim() != 2)
+    throw py::value_error("gemm: a, b and out must be 2-D, got a " + shape_of(a) + ", b " + shape_of(b) + ", out " +
+                          shape_of(out));
+  const index_t M = trans_a ? a.shape(1) : a.shape(0), K = trans_a ? a.shape(0) : a.shape(1);
+  const index_t Kb = trans_b ? b.shape(1) : b.shape(0), N = trans_b ? b.shape(0) : b.shape(1);
+  if (K != Kb)
+    throw py::value_error("gemm: inner dimensions differ: op(a) is (" + std::to_string(M) + ", " + std::to_string(K) +
+                          ") and op(b) is (" + std::to_string(Kb) + ", " + std::to_string(N) + ") for a " +
+                          shape_of(a) + ", b " + shape_of(b));
+  if (out.shape(0) != M || out.shape(1) != N)
+    throw py::value_error("gemm: out must have shape (" + std::to_string(M) + ", " + std::to_string(N) + "), got " +
+                          shape_of(out));
+  check_writable(out, "gemm");
+  if (ta == DType::f32)
+    gemm_2d<float>(a, b, out, trans_a, trans_b, alpha, beta);
+  else
+    gemm_2d<double>(a, b, out, trans_a, trans_b, alpha, beta);
+}
+
+// Batched product over the leading dimensions of a (..., M, K), b (..., K, N), out (..., M, N),
+// all with the same batch shape (the caller broadcasts with zero strides).
+template <class T>
+void matmul_batched_typed(const py::array& a, const py::array& b, py::array& out) {
+  const py::ssize_t nd = out.ndim(), batch_dims = nd - 2;
+  const index_t M = out.shape(nd - 2), N = out.shape(nd - 1), K = a.shape(nd - 1);
+  index_t batch = 1;
+  for (py::ssize_t d = 0; d < batch_dims; ++d) batch *= out.shape(d);
+  std::vector<index_t> offA(batch), offB(batch), offC(batch);
+  std::vector<index_t> idx(batch_dims, 0);
+  for (index_t i = 0; i < batch; ++i) {
+    index_t oa = 0, ob = 0, oc = 0;
+    for (py::ssize_t d = 0; d < batch_dims; ++d) {
+      oa += idx[d] * stride_of(a, d, "matmul");
+      ob += idx[d] * stride_of(b, d, "matmul");
+      oc += idx[d] * stride_of(out, d, "matmul");
+    }
+    offA[i] = oa, offB[i] = ob, offC[i] = oc;
+    for (py::ssize_t d = batch_dims - 1; d >= 0; --d) {
+      if (++idx[d] < out.shape(d)) break;
+      idx[d] = 0;
+    }
+  }
+  const index_t rsa = stride_of(a, nd - 2, "matmul"), csa = stride_of(a, nd - 1, "matmul");
+  const index_t rsb = stride_of(b, nd - 2, "matmul"), csb = stride_of(b, nd - 1, "matmul");
+  const index_t rsc = stride_of(out, nd - 2, "matmul"), csc = stride_of(out, nd - 1, "matmul");
+  const T* pa = static_cast<const T*>(a.data());
+  const T* pb = static_cast<const T*>(b.data());
+  T* pc = static_cast<T*>(out.mutable_data());
+  py::gil_scoped_release release;
+  fastdl::cpu::gemm_batched<T>(batch, offA.data(), offB.data(), offC.data(), M, N, K, T(1), pa, rsa, csa, pb, rsb,
+                               csb, T(0), pc, rsc, csc);
+}
+
+void matmul_batched(const py::array& a, const py::array& b, py::array out) {
+  const DType ta = float_dtype(a, "matmul", "a"), tb = float_dtype(b, "matmul", "b");
+  const DType tc = float_dtype(out, "matmul", "out");
+  if (ta != tb || ta != tc)
+    throw py::type_error("matmul: dtypes differ: a " + py::str(a.dtype()).cast<std::string>() + " " + shape_of(a) +
+                         ", b " + py::str(b.dtype()).cast<std::string>() + " " + shape_of(b));
+  const py::ssize_t nd = out.ndim();
+  bool ok = nd >= 2 && a.ndim() == nd && b.ndim() == nd && a.shape(nd - 1) == b.shape(nd - 2) &&
+            out.shape(nd - 2) == a.shape(nd - 2) && out.shape(nd - 1) == b.shape(nd - 1);
+  for (py::ssize_t d = 0; ok && d < nd - 2; ++d) ok = a.shape(d) == out.shape(d) && b.shape(d) == out.shape(d);
+  if (!ok)
+    throw py::value_error("matmul: shapes do not match: a " + shape_of(a) + ", b " + shape_of(b) + ", out " +
+                          shape_of(out));
+  check_writable(out, "matmul");
+  if (ta == DType::f32)
+    matmul_batched_typed<float>(a, b, out);
+  else
+    matmul_batched_typed<double>(a, b, out);
+}
+
+py::dict cuda_info() {
+  py::dict info;
+#ifdef FASTDL_WITH_CUDA
+  std::string why;
+  const auto found = fastdl::cuda::devices(&why);
+  py::list devices;
+  for (const auto& d : found) {
+    py::dict dev;
+    dev["index"] = d.index;
+    dev["name"] = d.name;
+    dev["compute_capability"] = std::to_string(d.major) + "." + std::to_string(d.minor);
+    dev["multiprocessors"] = d.multiprocessors;
+    dev["total_memory"] = d.total_memory;
+    devices.append(dev);
+  }
+  info["built"] = true;
+  info["architectures"] = std::string(FASTDL_CUDA_ARCHS);
+  info["runtime_version"] = fastdl::cuda::runtime_version();
+  info["devices"] = devices;
+  info["why_no_device"] = found.empty() ? py::object(py::str(why)) : py::object(py::none());
+#else
+  info["built"] = false;
+  info["architectures"] = std::string();
+  info["runtime_version"] = 0;
+  info["devices"] = py::list();
+  info["why_no_device"] = py::str("fastdl was built without CUDA (no nvcc at build time, or FASTDL_CUDA=OFF)");
+#endif
+  return info;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "fastdl native kernels (CPU: portable/AVX2/AVX-512; CUDA when built)";
+
+  m.def("cpu_capability", [] { return std::string(fastdl::cpu::capability_name(fastdl::cpu::capability())); });
+  m.def("detected_cpu_capability",
+        [] { return std::string(fastdl::cpu::capability_name(fastdl::cpu::detected_capability())); });
+  m.def("set_cpu_capability",
+        [](const std::string& name) { fastdl::cpu::set_capability(fastdl::cpu::parse_capability(name)); });
+  m.def("cpu_model_name", &fastdl::cpu::cpu_model_name);
+  m.def(
+      "measure_peak_gflops",
+      [](const std::string& level, bool float64, int threads, double seconds) {
+        const auto cap = fastdl::cpu::parse_capability(level);
+        py::gil_scoped_release release;
+        return fastdl::cpu::measure_peak_gflops(cap, float64, threads, seconds);
+      },
+      py::arg("level"), py::arg("float64") = false, py::arg("threads") = 1, py::arg("seconds") = 0.2);
+  m.def("set_num_threads", [](int n) {
+    FASTDL_CHECK(n >= 1, "set_num_threads: n must be >= 1, got ", n);
+    omp_set_num_threads(n);
+  });
+  m.def("get_num_threads", [] { return omp_get_max_threads(); });
+  m.def("gemm_blocking", [](const std::string& dtype) {
+    FASTDL_CHECK(dtype == "float32" || dtype == "float64", "gemm_blocking: dtype must be float32 or float64");
+    const auto b = dtype == "float32" ? fastdl::cpu::gemm_blocking<float>() : fastdl::cpu::gemm_blocking<double>();
+    py::dict d;
+    d["MR"] = b.MR, d["NR"] = b.NR, d["MC"] = b.MC, d["KC"] = b.KC, d["NC"] = b.NC;
+    return d;
+  });
+
+  m.def("gemm", &gemm, py::arg("a"), py::arg("b"), py::arg("out"), py::arg("trans_a") = false,
+        py::arg("trans_b") = false, py::arg("alpha") = 1.0, py::arg("beta") = 0.0,
+        "out = alpha * op(a) @ op(b) + beta * out for 2-D float32/float64 arrays of any strides");
+  m.def("matmul_batched", &matmul_batched, py::arg("a"), py::arg("b"), py::arg("out"),
+        "out[...] = a[...] @ b[...] over equal batch shapes (broadcast with zero strides)");
+
+  m.def("cuda_info", &cuda_info);
+}

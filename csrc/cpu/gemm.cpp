@@ -1,0 +1,326 @@
+// GEMM: C (M×N) = alpha · op(A) (M×K) · op(B) (K×N) + beta · C, on general strides.
+//
+// Algorithm: the BLIS five loops (Van Zee & van de Geijn, "BLIS", TOMS 2015; BLISlab). Around a
+// register-blocked micro-kernel that computes an MR×NR tile of C from packed panels:
+//   loop ic (MC rows of A)   pack A[ic:ic+MC, pc:pc+KC] into MR-row slivers   → L3 (shared by threads)
+//    loop pc (KC of K)
+//     loop jc (NC cols of B) pack B[pc:pc+KC, jc:jc+NC] into NR-col slivers   → L2 (one per thread)
+//      loop ir (MR rows)      the A sliver (MR×KC) stays in L1 ...
+//       loop jr (NR cols)     ... while B slivers (KC×NR) stream from L2 into the micro-kernel.
+// The micro-kernel keeps MR×NR accumulators in registers: per k it loads NR/width vectors of B,
+// broadcasts MR scalars of A and issues MR·NR/width FMAs. Vectors run along N, so C tiles of a
+// row-major C are stored with plain vector stores.
+//   portable: 4×8 f32, 4×4 f64 (GCC vector extensions, SSE2)   avx2: 6×16 f32, 6×8 f64 (12 of 16 ymm accumulate)
+//   avx512:  12×32 f32, 12×16 f64 (24 of 32 zmm accumulate)
+// Blocking (one place, `blocking_for` below): KC·MR·sizeof(T) (A sliver) ≈ 9–18 KB of the 32–48 KB
+// L1; KC·NC·sizeof(T) (B block) ≈ 0.4–0.8 MB of the 1 MB L2 of Zen 4/Zen 5 (512 KB on Zen 2: the
+// avx2 B block is ≈ 0.4 MB); MC·KC·sizeof(T) (A block) a few MB of the shared L3.
+// Packing reads any strides (transposed, sliced, broadcast views cost no copy) and zero-pads edge
+// slivers, so the micro-kernel always runs full tiles; edge tiles of C go through a small buffer.
+// Threads (OpenMP): the A block is packed cooperatively, then (jc block × ir range) tasks run in
+// parallel, each thread with its own B block in its own L2.
+// Cost floor: 2·M·N·K FLOPs at the FMA peak of the ISA (`fastdl bench gemm` measures it); memory
+// traffic is (M·K·N/NC + K·N·M/MC + 2·M·N·K/KC) elements, far below the FLOP time for N ≥ 128.
+#include <algorithm>
+#include <cstring>
+
+#include "cpu/simd.h"
+#include "fastdl.h"
+
+namespace fastdl::cpu {
+namespace {
+
+// Everything the ISA-specific block routine needs for one (ic, pc, jc) block.
+template <class T>
+struct BlockArgs {
+  index_t mc, nc, kc;   // sizes of this block
+  index_t ir_begin, ir_end;  // MR-sliver range of the A block this task covers (in rows)
+  const T* Ap;          // packed A block: ceil(mc/MR) slivers of MR×kc
+  const T* Bp;          // packed B block: ceil(nc/NR) slivers of kc×NR
+  T* C;                 // C at (ic, jc)
+  index_t rsc, csc;
+  T alpha, beta;
+};
+
+template <class T>
+struct Kernel {
+  int MR, NR;
+  index_t MC, KC, NC;
+  void (*block)(const BlockArgs<T>&);
+};
+
+// acc = Σ_k Ap[k·MR + r] · Bp[k·NR + c] for an MR×NR tile; C = alpha·acc + beta·C (beta == 0: no
+// read of C). C is row-major with unit column stride here.
+template <class V, int MR, int NV>
+inline void micro_kernel(index_t kc, const typename V::T* __restrict a, const typename V::T* __restrict b,
+                         typename V::T* __restrict c, index_t rsc, typename V::T alpha, typename V::T beta) {
+  using T = typename V::T;
+  using reg = typename V::reg;
+  constexpr int W = V::width;
+  reg acc[MR][NV];
+#pragma GCC unroll 32
+  for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) acc[r][v] = V::zero();
+  for (index_t p = 0; p < kc; ++p) {
+    reg bv[NV];
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) bv[v] = V::load(b + v * W);
+#pragma GCC unroll 32
+    for (int r = 0; r < MR; ++r) {
+      const reg ar = V::broadcast(a + r);
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) acc[r][v] = V::fmadd(ar, bv[v], acc[r][v]);
+    }
+    a += MR;
+    b += NV * W;
+  }
+  const reg va = V::set1(alpha);
+  if (beta == T(0)) {
+#pragma GCC unroll 32
+    for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) V::store(c + r * rsc + v * W, V::mul(va, acc[r][v]));
+  } else {
+    const reg vb = V::set1(beta);
+#pragma GCC unroll 32
+    for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) {
+        T* cp = c + r * rsc + v * W;
+        V::store(cp, V::fmadd(va, acc[r][v], V::mul(vb, V::load(cp))));
+      }
+  }
+}
+
+// The two innermost loops over one packed block. Full tiles of a unit-column-stride C are written
+// in place; edge tiles (or strided C) are computed into `tile` and merged element by element.
+template <class V, int MR, int NV>
+inline void block_loops(const BlockArgs<typename V::T>& g) {
+  using T = typename V::T;
+  constexpr int NR = NV * V::width;
+  alignas(64) T tile[MR * NR];
+  for (index_t ir = g.ir_begin; ir < g.ir_end; ir += MR) {
+    const index_t mr = std::min<index_t>(MR, g.mc - ir);
+    const T* a = g.Ap + ir * g.kc;
+    for (index_t jr = 0; jr < g.nc; jr += NR) {
+      const index_t nr = std::min<index_t>(NR, g.nc - jr);
+      const T* b = g.Bp + jr * g.kc;
+      T* c = g.C + ir * g.rsc + jr * g.csc;
+      if (mr == MR && nr == NR && g.csc == 1) {
+        micro_kernel<V, MR, NV>(g.kc, a, b, c, g.rsc, g.alpha, g.beta);
+        continue;
+      }
+      micro_kernel<V, MR, NV>(g.kc, a, b, tile, NR, T(1), T(0));
+      for (index_t r = 0; r < mr; ++r)
+        for (index_t j = 0; j < nr; ++j) {
+          T& out = c[r * g.rsc + j * g.csc];
+          out = g.beta == T(0) ? g.alpha * tile[r * NR + j] : g.alpha * tile[r * NR + j] + g.beta * out;
+        }
+    }
+  }
+}
+
+FASTDL_TARGET_AVX512 FASTDL_FLATTEN void block_avx512_f32(const BlockArgs<float>& g) { block_loops<simd::Avx512F32, 12, 2>(g); }
+FASTDL_TARGET_AVX512 FASTDL_FLATTEN void block_avx512_f64(const BlockArgs<double>& g) { block_loops<simd::Avx512F64, 12, 2>(g); }
+FASTDL_TARGET_AVX2 FASTDL_FLATTEN void block_avx2_f32(const BlockArgs<float>& g) { block_loops<simd::Avx2F32, 6, 2>(g); }
+FASTDL_TARGET_AVX2 FASTDL_FLATTEN void block_avx2_f64(const BlockArgs<double>& g) { block_loops<simd::Avx2F64, 6, 2>(g); }
+FASTDL_FLATTEN void block_portable_f32(const BlockArgs<float>& g) { block_loops<simd::Portable<float>, 4, 2>(g); }
+FASTDL_FLATTEN void block_portable_f64(const BlockArgs<double>& g) { block_loops<simd::Portable<double>, 4, 2>(g); }
+
+// Block sizes per level and dtype, all in one place (see the header for the cache budget).
+template <class T>
+Kernel<T> kernel_for(CpuCapability level) {
+  constexpr bool f32 = sizeof(T) == 4;
+  Kernel<T> k{};
+  if constexpr (f32) {
+    switch (level) {
+      case CpuCapability::avx512: k = {12, 32, 3072, 384, 512, block_avx512_f32}; break;
+      case CpuCapability::avx2: k = {6, 16, 3072, 256, 384, block_avx2_f32}; break;
+      default: k = {4, 8, 2048, 256, 256, block_portable_f32}; break;
+    }
+  } else {
+    switch (level) {
+      case CpuCapability::avx512: k = {12, 16, 3072, 256, 384, block_avx512_f64}; break;
+      case CpuCapability::avx2: k = {6, 8, 3072, 256, 192, block_avx2_f64}; break;
+      default: k = {4, 8, 2048, 128, 256, block_portable_f64}; break;
+    }
+  }
+  return k;
+}
+
+// A[i0:i0+mr, p0:p0+kc] (op(A) coordinates) → dst[p·MR + r], zero rows past mr.
+template <class T>
+void pack_a_sliver(int MR, index_t mr, index_t kc, const T* A, index_t rsa, index_t csa, T* dst) {
+  if (csa == 1) {
+    for (index_t r = 0; r < mr; ++r) {
+      const T* src = A + r * rsa;
+      for (index_t p = 0; p < kc; ++p) dst[p * MR + r] = src[p];
+    }
+  } else if (rsa == 1 && mr == MR) {
+    for (index_t p = 0; p < kc; ++p) std::memcpy(dst + p * MR, A + p * csa, sizeof(T) * MR);
+  } else {
+    for (index_t p = 0; p < kc; ++p)
+      for (index_t r = 0; r < mr; ++r) dst[p * MR + r] = A[r * rsa + p * csa];
+  }
+  if (mr < MR)
+    for (index_t p = 0; p < kc; ++p) std::fill(dst + p * MR + mr, dst + (p + 1) * MR, T(0));
+}
+
+// B[p0:p0+kc, j0:j0+nr] → dst[p·NR + c], zero columns past nr.
+template <class T>
+void pack_b_sliver(int NR, index_t nr, index_t kc, const T* B, index_t rsb, index_t csb, T* dst) {
+  if (csb == 1) {
+    for (index_t p = 0; p < kc; ++p) {
+      std::memcpy(dst + p * NR, B + p * rsb, sizeof(T) * nr);
+      if (nr < NR) std::fill(dst + p * NR + nr, dst + (p + 1) * NR, T(0));
+    }
+    return;
+  }
+  if (rsb == 1) {
+    for (index_t c = 0; c < nr; ++c) {
+      const T* src = B + c * csb;
+      for (index_t p = 0; p < kc; ++p) dst[p * NR + c] = src[p];
+    }
+  } else {
+    for (index_t p = 0; p < kc; ++p)
+      for (index_t c = 0; c < nr; ++c) dst[p * NR + c] = B[p * rsb + c * csb];
+  }
+  if (nr < NR)
+    for (index_t p = 0; p < kc; ++p) std::fill(dst + p * NR + nr, dst + (p + 1) * NR, T(0));
+}
+
+template <class T>
+void scale_c(index_t M, index_t N, T beta, T* C, index_t rsc, index_t csc) {
+  for (index_t i = 0; i < M; ++i)
+    for (index_t j = 0; j < N; ++j) {
+      T& c = C[i * rsc + j * csc];
+      c = beta == T(0) ? T(0) : beta * c;
+    }
+}
+
+// Below this many multiply-adds a second thread costs more than it saves.
+constexpr double kMinFlopsPerThread = 2.0 * 48 * 48 * 48;
+
+template <class T>
+void gemm_with_threads(index_t M, index_t N, index_t K, T alpha, const T* A, index_t rsa, index_t csa,
+                       const T* B, index_t rsb, index_t csb, T beta, T* C, index_t rsc, index_t csc,
+                       int max_threads) {
+  if (M <= 0 || N <= 0) return;
+  if (K <= 0 || alpha == T(0)) {
+    scale_c(M, N, beta, C, rsc, csc);
+    return;
+  }
+  const Kernel<T> k = kernel_for<T>(capability());
+  const double flops = 2.0 * M * N * K;
+  int threads = static_cast<int>(std::min<double>(max_threads, std::max(1.0, flops / kMinFlopsPerThread)));
+
+  static thread_local AlignedBuffer<T> a_buffer;
+  const index_t MC = std::min(k.MC, round_up(M, k.MR));
+  T* Ap = a_buffer.get(static_cast<std::size_t>(round_up(MC, k.MR) * k.KC));
+
+  for (index_t ic = 0; ic < M; ic += MC) {
+    const index_t mc = std::min(MC, M - ic);
+    const index_t a_slivers = ceil_div(mc, k.MR);
+    for (index_t pc = 0; pc < K; pc += k.KC) {
+      const index_t kc = std::min(k.KC, K - pc);
+      const T beta_block = pc == 0 ? beta : T(1);
+      // Tasks: NC-wide column blocks of B; when there are fewer blocks than threads, narrower
+      // blocks, and when even those are too few, the A slivers are split between tasks as well.
+      const index_t nc_block = std::min(k.NC, std::max<index_t>(k.NR, round_up(ceil_div(N, threads), k.NR)));
+      const index_t col_blocks = ceil_div(N, nc_block);
+      const index_t row_parts = std::min<index_t>(a_slivers, col_blocks >= threads ? 1 : ceil_div(threads, col_blocks));
+      const index_t tasks = col_blocks * row_parts;
+      const int team = static_cast<int>(std::min<index_t>(threads, std::max(tasks, a_slivers)));
+#pragma omp parallel num_threads(team)
+      {
+#pragma omp for schedule(static)
+        for (index_t s = 0; s < a_slivers; ++s) {
+          const index_t i0 = s * k.MR;
+          pack_a_sliver(k.MR, std::min<index_t>(k.MR, mc - i0), kc, A + (ic + i0) * rsa + pc * csa, rsa, csa,
+                        Ap + s * k.MR * kc);
+        }
+        static thread_local AlignedBuffer<T> b_buffer;
+        T* Bp = b_buffer.get(static_cast<std::size_t>(round_up(nc_block, k.NR) * k.KC));
+#pragma omp for schedule(static)
+        for (index_t t = 0; t < tasks; ++t) {
+          const index_t jc = (t / row_parts) * nc_block, part = t % row_parts;
+          const index_t nc = std::min(nc_block, N - jc);
+          for (index_t j0 = 0; j0 < nc; j0 += k.NR)
+            pack_b_sliver(k.NR, std::min<index_t>(k.NR, nc - j0), kc, B + pc * rsb + (jc + j0) * csb, rsb, csb,
+                          Bp + j0 * kc);
+          const index_t slivers_per_part = ceil_div(a_slivers, row_parts);
+          BlockArgs<T> g{mc, nc, kc,
+                         std::min(part * slivers_per_part, a_slivers) * k.MR,
+                         std::min((part + 1) * slivers_per_part, a_slivers) * k.MR,
+                         Ap, Bp, C + ic * rsc + jc * csc, rsc, csc, alpha, beta_block};
+          g.ir_end = std::min(g.ir_end, mc);
+          if (g.ir_begin < g.ir_end) k.block(g);
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+
+template <class T>
+void gemm_strided(index_t M, index_t N, index_t K, T alpha, const T* A, index_t rsa, index_t csa,
+                  const T* B, index_t rsb, index_t csb, T beta, T* C, index_t rsc, index_t csc) {
+  FASTDL_CHECK(M >= 0 && N >= 0 && K >= 0, "gemm: negative size M=", M, " N=", N, " K=", K);
+  gemm_with_threads(M, N, K, alpha, A, rsa, csa, B, rsb, csb, beta, C, rsc, csc,
+                    omp_in_parallel() ? 1 : omp_get_max_threads());
+}
+
+template <class T>
+void gemm(bool transA, bool transB, index_t M, index_t N, index_t K, T alpha, const T* A, index_t lda,
+          const T* B, index_t ldb, T beta, T* C, index_t ldc) {
+  FASTDL_CHECK(lda >= std::max<index_t>(1, transA ? M : K) && ldb >= std::max<index_t>(1, transB ? K : N) &&
+                   ldc >= std::max<index_t>(1, N),
+               "gemm: leading dimensions too small: lda=", lda, " ldb=", ldb, " ldc=", ldc, " for M=", M,
+               " N=", N, " K=", K);
+  gemm_strided(M, N, K, alpha, A, transA ? 1 : lda, transA ? lda : 1, B, transB ? 1 : ldb, transB ? ldb : 1,
+               beta, C, ldc, index_t{1});
+}
+
+template <class T>
+void gemm_batched(index_t batch, const index_t* offA, const index_t* offB, const index_t* offC, index_t M,
+                  index_t N, index_t K, T alpha, const T* A, index_t rsa, index_t csa, const T* B, index_t rsb,
+                  index_t csb, T beta, T* C, index_t rsc, index_t csc) {
+  FASTDL_CHECK(batch >= 0 && M >= 0 && N >= 0 && K >= 0, "gemm: negative size batch=", batch, " M=", M,
+               " N=", N, " K=", K);
+  const int threads = omp_in_parallel() ? 1 : omp_get_max_threads();
+  const double flops = 2.0 * M * N * K;
+  // One product per thread when a single product is too small to share; otherwise in turn.
+  if (threads > 1 && batch > 1 && flops < 64 * kMinFlopsPerThread) {
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (index_t b = 0; b < batch; ++b)
+      gemm_with_threads(M, N, K, alpha, A + offA[b], rsa, csa, B + offB[b], rsb, csb, beta, C + offC[b], rsc,
+                        csc, 1);
+    return;
+  }
+  for (index_t b = 0; b < batch; ++b)
+    gemm_with_threads(M, N, K, alpha, A + offA[b], rsa, csa, B + offB[b], rsb, csb, beta, C + offC[b], rsc, csc,
+                      threads);
+}
+
+template <class T>
+GemmBlocking gemm_blocking() {
+  const Kernel<T> k = kernel_for<T>(capability());
+  return {k.MR, k.NR, k.MC, k.KC, k.NC};
+}
+
+#define FASTDL_INSTANTIATE_GEMM(T)                                                                            \
+  template void gemm<T>(bool, bool, index_t, index_t, index_t, T, const T*, index_t, const T*, index_t, T, T*, \
+                        index_t);                                                                             \
+  template void gemm_strided<T>(index_t, index_t, index_t, T, const T*, index_t, index_t, const T*, index_t,  \
+                                index_t, T, T*, index_t, index_t);                                            \
+  template void gemm_batched<T>(index_t, const index_t*, const index_t*, const index_t*, index_t, index_t,     \
+                                index_t, T, const T*, index_t, index_t, const T*, index_t, index_t, T, T*,    \
+                                index_t, index_t);                                                            \
+  template GemmBlocking gemm_blocking<T>();
+FASTDL_INSTANTIATE_GEMM(float)
+FASTDL_INSTANTIATE_GEMM(double)
+#undef FASTDL_INSTANTIATE_GEMM
+
+}  // namespace fastdl::cpu

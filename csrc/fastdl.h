@@ -1,0 +1,81 @@
+// fastdl kernel index: every native entry point of every family, both backends.
+// Kernels take raw pointers, sizes, strides (in elements) and, on CUDA, a stream; never pybind11
+// types, so C++ tests can call them. Python allocates every output; C++ computes into it.
+// Sizes use the maths letters of each family: GEMM M N K; conv N C_in H W C_out KH KW OH OW;
+// attention B NH Lq Lk D; LSTM T B I H.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "common.h"
+
+namespace fastdl {
+
+// Instruction-set level of the CPU kernels, ordered: a level implies the ones below it.
+enum class CpuCapability : int { portable = 0, avx2 = 1, avx512 = 2 };
+
+namespace cpu {
+
+// ---- cpu_features.cpp ----------------------------------------------------------------------
+CpuCapability detected_capability();          // what CPUID + XGETBV allow on this machine
+CpuCapability capability();                   // the level in use (FASTDL_CPU_CAPABILITY or detected)
+void set_capability(CpuCapability level);     // ValueError if above detected_capability()
+const char* capability_name(CpuCapability level);
+CpuCapability parse_capability(const std::string& name);  // "portable" | "avx2" | "avx512"
+std::string cpu_model_name();
+// Single-core (threads = 1) or all-core peak of FMA throughput measured with a register-resident
+// FMA loop for the given level, in GFLOP/s (2 FLOPs per FMA lane).
+double measure_peak_gflops(CpuCapability level, bool float64, int threads, double seconds);
+
+// ---- gemm.cpp ------------------------------------------------------------------------------
+// C (M×N) = alpha · op(A) · op(B) + beta · C, row-major, BLAS argument order.
+//   op(A) is M×K: A is M×K with row stride lda, or K×M (transA) with row stride lda.
+//   op(B) is K×N: B is K×N with row stride ldb, or N×K (transB) with row stride ldb.
+// beta == 0 overwrites C without reading it (NaN in C does not propagate), as BLAS does.
+template <class T>
+void gemm(bool transA, bool transB, index_t M, index_t N, index_t K, T alpha, const T* A, index_t lda,
+          const T* B, index_t ldb, T beta, T* C, index_t ldc);
+
+// The same product on general strides (BLIS style): element (i, k) of op(A) is A[i*rsa + k*csa],
+// (k, j) of op(B) is B[k*rsb + j*csb], (i, j) of C is C[i*rsc + j*csc]. Strides may be zero or
+// negative for A and B (broadcast and reversed views); C must not overlap A or B.
+template <class T>
+void gemm_strided(index_t M, index_t N, index_t K, T alpha, const T* A, index_t rsa, index_t csa,
+                  const T* B, index_t rsb, index_t csb, T beta, T* C, index_t rsc, index_t csc);
+
+// `batch` independent products; matrix b uses A + offA[b], B + offB[b], C + offC[b] (elements).
+// Small products run one per thread; large ones run one after another, each multithreaded.
+template <class T>
+void gemm_batched(index_t batch, const index_t* offA, const index_t* offB, const index_t* offC,
+                  index_t M, index_t N, index_t K, T alpha, const T* A, index_t rsa, index_t csa,
+                  const T* B, index_t rsb, index_t csb, T beta, T* C, index_t rsc, index_t csc);
+
+// The block sizes in use for a dtype at the current capability (for tests and `fastdl info`).
+struct GemmBlocking {
+  int MR, NR;
+  index_t MC, KC, NC;
+};
+template <class T>
+GemmBlocking gemm_blocking();
+
+}  // namespace cpu
+
+namespace cuda {
+
+// ---- cuda/device.cu ------------------------------------------------------------------------
+struct DeviceInfo {
+  int index;
+  std::string name;
+  int major, minor;           // compute capability
+  int multiprocessors;
+  std::int64_t total_memory;  // bytes
+};
+bool built();                          // compiled with CUDA
+// Visible devices; on a machine with no driver or no GPU this is empty and `why` says why.
+std::vector<DeviceInfo> devices(std::string* why);
+int runtime_version();                 // e.g. 13000; 0 when built without CUDA
+
+}  // namespace cuda
+}  // namespace fastdl

@@ -1,0 +1,128 @@
+"""Backends: the native module, the CPU level and threads, CUDA availability, and backend_info().
+
+Every kernel family declares here which implementation serves it on each device; a composed
+(non-native) path that can run must be declared with :func:`declare_fallback`, and
+:func:`note_fallback` counts each time it runs, so ``backend_info()`` never hides a fallback.
+"""
+from __future__ import annotations
+
+import os
+import platform
+
+import numpy as np
+
+try:
+    from . import _C
+except ImportError as exc:  # pragma: no cover - only on a broken install
+    raise ImportError(
+        "fastdl's native module fastdl._C could not be loaded; reinstall with `pip install .` "
+        f"from a source checkout ({exc})"
+    ) from exc
+
+__all__ = [
+    "backend_info",
+    "cpu_capability",
+    "set_cpu_capability",
+    "set_num_threads",
+    "get_num_threads",
+    "declare_fallback",
+    "note_fallback",
+]
+
+# family -> device -> implementation; each family's module adds its entry.
+FAMILY_IMPLEMENTATIONS: dict[str, dict[str, str]] = {
+    "gemm": {"cpu": "native: BLIS-style packed GEMM, {level} micro-kernel", "cuda": "not yet implemented"},
+}
+_FALLBACKS: dict[tuple[str, str], dict] = {}
+
+
+def cpu_capability() -> str:
+    """The CPU kernel level in use: ``"avx512"``, ``"avx2"`` or ``"portable"``.
+
+    ``FASTDL_CPU_CAPABILITY`` (read at import) forces a lower level.
+
+    >>> import fastdl
+    >>> fastdl.cpu_capability() in ("avx512", "avx2", "portable")
+    True
+    """
+    return _C.cpu_capability()
+
+
+def set_cpu_capability(level: str) -> None:
+    """Switch the CPU kernel level at run time (``"portable"``, ``"avx2"``, ``"avx512"``).
+
+    Raises ValueError for a level this CPU does not have. Used by tests to cover every path.
+    """
+    _C.set_cpu_capability(level)
+
+
+def set_num_threads(n: int) -> None:
+    """Number of OpenMP threads the native CPU kernels use (like ``torch.set_num_threads``)."""
+    _C.set_num_threads(int(n))
+
+
+def get_num_threads() -> int:
+    """Number of OpenMP threads the native CPU kernels use."""
+    return _C.get_num_threads()
+
+
+def declare_fallback(family: str, case: str, path: str) -> None:
+    """Declare that ``case`` of ``family`` runs a composed path ``path`` instead of a native kernel."""
+    _FALLBACKS.setdefault((family, case), {"family": family, "case": case, "path": path, "runs": 0})
+
+
+def note_fallback(family: str, case: str) -> None:
+    """Count one run of a declared fallback (an undeclared one is a bug and raises)."""
+    entry = _FALLBACKS.get((family, case))
+    if entry is None:
+        raise RuntimeError(f"undeclared fallback {family}/{case}")
+    entry["runs"] += 1
+
+
+def _cupy_version() -> str | None:
+    try:
+        import cupy  # noqa: F401
+    except Exception:
+        return None
+    return cupy.__version__
+
+
+def backend_info() -> dict:
+    """What fastdl runs on this machine: version, CPU level, threads, CUDA, and per kernel family
+    the implementation in use, plus every declared fallback and how often it ran.
+
+    >>> import fastdl
+    >>> info = fastdl.backend_info()
+    >>> sorted(info)[:3]
+    ['cpu', 'cuda', 'fallbacks']
+    >>> info["families"]["gemm"]["cpu"].startswith("native")
+    True
+    """
+    from . import __version__
+
+    level = cpu_capability()
+    cuda = _C.cuda_info()
+    cuda["cupy_version"] = _cupy_version()
+    families = {
+        name: {device: text.format(level=level) for device, text in impls.items()}
+        for name, impls in FAMILY_IMPLEMENTATIONS.items()
+    }
+    if not cuda["built"]:
+        for impls in families.values():
+            impls["cuda"] = "not built"
+    return {
+        "version": __version__,
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "cpu": {
+            "model": _C.cpu_model_name(),
+            "capability": level,
+            "detected_capability": _C.detected_cpu_capability(),
+            "forced_by_env": os.environ.get("FASTDL_CPU_CAPABILITY") or None,
+            "threads": get_num_threads(),
+            "gemm_blocking_float32": _C.gemm_blocking("float32"),
+        },
+        "cuda": cuda,
+        "families": families,
+        "fallbacks": [dict(v) for v in _FALLBACKS.values()],
+    }

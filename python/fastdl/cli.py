@@ -1,0 +1,93 @@
+"""The ``fastdl`` command: ``fastdl info`` and ``fastdl bench [family]``."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+# OpenBLAS reads these at load time; some machines set them to force an older kernel. The
+# benchmark compares against NumPy's best kernel, so `fastdl bench` restarts itself without them.
+_OPENBLAS_OVERRIDES = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+
+
+def _info(args) -> int:
+    import fastdl
+
+    info = fastdl.backend_info()
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    cpu, cuda = info["cpu"], info["cuda"]
+    print(f"fastdl {info['version']} (Python {info['python']}, NumPy {info['numpy']})")
+    print(f"CPU      {cpu['model']}: kernels {cpu['capability']} (detected {cpu['detected_capability']}), "
+          f"{cpu['threads']} threads")
+    if cuda["built"]:
+        print(f"CUDA     built for {cuda['architectures']} (runtime {cuda['runtime_version']})")
+        for dev in cuda["devices"]:
+            print(f"  GPU {dev['index']}: {dev['name']} (sm_{dev['compute_capability'].replace('.', '')}, "
+                  f"{dev['total_memory'] / 2**30:.0f} GiB)")
+        if not cuda["devices"]:
+            print(f"  no GPU: {cuda['why_no_device']}")
+    else:
+        print(f"CUDA     not built: {cuda['why_no_device']}")
+    print(f"CuPy     {cuda['cupy_version'] or 'not installed'}")
+    print("families")
+    for name, impls in info["families"].items():
+        print(f"  {name:<10} " + "; ".join(f"{dev}: {text}" for dev, text in impls.items()))
+    for fb in info["fallbacks"]:
+        print(f"  fallback  {fb['family']}/{fb['case']}: {fb['path']} (ran {fb['runs']}x)")
+    return 0
+
+
+def _bench(args) -> int:
+    if not args.keep_openblas_env and any(v in os.environ for v in _OPENBLAS_OVERRIDES):
+        env = {k: v for k, v in os.environ.items() if k not in _OPENBLAS_OVERRIDES}
+        os.execve(sys.executable, [sys.executable, "-m", "fastdl.cli", *sys.argv[1:]], env)
+
+    import fastdl
+    from fastdl import bench
+
+    families = list(bench.PROBLEMS) if args.family == "all" else [args.family]
+    for family in families:
+        if family not in bench.PROBLEMS:
+            print(f"fastdl bench: unknown family {family!r}; choose from {', '.join(bench.PROBLEMS)} or all",
+                  file=sys.stderr)
+            return 2
+    info = fastdl.backend_info()
+    print(f"# fastdl {info['version']} | CPU {info['cpu']['model']} | kernels {info['cpu']['capability']} | "
+          f"{bench.openblas_description()}")
+    threads = [int(t) for t in args.threads.split(",")]
+    rows = []
+    for family in families:
+        print(f"\n## {family}: GFLOP/s, best of {args.repeats} interleaved repeats")
+        print(bench.format_header())
+        rows += bench.run(family, threads_list=threads, full=args.full, repeats=args.repeats)
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"info": info, "rows": rows}, fh, indent=1)
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="fastdl", description="fastdl: native deep-learning kernels")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_info = sub.add_parser("info", help="backends, CPU level, CUDA devices, kernel implementations")
+    p_info.add_argument("--json", action="store_true", help="print backend_info() as JSON")
+    p_info.set_defaults(func=_info)
+    p_bench = sub.add_parser("bench", help="time fastdl against NumPy and PyTorch in the same run")
+    p_bench.add_argument("family", nargs="?", default="gemm", help="kernel family or 'all' (default gemm)")
+    p_bench.add_argument("--device", default="cpu", choices=["cpu"], help="cpu (cuda: see the CUDA issue)")
+    p_bench.add_argument("--threads", default="1,2", help="comma-separated thread counts (default 1,2)")
+    p_bench.add_argument("--full", action="store_true", help="include the largest problems")
+    p_bench.add_argument("--repeats", type=int, default=5)
+    p_bench.add_argument("--json", help="also write the rows to this JSON file")
+    p_bench.add_argument("--keep-openblas-env", action="store_true",
+                         help="do not unset OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE for the NumPy reference")
+    p_bench.set_defaults(func=_bench)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,54 @@
+"""Shared fixtures: the CPU kernel levels this machine has, and the device fixture.
+
+``device`` runs a test on "cpu" and on "cuda" where a GPU is usable; without one the cuda case is
+skipped with the reason, and FASTDL_REQUIRE_CUDA=1 turns that skip into a failure.
+"""
+import os
+
+import pytest
+
+import fastdl
+from fastdl.backend import _C
+
+LEVELS = ("portable", "avx2", "avx512")
+_DETECTED = _C.detected_cpu_capability()
+AVAILABLE_LEVELS = LEVELS[: LEVELS.index(_DETECTED) + 1]
+
+
+def _cuda_unavailable_reason():
+    info = fastdl.backend_info()["cuda"]
+    if not info["built"]:
+        return "fastdl was built without CUDA"
+    if not info["devices"]:
+        return f"no usable GPU: {info['why_no_device']}"
+    if info["cupy_version"] is None:
+        return "CuPy is not installed (pip install 'fastdl[cuda]')"
+    return "the CUDA backend for tensors is not implemented yet (issue: CUDA backend)"
+
+
+@pytest.fixture(params=AVAILABLE_LEVELS)
+def cpu_level(request):
+    """Run the test once per CPU kernel level this machine supports, restoring the level after."""
+    previous = fastdl.cpu_capability()
+    fastdl.set_cpu_capability(request.param)
+    yield request.param
+    fastdl.set_cpu_capability(previous)
+
+
+@pytest.fixture(params=["cpu", "cuda"])
+def device(request):
+    if request.param == "cuda":
+        reason = _cuda_unavailable_reason()
+        if reason:
+            if os.environ.get("FASTDL_REQUIRE_CUDA") == "1":
+                pytest.fail(f"FASTDL_REQUIRE_CUDA=1 but CUDA cannot run: {reason}")
+            pytest.skip(reason)
+    return request.param
+
+
+@pytest.fixture
+def threads():
+    """Restore the thread count a test changes."""
+    previous = fastdl.get_num_threads()
+    yield
+    fastdl.set_num_threads(previous)
