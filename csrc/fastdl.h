@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -51,6 +52,16 @@ template <class T>
 void gemm_batched(index_t batch, const index_t* offA, const index_t* offB, const index_t* offC,
                   index_t M, index_t N, index_t K, T alpha, const T* A, index_t rsa, index_t csa,
                   const T* B, index_t rsb, index_t csb, T beta, T* C, index_t rsc, index_t csc);
+
+// The same product with op(B) supplied by a packing function instead of memory, for operands
+// that are never materialised (conv2d's implicit-GEMM im2col panels). The driver calls
+// pack_b(pc, kc, j0, nr, NR, dst) to fill dst[p·NR + c] = op(B)(pc + p, j0 + c) for p < kc,
+// c < nr, and zero for nr ≤ c < NR. It may be called from several OpenMP threads at once.
+template <class T>
+using PackBFunction = std::function<void(index_t pc, index_t kc, index_t j0, index_t nr, int NR, T* dst)>;
+template <class T>
+void gemm_packed_b(index_t M, index_t N, index_t K, T alpha, const T* A, index_t rsa, index_t csa,
+                   const PackBFunction<T>& pack_b, T beta, T* C, index_t rsc, index_t csc);
 
 // The block sizes in use for a dtype at the current capability (for tests and `fastdl info`).
 struct GemmBlocking {

@@ -121,32 +121,46 @@ inline void block_loops(const BlockArgs<typename V::T>& g) {
   }
 }
 
-FASTDL_TARGET_AVX512 FASTDL_FLATTEN void block_avx512_f32(const BlockArgs<float>& g) { block_loops<simd::Avx512F32, 12, 2>(g); }
-FASTDL_TARGET_AVX512 FASTDL_FLATTEN void block_avx512_f64(const BlockArgs<double>& g) { block_loops<simd::Avx512F64, 12, 2>(g); }
-FASTDL_TARGET_AVX2 FASTDL_FLATTEN void block_avx2_f32(const BlockArgs<float>& g) { block_loops<simd::Avx2F32, 6, 2>(g); }
-FASTDL_TARGET_AVX2 FASTDL_FLATTEN void block_avx2_f64(const BlockArgs<double>& g) { block_loops<simd::Avx2F64, 6, 2>(g); }
-FASTDL_FLATTEN void block_portable_f32(const BlockArgs<float>& g) { block_loops<simd::Portable<float>, 4, 2>(g); }
-FASTDL_FLATTEN void block_portable_f64(const BlockArgs<double>& g) { block_loops<simd::Portable<double>, 4, 2>(g); }
+// One entry function per (ISA, dtype): the loops and the micro-kernel compiled for that ISA.
+template <class V, int MR, int NV>
+struct Micro {
+  static constexpr int mr = MR, nr = NV * V::width;
+  static void run(const BlockArgs<typename V::T>& g) { block_loops<V, MR, NV>(g); }
+};
+using Avx512F32 = Micro<simd::Avx512F32, 12, 2>;
+using Avx512F64 = Micro<simd::Avx512F64, 12, 2>;
+using Avx2F32 = Micro<simd::Avx2F32, 6, 2>;
+using Avx2F64 = Micro<simd::Avx2F64, 6, 2>;
+using PortableF32 = Micro<simd::Portable<float>, 4, 2>;
+using PortableF64 = Micro<simd::Portable<double>, 4, 2>;
+FASTDL_TARGET_AVX512 FASTDL_FLATTEN void block_avx512_f32(const BlockArgs<float>& g) { Avx512F32::run(g); }
+FASTDL_TARGET_AVX512 FASTDL_FLATTEN void block_avx512_f64(const BlockArgs<double>& g) { Avx512F64::run(g); }
+FASTDL_TARGET_AVX2 FASTDL_FLATTEN void block_avx2_f32(const BlockArgs<float>& g) { Avx2F32::run(g); }
+FASTDL_TARGET_AVX2 FASTDL_FLATTEN void block_avx2_f64(const BlockArgs<double>& g) { Avx2F64::run(g); }
+FASTDL_FLATTEN void block_portable_f32(const BlockArgs<float>& g) { PortableF32::run(g); }
+FASTDL_FLATTEN void block_portable_f64(const BlockArgs<double>& g) { PortableF64::run(g); }
+
+template <class M, class T>
+Kernel<T> kernel(index_t MC, index_t KC, index_t NC, void (*block)(const BlockArgs<T>&)) {
+  return {M::mr, M::nr, MC, KC, NC, block};
+}
 
 // Block sizes per level and dtype, all in one place (see the header for the cache budget).
 template <class T>
 Kernel<T> kernel_for(CpuCapability level) {
-  constexpr bool f32 = sizeof(T) == 4;
-  Kernel<T> k{};
-  if constexpr (f32) {
+  if constexpr (sizeof(T) == 4) {
     switch (level) {
-      case CpuCapability::avx512: k = {12, 32, 3072, 384, 512, block_avx512_f32}; break;
-      case CpuCapability::avx2: k = {6, 16, 3072, 256, 384, block_avx2_f32}; break;
-      default: k = {4, 8, 2048, 256, 256, block_portable_f32}; break;
+      case CpuCapability::avx512: return kernel<Avx512F32>(3072, 384, 512, block_avx512_f32);
+      case CpuCapability::avx2: return kernel<Avx2F32>(3072, 256, 384, block_avx2_f32);
+      default: return kernel<PortableF32>(2048, 256, 256, block_portable_f32);
     }
   } else {
     switch (level) {
-      case CpuCapability::avx512: k = {12, 16, 3072, 256, 384, block_avx512_f64}; break;
-      case CpuCapability::avx2: k = {6, 8, 3072, 256, 192, block_avx2_f64}; break;
-      default: k = {4, 8, 2048, 128, 256, block_portable_f64}; break;
+      case CpuCapability::avx512: return kernel<Avx512F64>(3072, 256, 384, block_avx512_f64);
+      case CpuCapability::avx2: return kernel<Avx2F64>(3072, 256, 192, block_avx2_f64);
+      default: return kernel<PortableF64>(2048, 256, 256, block_portable_f64);
     }
   }
-  return k;
 }
 
 // A[i0:i0+mr, p0:p0+kc] (op(A) coordinates) → dst[p·MR + r], zero rows past mr.
@@ -202,10 +216,12 @@ void scale_c(index_t M, index_t N, T beta, T* C, index_t rsc, index_t csc) {
 // Below this many multiply-adds a second thread costs more than it saves.
 constexpr double kMinFlopsPerThread = 2.0 * 48 * 48 * 48;
 
-template <class T>
-void gemm_with_threads(index_t M, index_t N, index_t K, T alpha, const T* A, index_t rsa, index_t csa,
-                       const T* B, index_t rsb, index_t csb, T beta, T* C, index_t rsc, index_t csc,
-                       int max_threads) {
+// The five loops. `pack_b(pc, kc, j0, nr, NR, dst)` writes the kc×NR sliver of op(B) at
+// (pc, j0) into dst (nr ≤ NR valid columns, the rest zero): a strided B, or an operand built on
+// the fly (conv2d's im2col panels).
+template <class T, class PackB>
+void gemm_driver(index_t M, index_t N, index_t K, T alpha, const T* A, index_t rsa, index_t csa,
+                 const PackB& pack_b, T beta, T* C, index_t rsc, index_t csc, int max_threads) {
   if (M <= 0 || N <= 0) return;
   if (K <= 0 || alpha == T(0)) {
     scale_c(M, N, beta, C, rsc, csc);
@@ -247,8 +263,7 @@ void gemm_with_threads(index_t M, index_t N, index_t K, T alpha, const T* A, ind
           const index_t jc = (t / row_parts) * nc_block, part = t % row_parts;
           const index_t nc = std::min(nc_block, N - jc);
           for (index_t j0 = 0; j0 < nc; j0 += k.NR)
-            pack_b_sliver(k.NR, std::min<index_t>(k.NR, nc - j0), kc, B + pc * rsb + (jc + j0) * csb, rsb, csb,
-                          Bp + j0 * kc);
+            pack_b(pc, kc, jc + j0, std::min<index_t>(k.NR, nc - j0), k.NR, Bp + j0 * kc);
           const index_t slivers_per_part = ceil_div(a_slivers, row_parts);
           BlockArgs<T> g{mc, nc, kc,
                          std::min(part * slivers_per_part, a_slivers) * k.MR,
@@ -262,7 +277,25 @@ void gemm_with_threads(index_t M, index_t N, index_t K, T alpha, const T* A, ind
   }
 }
 
+template <class T>
+void gemm_with_threads(index_t M, index_t N, index_t K, T alpha, const T* A, index_t rsa, index_t csa,
+                       const T* B, index_t rsb, index_t csb, T beta, T* C, index_t rsc, index_t csc,
+                       int max_threads) {
+  const auto pack_b = [=](index_t pc, index_t kc, index_t j0, index_t nr, int NR, T* dst) {
+    pack_b_sliver(NR, nr, kc, B + pc * rsb + j0 * csb, rsb, csb, dst);
+  };
+  gemm_driver(M, N, K, alpha, A, rsa, csa, pack_b, beta, C, rsc, csc, max_threads);
+}
+
 }  // namespace
+
+template <class T>
+void gemm_packed_b(index_t M, index_t N, index_t K, T alpha, const T* A, index_t rsa, index_t csa,
+                   const PackBFunction<T>& pack_b, T beta, T* C, index_t rsc, index_t csc) {
+  FASTDL_CHECK(M >= 0 && N >= 0 && K >= 0, "gemm: negative size M=", M, " N=", N, " K=", K);
+  gemm_driver(M, N, K, alpha, A, rsa, csa, pack_b, beta, C, rsc, csc,
+              omp_in_parallel() ? 1 : omp_get_max_threads());
+}
 
 template <class T>
 void gemm_strided(index_t M, index_t N, index_t K, T alpha, const T* A, index_t rsa, index_t csa,
@@ -318,6 +351,8 @@ GemmBlocking gemm_blocking() {
   template void gemm_batched<T>(index_t, const index_t*, const index_t*, const index_t*, index_t, index_t,     \
                                 index_t, T, const T*, index_t, index_t, const T*, index_t, index_t, T, T*,    \
                                 index_t, index_t);                                                            \
+  template void gemm_packed_b<T>(index_t, index_t, index_t, T, const T*, index_t, index_t,                  \
+                                 const PackBFunction<T>&, T, T*, index_t, index_t);                           \
   template GemmBlocking gemm_blocking<T>();
 FASTDL_INSTANTIATE_GEMM(float)
 FASTDL_INSTANTIATE_GEMM(double)
