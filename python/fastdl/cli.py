@@ -60,7 +60,8 @@ def _bench(args) -> int:
     threads = [int(t) for t in args.threads.split(",")]
     rows = []
     for family in families:
-        print(f"\n## {family}: GFLOP/s, best of {args.repeats} interleaved repeats")
+        unit = " and ".join(sorted({p.unit for p in bench.PROBLEMS[family](full=args.full)}))
+        print(f"\n## {family}: {unit}, best of {args.repeats} interleaved repeats")
         print(bench.format_header())
         rows += bench.run(family, threads_list=threads, full=args.full, repeats=args.repeats)
     if args.json:
