@@ -219,7 +219,21 @@ inline void rows_axpy(index_t K, index_t cols, const typename V::T* X, index_t r
   using T = typename V::T;
   constexpr int W = V::width;
   for (index_t j = 0; j < cols; ++j) y[j] = T(0);
-  for (index_t k = 0; k < K; ++k) {
+  index_t k = 0;
+  // Four rows of X per pass: one load and store of y per four FMAs, four memory streams.
+  for (; k + 4 <= K; k += 4) {
+    const auto v0 = V::set1(v[k]), v1 = V::set1(v[k + 1]), v2 = V::set1(v[k + 2]), v3 = V::set1(v[k + 3]);
+    const T *x0 = X + k * rsx, *x1 = x0 + rsx, *x2 = x1 + rsx, *x3 = x2 + rsx;
+    index_t j = 0;
+    for (; j + W <= cols; j += W) {
+      auto acc = V::fmadd(v0, V::load(x0 + j), V::load(y + j));
+      acc = V::fmadd(v1, V::load(x1 + j), acc);
+      acc = V::fmadd(v2, V::load(x2 + j), acc);
+      V::store(y + j, V::fmadd(v3, V::load(x3 + j), acc));
+    }
+    for (; j < cols; ++j) y[j] += v[k] * x0[j] + v[k + 1] * x1[j] + v[k + 2] * x2[j] + v[k + 3] * x3[j];
+  }
+  for (; k < K; ++k) {
     const auto vk = V::set1(v[k]);
     const T* x = X + k * rsx;
     index_t j = 0;
