@@ -184,17 +184,16 @@ void optim_step_typed(fastdl::cpu::OptimRule rule, const fastdl::cpu::OptimHyper
                       const py::list& grads, const py::list& states, const py::array_t<double>& coefs) {
   const std::size_t count = params.size();
   std::vector<fastdl::cpu::OptimTensor<T>> tensors(count);
-  const py::dtype dtype = py::dtype::of<T>();
+  const std::string dtype_name = py::str(py::dtype::of<T>()).cast<std::string>();
   for (std::size_t k = 0; k < count; ++k) {
     py::array p = optim_array(params[k], "param", k, true);
     py::array g = optim_array(grads[k], "grad", k, false);
     auto& t = tensors[k];
     t.n = static_cast<index_t>(p.size());
     auto check = [&](const py::array& a, const char* what) {
-      if (!a.dtype().is(dtype))
+      if (!py::isinstance<py::array_t<T>>(a))
         throw py::type_error(std::string("optim_step: ") + what + " " + std::to_string(k) + " is " +
-                             py::str(a.dtype()).cast<std::string>() + ", parameter is " +
-                             py::str(dtype).cast<std::string>());
+                             py::str(a.dtype()).cast<std::string>() + ", parameter is " + dtype_name);
       if (a.size() != p.size())
         throw py::value_error(std::string("optim_step: ") + what + " " + std::to_string(k) + " " + shape_of(a) +
                               " does not match parameter " + shape_of(p));

@@ -85,7 +85,9 @@ class _Writer:
             raise TypeError(f"fastdl.save: cannot store dtype {array.dtype} at '{path}' "
                             f"(supported: {', '.join(sorted(str(d) for d in _NAMES))})")
         name = self._name(path)
-        self.arrays.append((name, np.ascontiguousarray(array).astype(array.dtype.newbyteorder("<"), copy=False)))
+        # (np.ascontiguousarray would turn a 0-d array into shape (1,).)
+        array = array.astype(array.dtype.newbyteorder("<"), order="C", copy=False)
+        self.arrays.append((name, array))
         return {"tensor": name, "kind": kind}
 
     def encode(self, value, path: str):

@@ -393,10 +393,10 @@ class ReduceLROnPlateau(LRScheduler):
     >>> import fastdl
     >>> opt = fastdl.optim.SGD([fastdl.nn.Parameter(fastdl.zeros(1))], lr=1.0)
     >>> sched = ReduceLROnPlateau(opt, patience=1, factor=0.5)
-    >>> for loss in [1.0, 0.9, 0.9, 0.9, 0.9]:
+    >>> for loss in [1.0, 0.9, 0.9, 0.9]:   # no improvement for 2 > patience epochs
     ...     sched.step(loss)
     >>> sched.get_last_lr()
-    [0.25]
+    [0.5]
     """
 
     def __init__(self, optimizer: Optimizer, mode: str = "min", factor: float = 0.1, patience: int = 10,
@@ -497,8 +497,8 @@ class OneCycleLR(LRScheduler):
     >>> import fastdl
     >>> opt = fastdl.optim.SGD([fastdl.nn.Parameter(fastdl.zeros(1))], lr=0.1, momentum=0.9)
     >>> sched = OneCycleLR(opt, max_lr=1.0, total_steps=10)
-    >>> sched.get_last_lr()
-    [0.04]
+    >>> [round(lr, 6) for lr in sched.get_last_lr()], opt.param_groups[0]["momentum"]
+    ([0.04], 0.95)
     """
 
     def __init__(self, optimizer: Optimizer, max_lr, total_steps: int | None = None, epochs: int | None = None,

@@ -56,8 +56,10 @@ class NAdam(Optimizer):
         decay = group["momentum_decay"]
         mu = beta1 * (1.0 - 0.5 * 0.96 ** (t * decay))
         mu_next = beta1 * (1.0 - 0.5 * 0.96 ** ((t + 1) * decay))
-        state["mu_product"] *= mu
-        mu_product = state["mu_product"]
+        # PyTorch keeps mu_product as a float32 scalar tensor (its default scalar dtype); rounding
+        # it the same way keeps the trajectories equal, float64 parameters included.
+        mu_product = float(np.float32(state["mu_product"]) * np.float32(mu))
+        state["mu_product"] = mu_product
         return (1 - beta2**t, -lr * (1.0 - mu) / (1.0 - mu_product), -lr * mu_next / (1.0 - mu_product * mu_next))
 
     def _hyper(self, group):
