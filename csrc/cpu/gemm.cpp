@@ -248,30 +248,38 @@ void gemm_driver(index_t M, index_t N, index_t K, T alpha, const T* A, index_t r
       const index_t row_parts = std::min<index_t>(a_slivers, col_blocks >= threads ? 1 : ceil_div(threads, col_blocks));
       const index_t tasks = col_blocks * row_parts;
       const int team = static_cast<int>(std::min<index_t>(threads, std::max(tasks, a_slivers)));
+      const auto pack_a = [&](index_t s) {
+        const index_t i0 = s * k.MR;
+        pack_a_sliver(k.MR, std::min<index_t>(k.MR, mc - i0), kc, A + (ic + i0) * rsa + pc * csa, rsa, csa,
+                      Ap + s * k.MR * kc);
+      };
+      const auto run_task = [&](index_t t) {
+        static thread_local AlignedBuffer<T> b_buffer;
+        T* Bp = b_buffer.get(static_cast<std::size_t>(round_up(nc_block, k.NR) * k.KC));
+        const index_t jc = (t / row_parts) * nc_block, part = t % row_parts;
+        const index_t nc = std::min(nc_block, N - jc);
+        for (index_t j0 = 0; j0 < nc; j0 += k.NR)
+          pack_b(pc, kc, jc + j0, std::min<index_t>(k.NR, nc - j0), k.NR, Bp + j0 * kc);
+        const index_t slivers_per_part = ceil_div(a_slivers, row_parts);
+        BlockArgs<T> g{mc, nc, kc,
+                       std::min(part * slivers_per_part, a_slivers) * k.MR,
+                       std::min((part + 1) * slivers_per_part, a_slivers) * k.MR,
+                       Ap, Bp, C + ic * rsc + jc * csc, rsc, csc, alpha, beta_block};
+        g.ir_end = std::min(g.ir_end, mc);
+        if (g.ir_begin < g.ir_end) k.block(g);
+      };
+      if (team == 1) {
+        // Small products: no fork (an OpenMP region costs about a microsecond even for one thread).
+        for (index_t s = 0; s < a_slivers; ++s) pack_a(s);
+        for (index_t t = 0; t < tasks; ++t) run_task(t);
+        continue;
+      }
 #pragma omp parallel num_threads(team)
       {
 #pragma omp for schedule(static)
-        for (index_t s = 0; s < a_slivers; ++s) {
-          const index_t i0 = s * k.MR;
-          pack_a_sliver(k.MR, std::min<index_t>(k.MR, mc - i0), kc, A + (ic + i0) * rsa + pc * csa, rsa, csa,
-                        Ap + s * k.MR * kc);
-        }
-        static thread_local AlignedBuffer<T> b_buffer;
-        T* Bp = b_buffer.get(static_cast<std::size_t>(round_up(nc_block, k.NR) * k.KC));
+        for (index_t s = 0; s < a_slivers; ++s) pack_a(s);
 #pragma omp for schedule(static)
-        for (index_t t = 0; t < tasks; ++t) {
-          const index_t jc = (t / row_parts) * nc_block, part = t % row_parts;
-          const index_t nc = std::min(nc_block, N - jc);
-          for (index_t j0 = 0; j0 < nc; j0 += k.NR)
-            pack_b(pc, kc, jc + j0, std::min<index_t>(k.NR, nc - j0), k.NR, Bp + j0 * kc);
-          const index_t slivers_per_part = ceil_div(a_slivers, row_parts);
-          BlockArgs<T> g{mc, nc, kc,
-                         std::min(part * slivers_per_part, a_slivers) * k.MR,
-                         std::min((part + 1) * slivers_per_part, a_slivers) * k.MR,
-                         Ap, Bp, C + ic * rsc + jc * csc, rsc, csc, alpha, beta_block};
-          g.ir_end = std::min(g.ir_end, mc);
-          if (g.ir_begin < g.ir_end) k.block(g);
-        }
+        for (index_t t = 0; t < tasks; ++t) run_task(t);
       }
     }
   }
