@@ -61,3 +61,9 @@ __all__ = [
     "autograd", "functional", "random", "manual_seed", "seed", "initial_seed", "get_rng_state", "set_rng_state",
     "bool", "half", "float", "double", "short", "int", "long", *_tensor_all, *_TORCH_NAMES,
 ]
+
+# ---- nn, optim and saving (nn branch) --------------------------------------------------------------
+from . import nn, optim  # noqa: E402
+from .serialization import load, save  # noqa: E402
+
+__all__ += ["nn", "optim", "save", "load"]
