@@ -11,149 +11,176 @@ its gradient in closed form, dx = A·softmax(x) − a for the per-class weights 
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ..backend import array_module
 from ..tensor import Function
 
 
-def _channel_shape(ndim: int, channels: int) -> tuple:
-    """(1, C, 1, …): a per-channel vector broadcast against (N, C, *spatial)."""
-    return (1, channels) + (1,) * (ndim - 2)
+def _normalize_rows(x2, eps):
+    """x2 (M, n) → x̂ (M, n) (a new array) and σ⁻¹ (M, 1): one pass for the means, one for the
+    centred sum of squares (einsum: no temporary), one to scale in place."""
+    xp = array_module(x2)
+    n = x2.shape[1]
+    mean = xp.einsum("ij->i", x2) / n
+    xhat = x2 - mean[:, None].astype(x2.dtype)
+    var = xp.einsum("ij,ij->i", xhat, xhat) / n
+    invstd = (1.0 / xp.sqrt(var + eps)).astype(x2.dtype)[:, None]
+    xhat *= invstd
+    return xhat, invstd
+
+
+def _rows_backward(ghat, xhat, invstd):
+    """dx = σ⁻¹·(ĝ − mean(ĝ) − x̂·mean(ĝ·x̂)) per row of (M, n) arrays."""
+    xp = array_module(ghat)
+    n = ghat.shape[1]
+    m1 = (xp.einsum("ij->i", ghat) / n)[:, None].astype(ghat.dtype)
+    m2 = (xp.einsum("ij,ij->i", ghat, xhat) / n)[:, None].astype(ghat.dtype)
+    gx = xhat * m2
+    xp.subtract(ghat, gx, out=gx)
+    gx -= m1
+    gx *= invstd
+    return gx
 
 
 class BatchNormFn(Function):
     """x (N, C, *) normalised per channel C; training statistics over N and the spatial axes
-    (running statistics updated in place), or the running statistics in eval mode."""
+    (running statistics updated in place), or the running statistics in eval mode. Works on the
+    (N, C, S) view; per-channel sums are einsum reductions (no temporaries)."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, running_mean, running_var, use_batch_stats, momentum, eps):
         xp = array_module(x)
-        C = x.shape[1]
-        axes = (0,) + tuple(range(2, x.ndim))
-        cshape = _channel_shape(x.ndim, C)
+        N, C = x.shape[:2]
+        x3 = x.reshape(N, C, -1)
+        count = N * x3.shape[2]
         if use_batch_stats:
-            mean = x.mean(axis=axes)
-            var = x.var(axis=axes)
+            mean = xp.einsum("ncs->c", x3) / count
+            xhat = x3 - mean[:, None].astype(x.dtype)
+            var = xp.einsum("ncs,ncs->c", xhat, xhat) / count
             if running_mean is not None:
-                n = x.size // C
                 running_mean *= 1 - momentum
                 running_mean += momentum * mean.astype(running_mean.dtype)
                 running_var *= 1 - momentum
-                running_var += (momentum * n / max(n - 1, 1)) * var.astype(running_var.dtype)
+                running_var += (momentum * count / max(count - 1, 1)) * var.astype(running_var.dtype)
         else:
-            mean, var = running_mean, running_var
+            xhat = x3 - running_mean[:, None].astype(x.dtype)
+            var = running_var
         invstd = (1.0 / xp.sqrt(var + eps)).astype(x.dtype)
-        xhat = (x - mean.astype(x.dtype).reshape(cshape)) * invstd.reshape(cshape)
-        out = xhat if weight is None else xhat * weight.reshape(cshape)
+        xhat *= invstd[:, None]
+        out = xhat * weight[:, None] if weight is not None else xhat.copy()
         if bias is not None:
-            out = out + bias.reshape(cshape)
+            out += bias[:, None]
         ctx.save_for_backward(xhat, invstd, weight)
-        ctx.batch_stats = use_batch_stats
-        return out
+        ctx.batch_stats, ctx.shape = use_batch_stats, x.shape
+        return out.reshape(x.shape)
 
     @staticmethod
     def backward(ctx, g):
+        xp = array_module(g)
         xhat, invstd, weight = ctx.saved_tensors
-        C = xhat.shape[1]
-        axes = (0,) + tuple(range(2, xhat.ndim))
-        cshape = _channel_shape(xhat.ndim, C)
-        gx = gw = gb = None
-        if ctx.needs_input_grad[0]:
-            ghat = g if weight is None else g * weight.reshape(cshape)
+        N, C, S = xhat.shape
+        g3 = g.reshape(N, C, S)
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        gw = gb = gx = None
+        if need_w or (need_x and ctx.batch_stats):
+            gw = xp.einsum("ncs,ncs->c", g3, xhat)
+        if need_b or (need_x and ctx.batch_stats):
+            gb = xp.einsum("ncs->c", g3)
+        if need_x:
+            scale = invstd if weight is None else invstd * weight
             if ctx.batch_stats:
-                gx = invstd.reshape(cshape) * (
-                    ghat - ghat.mean(axis=axes, keepdims=True) - xhat * (ghat * xhat).mean(axis=axes, keepdims=True)
-                )
+                # Σ ĝ·x̂ = γ·dγ and Σ ĝ = γ·dβ per channel: the two sums above serve both.
+                count = N * S
+                gx = xhat * (gw / count)[:, None].astype(g.dtype)
+                xp.subtract(g3, gx, out=gx)
+                gx -= (gb / count)[:, None].astype(g.dtype)
+                gx *= scale[:, None]
             else:
-                gx = ghat * invstd.reshape(cshape)
-        if ctx.needs_input_grad[1]:
-            gw = (g * xhat).sum(axis=axes)
-        if ctx.needs_input_grad[2]:
-            gb = g.sum(axis=axes)
-        return gx, gw, gb, None, None, None, None, None
+                gx = g3 * scale[:, None]
+            gx = gx.reshape(ctx.shape)
+        return gx, gw if need_w else None, gb if need_b else None, None, None, None, None, None
 
 
 class LayerNormFn(Function):
-    """x (*, *normalized_shape) normalised over its last ``k`` axes; weight and bias have the
-    normalised shape."""
+    """x (*, *normalized_shape) normalised over its last ``k`` axes (rows of the (M, n) view);
+    weight and bias have the normalised shape."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, k, eps):
-        xp = array_module(x)
-        axes = tuple(range(x.ndim - k, x.ndim))
-        mean = x.mean(axis=axes, keepdims=True)
-        var = x.var(axis=axes, keepdims=True)
-        invstd = (1.0 / xp.sqrt(var + eps)).astype(x.dtype)
-        xhat = (x - mean) * invstd
-        out = xhat if weight is None else xhat * weight
+        n = math.prod(x.shape[x.ndim - k:])
+        xhat, invstd = _normalize_rows(x.reshape(-1, n), eps)
+        out = xhat * weight.reshape(n) if weight is not None else xhat
         if bias is not None:
-            out = out + bias
+            if out is xhat:
+                out = xhat + bias.reshape(n)
+            else:
+                out += bias.reshape(n)
         ctx.save_for_backward(xhat, invstd, weight)
-        ctx.k = k
-        return out
+        ctx.shape = x.shape
+        return out.reshape(x.shape)
 
     @staticmethod
     def backward(ctx, g):
+        xp = array_module(g)
         xhat, invstd, weight = ctx.saved_tensors
-        axes = tuple(range(xhat.ndim - ctx.k, xhat.ndim))
-        lead = tuple(range(xhat.ndim - ctx.k))
+        n = xhat.shape[1]
+        g2 = g.reshape(-1, n)
         gx = gw = gb = None
         if ctx.needs_input_grad[0]:
-            ghat = g if weight is None else g * weight
-            gx = invstd * (ghat - ghat.mean(axis=axes, keepdims=True)
-                           - xhat * (ghat * xhat).mean(axis=axes, keepdims=True))
+            ghat = g2 * weight.reshape(n) if weight is not None else g2
+            gx = _rows_backward(ghat, xhat, invstd).reshape(ctx.shape)
         if ctx.needs_input_grad[1]:
-            gw = (g * xhat).sum(axis=lead)
+            gw = xp.einsum("ij,ij->j", g2, xhat).reshape(weight.shape)
         if ctx.needs_input_grad[2]:
-            gb = g.sum(axis=lead)
+            gb = xp.einsum("ij->j", g2).reshape(weight.shape if weight is not None else ctx.shape[-1:])
         return gx, gw, gb, None, None
 
 
 class GroupNormFn(Function):
-    """x (N, C, *) normalised over each group of C/G channels and the spatial axes; per-channel
-    weight and bias (C,)."""
+    """x (N, C, *) normalised over each group of C/G channels and the spatial axes (rows of the
+    (N·G, C/G·S) view); per-channel weight and bias (C,)."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, groups, eps):
-        xp = array_module(x)
         N, C = x.shape[:2]
-        xg = x.reshape(N, groups, -1)
-        mean = xg.mean(axis=2, keepdims=True)
-        var = xg.var(axis=2, keepdims=True)
-        invstd = (1.0 / xp.sqrt(var + eps)).astype(x.dtype)
-        xhat = ((xg - mean) * invstd).reshape(x.shape)
-        cshape = _channel_shape(x.ndim, C)
-        out = xhat if weight is None else xhat * weight.reshape(cshape)
+        xhat, invstd = _normalize_rows(x.reshape(N * groups, -1), eps)
+        x3 = xhat.reshape(N, C, -1)
+        out = x3 * weight[:, None] if weight is not None else x3
         if bias is not None:
-            out = out + bias.reshape(cshape)
+            if out is x3:
+                out = x3 + bias[:, None]
+            else:
+                out += bias[:, None]
         ctx.save_for_backward(xhat, invstd, weight)
-        ctx.groups = groups
-        return out
+        ctx.shape, ctx.groups = x.shape, groups
+        return out.reshape(x.shape)
 
     @staticmethod
     def backward(ctx, g):
+        xp = array_module(g)
         xhat, invstd, weight = ctx.saved_tensors
-        N, C = xhat.shape[:2]
-        cshape = _channel_shape(xhat.ndim, C)
-        axes = (0,) + tuple(range(2, xhat.ndim))
+        N, C = ctx.shape[:2]
+        g3 = g.reshape(N, C, -1)
+        x3 = xhat.reshape(N, C, -1)
         gx = gw = gb = None
         if ctx.needs_input_grad[0]:
-            ghat = (g if weight is None else g * weight.reshape(cshape)).reshape(N, ctx.groups, -1)
-            xh = xhat.reshape(N, ctx.groups, -1)
-            gx = (invstd * (ghat - ghat.mean(axis=2, keepdims=True)
-                            - xh * (ghat * xh).mean(axis=2, keepdims=True))).reshape(xhat.shape)
+            ghat = g3 * weight[:, None] if weight is not None else g3
+            gx = _rows_backward(ghat.reshape(xhat.shape), xhat, invstd).reshape(ctx.shape)
         if ctx.needs_input_grad[1]:
-            gw = (g * xhat).sum(axis=axes)
+            gw = xp.einsum("ncs,ncs->c", g3, x3)
         if ctx.needs_input_grad[2]:
-            gb = g.sum(axis=axes)
+            gb = xp.einsum("ncs->c", g3)
         return gx, gw, gb, None, None
 
 
 class EmbeddingFn(Function):
     """weight (num_embeddings, dim)[indices] → indices.shape + (dim,); the backward scatter-adds
     rows (the ``padding_idx`` row gets none; ``scale_grad_by_freq`` divides by each index's count
-    in the batch)."""
+    in the batch). Scatter: indices sorted once; each index's first row is assigned, only the
+    repeats are added one by one."""
 
     @staticmethod
     def forward(ctx, indices, weight, padding_idx, scale_grad_by_freq):
@@ -172,10 +199,18 @@ class EmbeddingFn(Function):
         if ctx.scale:
             counts = xp.bincount(flat, minlength=ctx.num)
             rows = rows / counts[flat][:, None].astype(g.dtype)
-        gw = xp.zeros((ctx.num, rows.shape[1]), g.dtype)
-        xp.add.at(gw, flat, rows)
         if ctx.padding_idx is not None:
-            gw[ctx.padding_idx] = 0
+            keep = flat != ctx.padding_idx
+            flat, rows = flat[keep], rows[keep]
+        gw = xp.zeros((ctx.num, rows.shape[1]), g.dtype)
+        if flat.size:
+            order = xp.argsort(flat, kind="stable")
+            ordered = flat[order]
+            first = xp.concatenate((xp.ones(1, bool), ordered[1:] != ordered[:-1]))
+            gw[ordered[first]] = rows[order[first]]
+            repeats = ~first
+            if repeats.any():
+                xp.add.at(gw, ordered[repeats], rows[order[repeats]])
         return None, gw, None, None
 
 
