@@ -140,30 +140,41 @@ struct Lstm {
       for (int v = 0; v < NV; ++v) acc[r][v] = KS == 2 ? V::add(part[0][r][v], part[KS - 1][r][v]) : part[0][r][v];
   }
 
-  // The gate epilogue for one row b and W units starting at u0 (n valid): pre[q] = rec[q] + G_t
+  // The gate epilogue for rows b0 … b0+R-1 and W units starting at u0 (n valid): pre = rec + G_t
   // (+ bias), then the activations, c_t and h_t. Writes the activated gates over G_t when the
-  // backward needs them (cell != null).
-  static void gates_epilogue(const Ctx<S>& c, index_t t, index_t b, index_t u0, index_t n, const reg* rec,
+  // backward needs them (cell != null). The R rows are computed side by side: 4R independent
+  // activations give the out-of-order core work to overlap their latency chains.
+  template <int R>
+  static void gates_epilogue(const Ctx<S>& c, index_t t, index_t b0, index_t u0, index_t n, const reg (&rec)[R][4],
                              const S* bias) {
     const index_t H = c.H;
-    S* g = c.gates + (t * c.B + b) * 4 * H;
-    reg act[4];
+    S* g = c.gates + (t * c.B + b0) * 4 * H + u0;
+    reg act[R][4], ct[R];
+#pragma GCC unroll 6
+    for (int r = 0; r < R; ++r)
 #pragma GCC unroll 4
-    for (int q = 0; q < 4; ++q) {
-      reg pre = V::add(rec[q], load_n(g + q * H + u0, n));
-      if (bias) pre = V::add(pre, V::load(bias + q * W));
-      act[q] = q == 2 ? simd::vtanh<V>(pre) : simd::vsigmoid<V>(pre);
-    }
+      for (int q = 0; q < 4; ++q) {
+        reg pre = V::add(rec[r][q], load_n(g + (r * 4 + q) * H, n));
+        if (bias) pre = V::add(pre, V::load(bias + q * W));
+        act[r][q] = q == 2 ? simd::vtanh<V>(pre) : simd::vsigmoid<V>(pre);
+      }
     const S* c_prev = c.cell ? (t > 0 ? c.cell + (t - 1) * c.B * H : c.c0) : c.c_state;
-    const reg cp = c_prev ? load_n(c_prev + b * H + u0, n) : V::zero();
-    const reg ct = V::fmadd(act[1], cp, V::mul(act[0], act[2]));
-    store_n(c.y + (t * c.B + b) * H + u0, V::mul(act[3], simd::vtanh<V>(ct)), n);
-    if (c.cell) {
-      store_n(c.cell + (t * c.B + b) * H + u0, ct, n);
+#pragma GCC unroll 6
+    for (int r = 0; r < R; ++r) {
+      const reg cp = c_prev ? load_n(c_prev + (b0 + r) * H + u0, n) : V::zero();
+      ct[r] = V::fmadd(act[r][1], cp, V::mul(act[r][0], act[r][2]));
+    }
+#pragma GCC unroll 6
+    for (int r = 0; r < R; ++r) {
+      const index_t row = t * c.B + b0 + r;
+      store_n(c.y + row * H + u0, V::mul(act[r][3], simd::vtanh<V>(ct[r])), n);
+      if (c.cell) {
+        store_n(c.cell + row * H + u0, ct[r], n);
 #pragma GCC unroll 4
-      for (int q = 0; q < 4; ++q) store_n(g + q * H + u0, act[q], n);
-    } else {
-      store_n(c.c_state + b * H + u0, ct, n);
+        for (int q = 0; q < 4; ++q) store_n(g + (r * 4 + q) * H, act[r][q], n);
+      } else {
+        store_n(c.c_state + (b0 + r) * H + u0, ct[r], n);
+      }
     }
   }
 
@@ -196,6 +207,12 @@ struct Lstm {
     const index_t H = c.H;
     reg acc[R][4];
     const S* h_prev = t > 0 ? c.y + (t - 1) * c.B * H : c.h0;
+    // The epilogue's reads of G_t lie in a buffer far larger than the caches, in 4·R short runs
+    // that the hardware prefetchers do not follow: ask for them before the product.
+    for (int r = 0; r < R; ++r)
+      for (int q = 0; q < 4; ++q)
+        for (index_t off = 0; off < static_cast<index_t>(W * sizeof(S)); off += 64)
+          __builtin_prefetch(reinterpret_cast<const char*>(c.gates + ((t * c.B + b0 + r) * 4 + q) * H + p * W) + off, 1);
     if (h_prev) {
       tile_product<R, 4>(H, h_prev + b0 * H, H, c.packed + p * H * 4 * W, acc);
     } else {
@@ -203,7 +220,7 @@ struct Lstm {
         for (auto& a : row) a = V::zero();
     }
     const index_t u0 = p * W, n = std::min<index_t>(W, H - u0);
-    for (int r = 0; r < R; ++r) gates_epilogue(c, t, b0 + r, u0, n, acc[r], c.bias ? c.bias + p * 4 * W : nullptr);
+    gates_epilogue<R>(c, t, b0, u0, n, acc, c.bias ? c.bias + p * 4 * W : nullptr);
   }
 
   template <int R>
@@ -267,9 +284,9 @@ struct Lstm {
 
   static void forward_gates(const Ctx<S>& c) {
     const DenormalGuard guard;
-    const reg zero[4] = {V::zero(), V::zero(), V::zero(), V::zero()};
+    const reg zero[1][4] = {{V::zero(), V::zero(), V::zero(), V::zero()}};
     for (index_t b = c.begin; b < c.end; ++b)
-      for (index_t u0 = 0; u0 < c.H; u0 += W) gates_epilogue(c, c.t, b, u0, std::min<index_t>(W, c.H - u0), zero, nullptr);
+      for (index_t u0 = 0; u0 < c.H; u0 += W) gates_epilogue<1>(c, c.t, b, u0, std::min<index_t>(W, c.H - u0), zero, nullptr);
   }
 
   static void backward_gates(const Ctx<S>& c) {
