@@ -98,10 +98,10 @@ struct Lstm {
     std::memcpy(p, tmp, sizeof(S) * n);
   }
 
-  // acc[r][v] = Σ_k a[r·lda + k] · w[k·NV·W + v·W], k < K: MR rows of A broadcast against one packed
-  // panel of NV vectors. With ≤ 2 rows, two accumulator sets (even and odd k) hide FMA latency.
+  // acc[r][v] = Σ_k a[r·lda + k] · w[k·ldw + v·W], k < K: R rows of A broadcast against NV vectors
+  // of a packed panel. With ≤ 2 rows, two accumulator sets (even and odd k) hide FMA latency.
   template <int R, int NV>
-  static void tile_product(index_t K, const S* a, index_t lda, const S* w, reg (&acc)[R][NV]) {
+  static void tile_product(index_t K, const S* a, index_t lda, const S* w, index_t ldw, reg (&acc)[R][NV]) {
     constexpr int KS = R <= 2 ? 2 : 1;
     reg part[KS][R][NV];
 #pragma GCC unroll 2
@@ -114,7 +114,7 @@ struct Lstm {
     for (; k + KS <= K; k += KS) {
 #pragma GCC unroll 2
       for (int s = 0; s < KS; ++s) {
-        const S* wk = w + (k + s) * NV * W;
+        const S* wk = w + (k + s) * ldw;
         reg wv[NV];
 #pragma GCC unroll 4
         for (int v = 0; v < NV; ++v) wv[v] = V::load(wk + v * W);
@@ -131,7 +131,7 @@ struct Lstm {
       for (int r = 0; r < R; ++r) {
         const reg ar = V::broadcast(a + r * lda + k);
 #pragma GCC unroll 4
-        for (int v = 0; v < NV; ++v) part[0][r][v] = V::fmadd(ar, V::load(w + k * NV * W + v * W), part[0][r][v]);
+        for (int v = 0; v < NV; ++v) part[0][r][v] = V::fmadd(ar, V::load(w + k * ldw + v * W), part[0][r][v]);
       }
     }
 #pragma GCC unroll 6
@@ -214,7 +214,7 @@ struct Lstm {
         for (index_t off = 0; off < static_cast<index_t>(W * sizeof(S)); off += 64)
           __builtin_prefetch(reinterpret_cast<const char*>(c.gates + ((t * c.B + b0 + r) * 4 + q) * H + p * W) + off, 1);
     if (h_prev) {
-      tile_product<R, 4>(H, h_prev + b0 * H, H, c.packed + p * H * 4 * W, acc);
+      tile_product<R, 4>(H, h_prev + b0 * H, H, c.packed + p * H * 4 * W, 4 * W, acc);
     } else {
       for (auto& row : acc)
         for (auto& a : row) a = V::zero();
@@ -223,39 +223,51 @@ struct Lstm {
     gates_epilogue<R>(c, t, b0, u0, n, acc, c.bias ? c.bias + p * 4 * W : nullptr);
   }
 
-  template <int R>
+  // NV of the panel's 4 vectors of units hold units below H (fewer only in the last panel).
+  template <int R, int NV>
   static void backward_tile(const Ctx<S>& c, index_t t, index_t p, index_t b0) {
     const index_t H = c.H, units = 4 * W;
-    reg acc[R][4];
+    reg acc[R][NV];
     if (t + 1 < c.T) {
-      tile_product<R, 4>(4 * H, c.dgates + ((t + 1) * c.B + b0) * 4 * H, 4 * H, c.packed + p * 4 * H * units, acc);
+      tile_product<R, NV>(4 * H, c.dgates + ((t + 1) * c.B + b0) * 4 * H, 4 * H, c.packed + p * 4 * H * units, units,
+                          acc);
     } else {
       for (int r = 0; r < R; ++r)
-        for (int v = 0; v < 4; ++v) {
+        for (int v = 0; v < NV; ++v) {
           const index_t u0 = p * units + v * W;
-          acc[r][v] = c.dh_n && u0 < H ? load_n(c.dh_n + (b0 + r) * H + u0, std::min<index_t>(W, H - u0)) : V::zero();
+          acc[r][v] = c.dh_n ? load_n(c.dh_n + (b0 + r) * H + u0, std::min<index_t>(W, H - u0)) : V::zero();
         }
     }
     for (int r = 0; r < R; ++r)
-      for (int v = 0; v < 4; ++v) {
+      for (int v = 0; v < NV; ++v) {
         const index_t u0 = p * units + v * W;
-        if (u0 < H) grads_epilogue(c, t, b0 + r, u0, std::min<index_t>(W, H - u0), acc[r][v]);
+        grads_epilogue(c, t, b0 + r, u0, std::min<index_t>(W, H - u0), acc[r][v]);
       }
   }
 
-  template <bool Forward>
-  static void run_tile(const Ctx<S>& c, index_t t, index_t p, index_t b0, index_t rows) {
+  template <int R>
+  static void tile(bool forward, const Ctx<S>& c, index_t t, index_t p, index_t b0) {
+    if (forward) return forward_tile<R>(c, t, p, b0);
+    switch (std::min<index_t>(4, ceil_div(c.H - p * 4 * W, W))) {
+      case 1: return backward_tile<R, 1>(c, t, p, b0);
+      case 2: return backward_tile<R, 2>(c, t, p, b0);
+      case 3: return backward_tile<R, 3>(c, t, p, b0);
+      default: return backward_tile<R, 4>(c, t, p, b0);
+    }
+  }
+
+  static void run_tile(bool forward, const Ctx<S>& c, index_t t, index_t p, index_t b0, index_t rows) {
     switch (rows) {
-      case 1: return Forward ? forward_tile<1>(c, t, p, b0) : backward_tile<1>(c, t, p, b0);
-      case 2: return Forward ? forward_tile<2>(c, t, p, b0) : backward_tile<2>(c, t, p, b0);
-      case 3: return Forward ? forward_tile<3>(c, t, p, b0) : backward_tile<3>(c, t, p, b0);
+      case 1: return tile<1>(forward, c, t, p, b0);
+      case 2: return tile<2>(forward, c, t, p, b0);
+      case 3: return tile<3>(forward, c, t, p, b0);
       default: break;
     }
     if constexpr (MR > 3) {
       switch (rows) {
-        case 4: return Forward ? forward_tile<4>(c, t, p, b0) : backward_tile<4>(c, t, p, b0);
-        case 5: return Forward ? forward_tile<5>(c, t, p, b0) : backward_tile<5>(c, t, p, b0);
-        case 6: return Forward ? forward_tile<6>(c, t, p, b0) : backward_tile<6>(c, t, p, b0);
+        case 4: return tile<4>(forward, c, t, p, b0);
+        case 5: return tile<5>(forward, c, t, p, b0);
+        case 6: return tile<6>(forward, c, t, p, b0);
         default: break;
       }
     }
@@ -269,10 +281,10 @@ struct Lstm {
     thread_range(c.panels * c.row_blocks, c.thread, c.threads, &first, &last);
     for (index_t s = 0; s < c.T; ++s) {
       const index_t t = Forward ? s : c.T - 1 - s;
-      for (index_t tile = first; tile < last; ++tile) {
+      for (index_t item = first; item < last; ++item) {
         index_t b0, rows;
-        row_block(c.B, c.row_blocks, tile % c.row_blocks, &b0, &rows);
-        run_tile<Forward>(c, t, tile / c.row_blocks, b0, rows);
+        row_block(c.B, c.row_blocks, item % c.row_blocks, &b0, &rows);
+        run_tile(Forward, c, t, item / c.row_blocks, b0, rows);
       }
       if (c.threads > 1) {
 #pragma omp barrier
