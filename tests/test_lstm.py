@@ -422,3 +422,214 @@ def test_native_lstm_checks_sizes_itself():
     with pytest.raises(ValueError, match="is required"):
         _C.lstm_backward(None, None, None, x, w_ih, w_hh, None, None, out["y"], out["gates"], None,
                          None, None, None, None, None, None, np.empty((T, B, 4 * H), np.float32))
+
+
+# ---- autodiff: fastdl.functional.lstm / lstm_cell, gru, rnn -------------------------------------------
+
+import fastdl.functional as F  # noqa: E402
+
+from .helpers import check_op, gradcheck  # noqa: E402
+
+
+def _torch_lstm_reference(x, h0, c0, w_ih, w_hh, b_ih, b_hh):
+    """PyTorch's own LSTM with the given tensors as its weights (gradients flow to them)."""
+    torch = _torch()
+    y, (h, c) = torch.func.functional_call(
+        torch.nn.LSTM(x.shape[2], w_hh.shape[1]).double(),
+        {"weight_ih_l0": w_ih, "weight_hh_l0": w_hh, "bias_ih_l0": b_ih, "bias_hh_l0": b_hh},
+        (x, (h0[None], c0[None])))
+    return y, h[0], c[0]
+
+
+def _numpy_lstm(x, h0, c0, w_ih, w_hh, b_ih, b_hh):
+    y, h, c, _ = reference_forward(x, w_ih, w_hh, b_ih, b_hh, h0, c0)
+    return y, h, c
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("T,B,I,H", [(1, 1, 1, 1), (5, 3, 4, 17), (17, 2, 3, 5)])
+def test_functional_lstm_values_and_grads(dtype, T, B, I, H):
+    rng = np.random.default_rng(20)
+    x, w_ih, w_hh, b_ih, b_hh, h0, c0 = make(rng, T, B, I, H, np.float64)
+
+    def fn(x, h0, c0, w_ih, w_hh, b_ih, b_hh):
+        y, (h, c) = F.lstm(x, (h0, c0), w_ih, w_hh, b_ih, b_hh)
+        return y, h, c
+
+    check_op(fn, [x, h0, c0, w_ih, w_hh, b_ih, b_hh], torch_fn=_torch_lstm_reference, numpy_fn=_numpy_lstm,
+             dtype=dtype, k=seq_k(T, I, H) * B)
+
+
+def test_functional_lstm_gradcheck_every_input():
+    rng = np.random.default_rng(21)
+    x, w_ih, w_hh, b_ih, b_hh, h0, c0 = make(rng, 4, 2, 3, 5, np.float64)
+
+    def fn(x, h0, c0, w_ih, w_hh, b_ih, b_hh):
+        y, (h, c) = F.lstm(x, (h0, c0), w_ih, w_hh, b_ih, b_hh)
+        return y, h, c
+
+    gradcheck(fn, [x, h0, c0, w_ih, w_hh, b_ih, b_hh])
+
+
+def test_functional_lstm_without_state_or_bias_and_partial_grads():
+    rng = np.random.default_rng(22)
+    x, w_ih, w_hh, _, _, _, _ = make(rng, 6, 3, 4, 7, np.float64)
+    tx = fastdl.Tensor(x)
+    tw_ih, tw_hh = fastdl.Tensor(w_ih, requires_grad=True), fastdl.Tensor(w_hh)
+    y, (h, c) = F.lstm(tx, None, tw_ih, tw_hh)
+    ry, rh, rc, _ = reference_forward(x, w_ih, w_hh)
+    assert_close(y.numpy(), ry, np.float64, seq_k(6, 4, 7))
+    (y.sum() + c.sum()).backward()
+    assert tw_ih.grad.shape == (28, 4) and tw_hh.grad is None and tx.grad is None
+    expected = reference_backward(x, w_ih, w_hh, 0.0, None, None, np.ones((6, 3, 7)), None, np.ones((3, 7)))
+    assert_close(tw_ih.grad.numpy(), expected[3], np.float64, seq_k(6, 4, 7) * 3)
+    with fastdl.no_grad():
+        y2, _ = F.lstm(tx, None, tw_ih, tw_hh)
+    assert y2.grad_fn is None and not y2.requires_grad
+    np.testing.assert_array_equal(y2.numpy(), y.numpy())
+
+
+def _torch_cell_reference(name):
+    def run(x, h, c_or_w, *rest):
+        torch = _torch()
+        if name == "lstm_cell":
+            c, w_ih, w_hh, b_ih, b_hh = c_or_w, *rest
+            return torch.func.functional_call(torch.nn.LSTMCell(x.shape[1], h.shape[1]).double(),
+                                              {"weight_ih": w_ih, "weight_hh": w_hh, "bias_ih": b_ih,
+                                               "bias_hh": b_hh}, (x, (h, c)))
+        w_ih, (w_hh, b_ih, b_hh) = c_or_w, rest
+        module = {"gru_cell": torch.nn.GRUCell(x.shape[1], h.shape[1]),
+                  "rnn_tanh_cell": torch.nn.RNNCell(x.shape[1], h.shape[1]),
+                  "rnn_relu_cell": torch.nn.RNNCell(x.shape[1], h.shape[1], nonlinearity="relu")}[name].double()
+        return torch.func.functional_call(module, {"weight_ih": w_ih, "weight_hh": w_hh, "bias_ih": b_ih,
+                                                   "bias_hh": b_hh}, (x, h))
+    return run
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name,gates", [("lstm_cell", 4), ("gru_cell", 3), ("rnn_tanh_cell", 1),
+                                        ("rnn_relu_cell", 1)])
+def test_functional_cells_match_torch(dtype, name, gates):
+    if _torch() is None:
+        pytest.skip("PyTorch is not installed")
+    rng = np.random.default_rng(23)
+    B, I, H = 3, 5, 7
+    k = 1 / np.sqrt(H)
+    x, h, c = rng.standard_normal((B, I)), rng.standard_normal((B, H)), rng.standard_normal((B, H))
+    w_ih, w_hh = rng.uniform(-k, k, (gates * H, I)), rng.uniform(-k, k, (gates * H, H))
+    b_ih, b_hh = rng.uniform(-k, k, gates * H), rng.uniform(-k, k, gates * H)
+    fn = getattr(F, name)
+    if name == "lstm_cell":
+        check_op(lambda x, h, c, *w: fn(x, (h, c), *w), [x, h, c, w_ih, w_hh, b_ih, b_hh],
+                 torch_fn=_torch_cell_reference(name), dtype=dtype, k=I + H)
+    else:
+        check_op(lambda x, h, *w: fn(x, h, *w), [x, h, w_ih, w_hh, b_ih, b_hh], torch_fn=_torch_cell_reference(name),
+                 dtype=dtype, k=I + H)
+
+
+@pytest.mark.parametrize("name", ["lstm_cell", "gru_cell", "rnn_tanh_cell", "rnn_relu_cell"])
+def test_functional_cells_gradcheck(name):
+    rng = np.random.default_rng(24)
+    gates = {"lstm_cell": 4, "gru_cell": 3}.get(name, 1)
+    B, I, H = 2, 3, 4
+    arrays = [rng.standard_normal((B, I)), rng.standard_normal((B, H)), rng.standard_normal((gates * H, I)) * 0.5,
+              rng.standard_normal((gates * H, H)) * 0.5, rng.standard_normal(gates * H), rng.standard_normal(gates * H)]
+    fn = getattr(F, name)
+    if name == "lstm_cell":
+        arrays.insert(2, rng.standard_normal((B, H)))
+        gradcheck(lambda x, h, c, *w: fn(x, (h, c), *w), arrays)
+    else:
+        gradcheck(lambda x, h, *w: fn(x, h, *w), arrays)
+
+
+def test_functional_cells_without_state():
+    rng = np.random.default_rng(25)
+    x = fastdl.Tensor(rng.standard_normal((2, 3)))
+    for name, gates in (("lstm_cell", 4), ("gru_cell", 3), ("rnn_tanh_cell", 1), ("rnn_relu_cell", 1)):
+        w_ih, w_hh = fastdl.Tensor(rng.standard_normal((gates * 4, 3))), fastdl.Tensor(rng.standard_normal((gates * 4, 4)))
+        b = fastdl.Tensor(rng.standard_normal(gates * 4))
+        zero = fastdl.zeros(2, 4, dtype=fastdl.float64)
+        fn = getattr(F, name)
+        if name == "lstm_cell":
+            for a, r in zip(fn(x, None, w_ih, w_hh, b, b), fn(x, (zero, zero), w_ih, w_hh, b, b)):
+                np.testing.assert_allclose(a.numpy(), r.numpy(), rtol=1e-14, atol=1e-15)
+        else:
+            np.testing.assert_allclose(fn(x, None, w_ih, w_hh, b, b).numpy(), fn(x, zero, w_ih, w_hh, b, b).numpy(),
+                                       rtol=1e-14, atol=1e-15)
+
+
+@pytest.mark.parametrize("name,gates", [("gru", 3), ("rnn", 1)])
+@pytest.mark.parametrize("T,B,I,H", [(1, 1, 1, 1), (17, 3, 4, 5), (2, 32, 17, 3)])
+def test_functional_gru_rnn_sequences_match_torch(name, gates, T, B, I, H):
+    torch = _torch()
+    if torch is None:
+        pytest.skip("PyTorch is not installed")
+    rng = np.random.default_rng(26)
+    k = 1 / np.sqrt(H)
+    x, h0 = rng.standard_normal((T, B, I)), rng.standard_normal((B, H))
+    w = [rng.uniform(-k, k, s) for s in ((gates * H, I), (gates * H, H), (gates * H,), (gates * H,))]
+    for nonlinearity in (("tanh", "relu") if name == "rnn" else (None,)):
+        module = (torch.nn.GRU(I, H) if name == "gru" else torch.nn.RNN(I, H, nonlinearity=nonlinearity)).double()
+        with torch.no_grad():
+            for p, a in zip(("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0"), w):
+                getattr(module, p).copy_(torch.from_numpy(a))
+        ty, th = module(torch.from_numpy(x), torch.from_numpy(h0)[None])
+        extra = {} if name == "gru" else {"nonlinearity": nonlinearity}
+        y, h = getattr(F, name)(fastdl.Tensor(x), fastdl.Tensor(h0), *(fastdl.Tensor(a) for a in w), **extra)
+        assert_close(y.numpy(), ty.detach().numpy(), np.float64, seq_k(T, I, H))
+        assert_close(h.numpy(), th.detach().numpy()[0], np.float64, seq_k(T, I, H))
+
+
+@pytest.mark.parametrize("name,gates", [("gru", 3), ("rnn", 1)])
+def test_functional_gru_rnn_gradcheck(name, gates):
+    rng = np.random.default_rng(27)
+    T, B, I, H = 3, 2, 3, 4
+    arrays = [rng.standard_normal((T, B, I)), rng.standard_normal((B, H)), rng.standard_normal((gates * H, I)) * 0.5,
+              rng.standard_normal((gates * H, H)) * 0.5, rng.standard_normal(gates * H), rng.standard_normal(gates * H)]
+
+    def fn(x, h0, *w):
+        return getattr(F, name)(x, h0, *w)
+
+    gradcheck(fn, arrays)
+
+
+def test_composed_gru_rnn_are_declared_and_counted():
+    runs = {(f["family"], f["case"]): f["runs"] for f in fastdl.backend_info()["fallbacks"]}
+    before = runs[("lstm", "GRU/RNN")]
+    F.gru(fastdl.ones(2, 1, 3), None, fastdl.ones(6, 3), fastdl.ones(6, 2))
+    runs = {(f["family"], f["case"]): f["runs"] for f in fastdl.backend_info()["fallbacks"]}
+    assert runs[("lstm", "GRU/RNN")] == before + 1
+    assert fastdl.backend_info()["families"]["lstm"]["cpu"].startswith("native")
+
+
+BAD_FUNCTIONAL = [
+    (lambda: F.lstm(fastdl.ones(4, 5), None, fastdl.ones(8, 5), fastdl.ones(8, 2)), ValueError, "3-D (T, B, I)"),
+    (lambda: F.lstm(fastdl.ones(4, 3, 5), (fastdl.ones(3, 2), fastdl.ones(2, 2)), fastdl.ones(8, 5),
+                    fastdl.ones(8, 2)), ValueError, "c0 must be (3, 2)"),
+    (lambda: F.lstm(fastdl.ones(4, 3, 5), fastdl.ones(3, 2), fastdl.ones(8, 5), fastdl.ones(8, 2)), TypeError,
+     "pair (h, c)"),
+    (lambda: F.lstm(fastdl.ones(4, 3, 5), None, fastdl.ones(8, 5, dtype=fastdl.float64), fastdl.ones(8, 2)),
+     TypeError, "dtypes differ"),
+    (lambda: F.lstm(np.ones((4, 3, 5)), None, fastdl.ones(8, 5), fastdl.ones(8, 2)), TypeError, "must be a Tensor"),
+    (lambda: F.lstm_cell(fastdl.ones(3, 5), None, fastdl.ones(8, 4), fastdl.ones(8, 2)), ValueError,
+     "weight_ih must be (8, 5)"),
+    (lambda: F.lstm_cell(fastdl.ones(3, 5), (fastdl.ones(2, 2), fastdl.ones(3, 2)), fastdl.ones(8, 5),
+                         fastdl.ones(8, 2)), ValueError, "h must be (B, H) = (3, 2)"),
+    (lambda: F.lstm_cell(fastdl.ones(3, 4, 5), None, fastdl.ones(8, 5), fastdl.ones(8, 2)), ValueError,
+     "lstm_cell: input must be 2-D"),
+    (lambda: F.gru_cell(fastdl.ones(3, 5), None, fastdl.ones(8, 5), fastdl.ones(8, 2)), ValueError,
+     "weight_hh must be (3H, H)"),
+    (lambda: F.gru(fastdl.ones(3, 5), None, fastdl.ones(6, 5), fastdl.ones(6, 2)), ValueError, "gru: input must be 3-D"),
+    (lambda: F.rnn(fastdl.ones(2, 3, 5), None, fastdl.ones(2, 5), fastdl.ones(2, 2), nonlinearity="gelu"),
+     ValueError, "nonlinearity"),
+    (lambda: F.rnn_tanh_cell(fastdl.ones(3, 5), fastdl.ones(3, 4), fastdl.ones(2, 5), fastdl.ones(2, 2)), ValueError,
+     "hx must be (B, H) = (3, 2)"),
+]
+
+
+@pytest.mark.parametrize("call,exc,words", BAD_FUNCTIONAL)
+def test_functional_recurrent_bad_input(call, exc, words):
+    with pytest.raises(exc) as info:
+        call()
+    assert words in str(info.value)
+    assert any(op in str(info.value) for op in ("lstm", "gru", "rnn"))
