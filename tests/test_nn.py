@@ -539,3 +539,32 @@ LAYER_ERRORS = [
 def test_layer_errors(make, words):
     with pytest.raises(ValueError, match=words):
         make()
+
+
+# ---- positional encoding --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("max_len,d_model", [(1, 1), (7, 6), (50, 9), (5000, 64)])
+def test_sinusoidal_positional_encoding_matches_formula(max_len, d_model):
+    pe = nn.sinusoidal_positional_encoding(max_len, d_model, dtype=np.float64).numpy()
+    pos = np.arange(max_len)[:, None]
+    i = np.arange(d_model)[None, :]
+    angle = pos / 10000.0 ** ((i - i % 2) / d_model)
+    expected = np.where(i % 2 == 0, np.sin(angle), np.cos(angle))
+    np.testing.assert_allclose(pe, expected, atol=1e-9)
+
+
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_positional_encoding_module(batch_first):
+    module = nn.PositionalEncoding(8, dropout=0.0, max_len=20, batch_first=batch_first)
+    shape = (3, 5, 8) if batch_first else (5, 3, 8)
+    x = fastdl.randn(*shape, requires_grad=True)
+    y = module(x)
+    table = nn.sinusoidal_positional_encoding(20, 8).numpy()[:5]
+    added = y.data - x.data
+    expected = table[None] if batch_first else table[:, None]
+    np.testing.assert_allclose(added, np.broadcast_to(expected, shape), atol=1e-6)
+    y.sum().backward()
+    np.testing.assert_array_equal(x.grad.data, 1.0)
+    assert list(module.state_dict()) == []  # the table is not saved
+    with pytest.raises(ValueError, match=r"PositionalEncoding\(d_model=8, max_len=20.*S ≤ max_len = 20"):
+        module(fastdl.randn(3, 21, 8) if batch_first else fastdl.randn(21, 3, 8))

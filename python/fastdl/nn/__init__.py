@@ -24,6 +24,7 @@ from .layers import (
     LeakyReLU,
     Linear,
     LogSoftmax,
+    PositionalEncoding,
     ReLU,
     SiLU,
     Sigmoid,
@@ -31,6 +32,7 @@ from .layers import (
     Softplus,
     Tanh,
     Unflatten,
+    sinusoidal_positional_encoding,
 )
 from .losses import (
     BCELoss,
@@ -50,6 +52,7 @@ __all__ = [
     "Linear", "Bilinear", "Flatten", "Unflatten", "Dropout", "Dropout2d",
     "BatchNorm1d", "BatchNorm2d", "LayerNorm", "GroupNorm", "Embedding",
     "ReLU", "LeakyReLU", "ELU", "GELU", "SiLU", "Sigmoid", "Tanh", "Softmax", "LogSoftmax", "Softplus",
+    "PositionalEncoding", "sinusoidal_positional_encoding",
     "MSELoss", "L1Loss", "SmoothL1Loss", "BCELoss", "BCEWithLogitsLoss", "CrossEntropyLoss", "NLLLoss",
     "KLDivLoss", "CosineEmbeddingLoss",
     "functional", "init", "utils",

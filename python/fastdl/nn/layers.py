@@ -25,6 +25,7 @@ __all__ = [
     "Linear", "Bilinear", "Flatten", "Unflatten", "Dropout", "Dropout2d",
     "BatchNorm1d", "BatchNorm2d", "LayerNorm", "GroupNorm", "Embedding",
     "ReLU", "LeakyReLU", "ELU", "GELU", "SiLU", "Sigmoid", "Tanh", "Softmax", "LogSoftmax", "Softplus",
+    "PositionalEncoding", "sinusoidal_positional_encoding",
 ]
 
 
@@ -585,3 +586,55 @@ class Softplus(Module):
 
     def extra_repr(self) -> str:
         return f"beta={self.beta}, threshold={self.threshold}"
+
+
+# ---- positional encoding --------------------------------------------------------------------------
+
+def sinusoidal_positional_encoding(max_len: int, d_model: int, dtype=np.float32) -> Tensor:
+    """The (max_len, d_model) table of Vaswani et al.: PE[p, 2i] = sin(p / 10000^(2i/d_model)),
+    PE[p, 2i+1] = cos(p / 10000^(2i/d_model)).
+
+    >>> pe = sinusoidal_positional_encoding(50, 6)
+    >>> pe.shape, pe.numpy()[0].tolist()
+    ((50, 6), [0.0, 1.0, 0.0, 1.0, 0.0, 1.0])
+    """
+    if max_len <= 0 or d_model <= 0:
+        raise ValueError(f"sinusoidal_positional_encoding: max_len and d_model must be positive, got {max_len}, "
+                         f"{d_model}")
+    position = np.arange(max_len, dtype=np.float64)[:, None]
+    div_term = np.exp(np.arange(0, d_model, 2, dtype=np.float64) * (-math.log(10000.0) / d_model))
+    pe = np.zeros((max_len, d_model), dtype=np.float64)
+    pe[:, 0::2] = np.sin(position * div_term)
+    pe[:, 1::2] = np.cos(position * div_term[: d_model // 2])
+    return Tensor(pe.astype(dtype))
+
+
+class PositionalEncoding(Module):
+    """Adds the sinusoidal positional encoding to x (S, N, E), or (N, S, E) with ``batch_first``,
+    then dropout (the PyTorch tutorial's module). The table is a non-persistent buffer ``pe``.
+
+    >>> import fastdl
+    >>> pos = fastdl.nn.PositionalEncoding(8, dropout=0.0, batch_first=True)
+    >>> pos(fastdl.zeros(2, 5, 8)).shape
+    (2, 5, 8)
+    """
+
+    def __init__(self, d_model: int, dropout: float = 0.1, max_len: int = 5000, batch_first: bool = False):
+        super().__init__()
+        self.d_model, self.max_len, self.batch_first = d_model, max_len, batch_first
+        self.dropout = Dropout(dropout)
+        self.register_buffer("pe", sinusoidal_positional_encoding(max_len, d_model), persistent=False)
+
+    def forward(self, x):
+        seq_dim = 1 if self.batch_first else 0
+        if x.ndim != 3 or x.shape[-1] != self.d_model or x.shape[seq_dim] > self.max_len:
+            raise self._error(f"got input of shape {tuple(x.shape)}: expected "
+                              f"{'(N, S, E)' if self.batch_first else '(S, N, E)'} with E = {self.d_model} "
+                              f"and S ≤ max_len = {self.max_len}")
+        S = x.shape[seq_dim]
+        pe = Tensor(self.pe.data[:S].astype(x.dtype, copy=False))
+        pe = pe.unsqueeze(0) if self.batch_first else pe.unsqueeze(1)
+        return self.dropout(x + pe)
+
+    def extra_repr(self) -> str:
+        return f"d_model={self.d_model}, max_len={self.max_len}, batch_first={self.batch_first}"
