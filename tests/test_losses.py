@@ -256,9 +256,9 @@ def _rand(*shape, seed=0, low=None, high=None):
 
 F = fastdl.functional
 GRADCHECKS = {
-    "cross_entropy": lambda: ((lambda x: F.cross_entropy(x, fastdl.tensor([1, 0, 2, -100]), label_smoothing=0.1,
-                                                           weight=fastdl.tensor([1.0, 2.0, 0.5], dtype=fastdl.float64))),
-                              [_rand(4, 3)]),
+    "cross_entropy": lambda: ((lambda x: F.cross_entropy(
+        x, fastdl.tensor([1, 0, 2, -100]), label_smoothing=0.1,
+        weight=fastdl.tensor([1.0, 2.0, 0.5], dtype=fastdl.float64))), [_rand(4, 3)]),
     "cross_entropy_probs": lambda: ((lambda x, t: F.cross_entropy(x, t, reduction="sum", label_smoothing=0.2)),
                                     [_rand(3, 4), _rand(3, 4, seed=1, low=0.0, high=1.0)]),
     "cross_entropy_kdim": lambda: ((lambda x: F.cross_entropy(x, fastdl.tensor([[0, 1], [2, 2]]), reduction="none")),

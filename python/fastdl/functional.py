@@ -1989,7 +1989,8 @@ def cross_entropy(input, target, weight=None, *, ignore_index: int = -100, reduc
         raise ValueError(f"cross_entropy: label_smoothing must be between 0.0 and 1.0, got {label_smoothing}")
     x, C = _classes_last("cross_entropy", input)
     if weight is not None and tuple(weight.shape) != (C,):
-        raise ValueError(f"cross_entropy: weight has shape {tuple(weight.shape)}, expected ({C},) for input {input.shape}")
+        raise ValueError(f"cross_entropy: weight has shape {tuple(weight.shape)}, expected ({C},) for input "
+                         f"{input.shape}")
     batch_shape = input.shape[:1] + input.shape[2:] if input.ndim > 1 else ()
     t = target if isinstance(target, Tensor) else _new_tensor(target)
     if t.dtype.kind == "f":
@@ -2009,7 +2010,8 @@ def cross_entropy(input, target, weight=None, *, ignore_index: int = -100, reduc
         valid = t2.data[t2.data != ignore_index]
         if valid.size and (int(valid.min()) < 0 or int(valid.max()) >= C):
             bad = int(valid.max()) if int(valid.max()) >= C else int(valid.min())
-            raise ValueError(f"cross_entropy: target contains class {bad} but input {tuple(input.shape)} has {C} classes")
+            raise ValueError(f"cross_entropy: target contains class {bad} but input {tuple(input.shape)} has {C} "
+                             "classes")
     loss = _nn_ops.CrossEntropyFn.apply(x, t2, _nn_optional(weight), ignore_index, reduction, label_smoothing)
     return loss.reshape(batch_shape) if reduction == "none" else loss
 

@@ -91,7 +91,9 @@ class _Writer:
         return {"tensor": name, "kind": kind}
 
     def encode(self, value, path: str):
-        child = (lambda key: f"{path}.{key}" if path else str(key))
+        def child(key) -> str:
+            return f"{path}.{key}" if path else str(key)
+
         if isinstance(value, np.ndarray):
             return self._add(path, value, "numpy")
         if _is_torch_tensor(value):
