@@ -398,6 +398,17 @@ def test_containers():
     assert repr(nn.Parameter(fastdl.ones(1))).startswith("Parameter containing:\ntensor(")
 
 
+def test_deepcopy_gives_independent_parameters():
+    import copy
+
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
+    clone = copy.deepcopy(model)
+    assert type(clone[0].weight) is nn.Parameter and clone[0].weight.requires_grad
+    assert not np.shares_memory(clone[0].weight.data, model[0].weight.data)
+    clone(fastdl.randn(5, 3))  # updates only the clone's running statistics
+    assert not (clone[1].running_mean.data == model[1].running_mean.data).all()
+
+
 @needs_torch
 def test_module_list_repr_compresses_repeats_like_torch():
     ours = nn.ModuleList([nn.Linear(2, 2) for _ in range(3)] + [nn.ReLU()])
