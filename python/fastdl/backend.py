@@ -168,3 +168,9 @@ FAMILY_IMPLEMENTATIONS["lstm"] = {
     "cuda": "not yet implemented",
 }
 declare_fallback("lstm", "GRU/RNN", "composed from linear, sigmoid, tanh/relu and elementwise ops per time step")
+
+# ---- optim (nn branch) ----------------------------------------------------------------------------
+FAMILY_IMPLEMENTATIONS["optim"] = {
+    "cpu": "native: fused multi-tensor optimizer step (one pass per group), {level}",
+    "cuda": "not yet implemented",
+}
