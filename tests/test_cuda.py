@@ -438,3 +438,13 @@ def test_tensor_op_suite_on_cuda(cuda, name, fn):
     assert len(results["cuda"]) == len(results["cpu"])
     for r_gpu, r_cpu in zip(results["cuda"], results["cpu"]):
         assert_close(r_gpu, r_cpu, np.float64, 64)
+
+
+@needs_no_cuda
+def test_cli_bench_cuda_explains_why_it_cannot_run():
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "fastdl.cli", "bench", "gemm", "--device", "cuda",
+                           "--keep-openblas-env"], capture_output=True, text=True)
+    assert proc.returncode == 1 and "CUDA is not available" in proc.stderr
