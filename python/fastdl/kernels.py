@@ -52,8 +52,8 @@ def gemm(a, b, out=None, *, trans_a: bool = False, trans_b: bool = False, alpha:
     >>> import numpy as np
     >>> c = np.ones((2, 2))
     >>> gemm(np.eye(2), np.full((2, 2), 3.0), c, alpha=2.0, beta=1.0)
-    array([[7., 1.],
-           [1., 7.]])
+    array([[7., 7.],
+           [7., 7.]])
     """
     if is_cuda_array(a) or is_cuda_array(b) or is_cuda_array(out):
         return _gemm_cuda(a, b, out, trans_a, trans_b, alpha, beta)
