@@ -1363,7 +1363,7 @@ def _parse_device(device, op: str):
         if name == "cuda":
             return "cuda", cupy.cuda.runtime.getDevice()
         try:
-            index = _builtin_int(name[5:])
+            index = int(name[5:])
         except ValueError:
             raise ValueError(f"{op}: bad device {name!r}; use 'cpu', 'cuda' or 'cuda:N'") from None
         count = cupy.cuda.runtime.getDeviceCount()
