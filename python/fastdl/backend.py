@@ -89,10 +89,14 @@ def array_module(x):
     """The array module of ``x``: ``numpy`` for CPU arrays and Python scalars (CuPy on "cuda").
 
     >>> import numpy as np
+    >>> from fastdl.backend import array_module
     >>> array_module(np.ones(2)) is np
     True
     """
-    if type(x).__module__.startswith("cupy"):
+    cls = type(x)
+    if cls is np.ndarray:
+        return np
+    if cls.__module__.startswith("cupy"):
         import cupy
 
         return cupy
@@ -103,6 +107,7 @@ def device_of(x) -> str:
     """The device an array lives on: ``"cpu"`` for NumPy arrays, ``"cuda:N"`` for GPU arrays.
 
     >>> import numpy as np
+    >>> from fastdl.backend import device_of
     >>> device_of(np.ones(2))
     'cpu'
     """
