@@ -1,5 +1,7 @@
 """Test helpers: tolerances derived from the dtype and the reduction length, seeded inputs, and the
 awkward shapes every kernel is tested on."""
+import os
+
 import numpy as np
 
 EPS = {np.dtype(np.float32): np.finfo(np.float32).eps, np.dtype(np.float64): np.finfo(np.float64).eps}
@@ -48,6 +50,8 @@ try:
     import torch
 except ImportError:  # pragma: no cover - CI installs torch; the NumPy path keeps tests running without
     torch = None
+if os.environ.get("FASTDL_TEST_WITHOUT_TORCH") == "1":  # exercise the NumPy references on purpose
+    torch = None
 
 
 def noncontiguous(a: np.ndarray) -> np.ndarray:
@@ -94,7 +98,7 @@ def _numerical_grads(numpy_fn, arrays, upstream, eps=1e-6):
             grads.append(None)
             continue
         g = np.zeros(a.shape)
-        args = [x.astype(np.float64) if x.dtype.kind == "f" else x for x in arrays]
+        args = [np.array(x, dtype=np.float64) if x.dtype.kind == "f" else x for x in arrays]
         flat = args[i].reshape(-1)
         for j in range(flat.size):
             old = flat[j]
@@ -118,6 +122,7 @@ def check_op(fn, arrays, torch_fn=None, numpy_fn=None, dtype=np.float64, grad=Tr
     import fastdl
 
     dtype = np.dtype(dtype)
+    arrays = [np.asarray(a) for a in arrays]
     rng = np.random.default_rng(seed)
     # The reference sees exactly the values fastdl sees (rounded to dtype), in float64.
     rounded = [a.astype(dtype).astype(np.float64) if a.dtype.kind == "f" else a for a in arrays]
@@ -180,6 +185,7 @@ def gradcheck(fn, arrays, **kwargs):
     require grad; integer/bool arrays are constants)."""
     import fastdl
 
+    arrays = [np.asarray(a) for a in arrays]
     tensors = [fastdl.Tensor(a.astype(np.float64), requires_grad=True) if a.dtype.kind == "f" else fastdl.Tensor(a)
                for a in arrays]
     assert fastdl.autograd.gradcheck(fn, tensors, **kwargs)
