@@ -65,7 +65,7 @@ def noncontiguous(a: np.ndarray) -> np.ndarray:
     return view
 
 
-def _to_tensors(arrays, dtype, grad, strided):
+def _to_tensors(arrays, dtype, grad, strided, device):
     import fastdl
 
     tensors = []
@@ -73,9 +73,10 @@ def _to_tensors(arrays, dtype, grad, strided):
         if a.dtype.kind == "f":
             v = a.astype(dtype)
             v = noncontiguous(v) if strided else v
-            tensors.append(fastdl.Tensor(v, requires_grad=grad))
+            t = fastdl.Tensor(v) if device == "cpu" else fastdl.tensor(v, device=device)
+            tensors.append(t.requires_grad_(grad))
         else:
-            tensors.append(fastdl.Tensor(a))
+            tensors.append(fastdl.Tensor(a) if device == "cpu" else fastdl.tensor(a, device=device))
     return tensors
 
 
@@ -112,13 +113,15 @@ def _numerical_grads(numpy_fn, arrays, upstream, eps=1e-6):
     return grads
 
 
-def check_op(fn, arrays, torch_fn=None, numpy_fn=None, dtype=np.float64, grad=True, k=1, strided=True, seed=0):
+def check_op(fn, arrays, torch_fn=None, numpy_fn=None, dtype=np.float64, grad=True, k=1, strided=True, seed=0,
+             device="cpu"):
     """Check ``fn`` (fastdl tensors → tensor or tuple) on ``arrays`` (NumPy; float arrays become
     ``dtype`` tensors that require grad, integer/bool arrays constant tensors) against the float64
     reference: ``torch_fn`` (same call on torch tensors) when PyTorch is importable, else
     ``numpy_fn`` (on float64 arrays; its gradients by central differences). Values and gradients
     (for a random upstream gradient) must agree within ``tol(dtype, k)`` of the reference's
-    magnitude; with ``strided`` the check is repeated on non-contiguous views of the inputs."""
+    magnitude; with ``strided`` the check is repeated on non-contiguous views of the inputs. The
+    fastdl tensors live on ``device``."""
     import fastdl
 
     dtype = np.dtype(dtype)
@@ -154,13 +157,13 @@ def check_op(fn, arrays, torch_fn=None, numpy_fn=None, dtype=np.float64, grad=Tr
         else:
             ref_grads = _numerical_grads(numpy_fn, rounded, upstream)
     for variant in ((False, True) if strided else (False,)):
-        tensors = _to_tensors(arrays, dtype, grad, variant)
+        tensors = _to_tensors(arrays, dtype, grad, variant, device)
         outs = _float_outputs(fn(*tensors))
         assert len(outs) == len(ref_values), f"{len(outs)} float outputs, reference has {len(ref_values)}"
         for o, r in zip(outs, ref_values):
             assert o.shape == r.shape, f"output shape {o.shape} != reference {r.shape}"
             assert o.dtype == dtype, f"output dtype {o.dtype} != {dtype}"
-            assert_close(o.numpy(), r, dtype, k)
+            assert_close(np.asarray(o.detach().cpu()), r, dtype, k)
         if not grad:
             continue
         live = [(o, g) for o, g in zip(outs, upstream) if o.requires_grad]
@@ -169,7 +172,7 @@ def check_op(fn, arrays, torch_fn=None, numpy_fn=None, dtype=np.float64, grad=Tr
         for i, (t, r) in enumerate(zip(tensors, ref_grads)):
             if r is None:
                 continue
-            got = np.zeros(t.shape) if t.grad is None else t.grad.numpy()
+            got = np.zeros(t.shape) if t.grad is None else np.asarray(t.grad.cpu())
             assert t.grad is None or t.grad.shape == t.shape, f"grad {i} shape {t.grad.shape} != {t.shape}"
             bound_dtype = dtype if use_torch else np.dtype(np.float64)
             if use_torch:

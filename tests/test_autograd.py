@@ -129,7 +129,7 @@ def test_backward_frees_saved_arrays():
     node = y.grad_fn
     y.sum().backward()
     with pytest.raises(RuntimeError, match="freed"):
-        node.saved_tensors
+        _ = node.saved_tensors
 
 
 def test_backward_with_explicit_gradient_for_non_scalar():

@@ -573,3 +573,15 @@ def test_composite_chain_against_torch():
 
     check_op(lambda x, w: f(fastdl, x, w), [data((4, 3)), data((3, 5), seed=1)], lambda x, w: f(torch, x, w),
              None, dtype=np.float32, k=5)
+
+
+def test_clamp_with_tensor_bounds_gradcheck():
+    gradcheck(lambda x, lo, hi: fastdl.clamp(x, lo, hi), [data((3, 4)), data((4,), seed=1) - 1, data((3, 1), seed=2) + 1])
+
+
+def test_dropout_gradcheck_with_a_fixed_mask():
+    def fn(x):
+        fastdl.manual_seed(11)
+        return F.dropout(x, 0.3)
+
+    gradcheck(fn, [data((4, 5))])

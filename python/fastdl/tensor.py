@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import collections
 import functools
-import math
 import threading
 import weakref
 
