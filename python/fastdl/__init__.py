@@ -28,6 +28,7 @@ from .backend import (
 from . import random
 from .tensor import *  # noqa: F401,F403 - Tensor, creation functions, dtypes, grad modes
 from .tensor import __all__ as _tensor_all
+from .tensor import bool_, float16, float32, float64, int16, int32, int64
 from . import functional, autograd
 from .random import get_rng_state, initial_seed, manual_seed, seed, set_rng_state
 

@@ -97,7 +97,80 @@ def _gemm_problem(M: int, N: int, K: int, batch: int, dtype: str) -> Problem:
     return Problem("gemm", name, 2.0 * M * N * K * batch, make, dtype)
 
 
-PROBLEMS: dict[str, Callable[..., list[Problem]]] = {"gemm": gemm_problems}
+# ---- per-op overhead (tensor branch) ---------------------------------------------------------------
+# Not FLOP problems: microseconds per call of tiny ops, where Python dispatch and graph bookkeeping
+# dominate (Problem.flops = 0 marks them; rows report µs and the ratio fastdl / reference).
+
+def overhead_problems(full: bool = False) -> list[Problem]:
+    """Single small ops (add of two 8×8 tensors, a 32×32 matmul) and a Linear(64, 64) layer on a
+    batch of 32: its forward (graph recorded, as in training) and forward + backward (ReLU, sum)."""
+    return [Problem("overhead", name, 0.0, make) for name, make in (
+        ("add 8x8", _overhead_add), ("matmul 32x32", _overhead_matmul),
+        ("linear 64->64 fwd", lambda: _overhead_linear(False)), ("linear 64->64 fwd+bwd", lambda: _overhead_linear(True)),
+    )]
+
+
+def _overhead_add():
+    import fastdl
+
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((2, 8, 8)).astype(np.float32)
+    fa, fb = fastdl.tensor(a), fastdl.tensor(b)
+    impls = {"fastdl": lambda: fa + fb, "numpy": lambda: a + b}
+    torch = _torch()
+    if torch is not None:
+        ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+        impls["torch"] = lambda: ta + tb
+    return impls
+
+
+def _overhead_matmul():
+    import fastdl
+
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((2, 32, 32)).astype(np.float32)
+    fa, fb = fastdl.tensor(a), fastdl.tensor(b)
+    impls = {"fastdl": lambda: fa @ fb, "numpy": lambda: a @ b}
+    torch = _torch()
+    if torch is not None:
+        ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+        impls["torch"] = lambda: ta @ tb
+    return impls
+
+
+def _overhead_linear(backward: bool):
+    import fastdl
+    from fastdl import functional as F
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((32, 64)).astype(np.float32)
+    w = (rng.standard_normal((64, 64)) / 8).astype(np.float32)
+    b = np.zeros(64, np.float32)
+    fx, fw, fb = fastdl.tensor(x), fastdl.tensor(w, requires_grad=True), fastdl.tensor(b, requires_grad=True)
+
+    def fastdl_step():
+        if not backward:
+            return F.linear(fx, fw, fb)
+        fw.grad = fb.grad = None
+        F.linear(fx, fw, fb).relu().sum().backward()
+
+    impls = {"fastdl": fastdl_step}
+    torch = _torch()
+    if torch is not None:
+        tx = torch.from_numpy(x)
+        tw, tb = torch.tensor(w, requires_grad=True), torch.tensor(b, requires_grad=True)
+
+        def torch_step():
+            if not backward:
+                return torch.nn.functional.linear(tx, tw, tb)
+            tw.grad = tb.grad = None
+            torch.nn.functional.linear(tx, tw, tb).relu().sum().backward()
+
+        impls["torch"] = torch_step
+    return impls
+
+
+PROBLEMS: dict[str, Callable[..., list[Problem]]] = {"gemm": gemm_problems, "overhead": overhead_problems}
 
 
 # ---- LSTM ----------------------------------------------------------------------------------------
@@ -237,9 +310,15 @@ def run(family: str, threads_list=(1, 2), full: bool = False, repeats: int = 5, 
             peaks = {}
             with threadpoolctl.threadpool_limits(limits=threads):
                 for problem in PROBLEMS[family](full=full):
+                    times = best_times(problem.make(), repeats=repeats)
+                    if not problem.flops:
+                        row = {"family": family, "problem": problem.name, "dtype": problem.dtype, "threads": threads,
+                               "us": {k: t * 1e6 for k, t in times.items()}, "seconds": times}
+                        rows.append(row)
+                        printer(format_row(row))
+                        continue
                     if problem.dtype not in peaks:
                         peaks[problem.dtype] = peak_gflops(problem.dtype, threads)
-                    times = best_times(problem.make(), repeats=repeats)
                     row = {
                         "family": family,
                         "problem": problem.name,
@@ -257,7 +336,10 @@ def run(family: str, threads_list=(1, 2), full: bool = False, repeats: int = 5, 
     return rows
 
 
-def format_header() -> str:
+def format_header(family: str = "gemm") -> str:
+    if family == "overhead":
+        return (f"{'problem':>22} {'dtype':>7} {'thr':>3} {'fastdl us':>10} {'numpy us':>10} {'torch us':>10} "
+                f"{'x numpy':>8} {'x torch':>8}")
     return (
         f"{'problem':>22} {'dtype':>7} {'thr':>3} {'fastdl':>9} {'numpy':>9} {'torch':>9} "
         f"{'x numpy':>8} {'x torch':>8} {'% peak':>7}"
@@ -265,6 +347,13 @@ def format_header() -> str:
 
 
 def format_row(row: dict) -> str:
+    if "us" in row:
+        us = row["us"]
+        fd, npy, tch = us.get("fastdl"), us.get("numpy"), us.get("torch")
+        cells = [f"{v:.2f}" if v is not None else "-" for v in (fd, npy, tch)]
+        ratios = [f"{fd / v:.2f}" if v else "-" for v in (npy, tch)]
+        return (f"{row['problem']:>22} {row['dtype']:>7} {row['threads']:>3} {cells[0]:>10} {cells[1]:>10} "
+                f"{cells[2]:>10} {ratios[0]:>8} {ratios[1]:>8}")
     g = row["gflops"]
     fd, npy, tch = g.get("fastdl"), g.get("numpy"), g.get("torch")
 
