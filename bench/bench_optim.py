@@ -18,5 +18,4 @@ def test_optim(benchmark, problem, impl):
     impls = PROBLEMS[problem].make()
     if impl not in impls:
         pytest.skip(f"{impl} has no implementation of {problem} (or is not installed)")
-    benchmark.extra_info["parameters"] = PROBLEMS[problem].flops
     benchmark(impls[impl])
