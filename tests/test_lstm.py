@@ -417,6 +417,10 @@ def test_native_lstm_checks_sizes_itself():
         ro = np.empty((T, B, H), np.float32)
         ro.flags.writeable = False
         _C.lstm_forward(x, w_ih, w_hh, b_ih, b_hh, h0, c0, **{**out, "y": ro})
+    shared = np.zeros(200, np.float32)
+    x_in, y_out = shared[:60].reshape(4, 3, 5), shared[50:122].reshape(4, 3, 6)
+    with pytest.raises(ValueError, match=r"y \(4, 3, 6\) overlaps x"):
+        _C.lstm_forward(x_in, w_ih, w_hh, b_ih, b_hh, h0, c0, **{**out, "y": y_out})
     with pytest.raises(TypeError, match="does not match x's dtype"):
         _C.lstm_forward(x, w_ih.astype(np.float64), w_hh, b_ih, b_hh, h0, c0, **out)
     with pytest.raises(ValueError, match="is required"):
