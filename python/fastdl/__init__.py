@@ -69,3 +69,9 @@ __all__ = [
     # cuda branch
     "cuda", "backends",
 ]
+
+# ---- nn, optim and saving (nn branch) --------------------------------------------------------------
+from . import nn, optim  # noqa: E402
+from .serialization import load, load_torch_state_dict, save  # noqa: E402
+
+__all__ += ["nn", "optim", "save", "load", "load_torch_state_dict"]

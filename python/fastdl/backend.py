@@ -238,3 +238,9 @@ FAMILY_IMPLEMENTATIONS["lstm"] = {
 }
 declare_fallback("lstm", "GRU/RNN", "composed from linear, sigmoid, tanh/relu and elementwise ops per time step")
 declare_fallback("lstm", "LSTM proj_size > 0", "composed from linear, sigmoid, tanh and elementwise ops per time step")
+
+# ---- optim (nn branch) ----------------------------------------------------------------------------
+FAMILY_IMPLEMENTATIONS["optim"] = {
+    "cpu": "native: fused multi-tensor optimizer step (one pass per group), {level}",
+    "cuda": "not yet implemented",
+}

@@ -171,6 +171,8 @@ def _overhead_linear(backward: bool):
 
 
 PROBLEMS: dict[str, Callable[..., list[Problem]]] = {"gemm": gemm_problems, "overhead": overhead_problems}
+# Families reported in µs per call (their problems have flops = 0) rather than GFLOP/s.
+TIME_FAMILIES: tuple = ("overhead",)
 
 
 # ---- LSTM ----------------------------------------------------------------------------------------
@@ -182,61 +184,53 @@ LSTM_CELL_SHAPES = [(1, 64, 128), (32, 128, 256)]
 
 
 def lstm_problems(full: bool = False) -> list[Problem]:
-    """One LSTM layer over a sequence, forward (inference) and forward+backward (all gradients),
-    against ``torch.nn.LSTM`` (oneDNN); and one ``nn.LSTMCell`` step called from Python against
-    ``torch.nn.LSTMCell``. float32, plus float64 with ``full``. FLOPs: forward 2·T·B·4H·(I+H), the
-    backward twice that."""
+    """``nn.LSTM`` over a sequence, forward (inference, no grad) and forward+backward (gradients of
+    the input and every parameter), against ``torch.nn.LSTM`` (oneDNN) with the same weights; and
+    one ``nn.LSTMCell`` step called from Python (no grad) against ``torch.nn.LSTMCell``. float32,
+    plus float64 with ``full``. FLOPs: forward 2·T·B·4H·(I+H), the backward twice that."""
     dtypes = ("float32", "float64") if full else ("float32",)
     problems = [_lstm_problem(*shape, phase, dtype) for dtype in dtypes for shape in LSTM_SHAPES
                 for phase in ("fwd", "fwd+bwd")]
-    if _has_lstm_cell():
-        problems += [_lstm_cell_problem(*shape) for shape in LSTM_CELL_SHAPES]
-    return problems
-
-
-def _has_lstm_cell() -> bool:
-    try:
-        from .nn import LSTMCell  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return problems + [_lstm_cell_problem(*shape) for shape in LSTM_CELL_SHAPES]
 
 
 def _lstm_problem(T: int, B: int, I: int, H: int, phase: str, dtype: str) -> Problem:
     def make():
+        from . import nn
+        from .tensor import Tensor, no_grad
+
         rng = np.random.default_rng(0)
-        k = 1 / np.sqrt(H)
         x = rng.standard_normal((T, B, I)).astype(dtype)
-        w_ih, w_hh = (rng.uniform(-k, k, (4 * H, n)).astype(dtype) for n in (I, H))
-        b_ih, b_hh = (rng.uniform(-k, k, 4 * H).astype(dtype) for _ in range(2))
         grad_y = rng.standard_normal((T, B, H)).astype(dtype)
+        lstm = nn.LSTM(I, H, dtype=np.dtype(dtype))
+        fx, fx_grad, fgy = Tensor(x), Tensor(x.copy(), requires_grad=True), Tensor(grad_y)
 
         def fastdl_fwd():
-            return kernels.lstm_forward(x, w_ih, w_hh, b_ih, b_hh)
+            with no_grad():
+                return lstm(fx)
 
         def fastdl_fwd_bwd():
-            y, _, _, saved = kernels.lstm_forward(x, w_ih, w_hh, b_ih, b_hh, training=True)
-            return kernels.lstm_backward(grad_y, None, None, x, w_ih, w_hh, None, None, y, saved)
+            lstm.zero_grad(set_to_none=True)
+            fx_grad.grad = None
+            y, _ = lstm(fx_grad)
+            y.backward(fgy)
 
         impls = {"fastdl": fastdl_fwd if phase == "fwd" else fastdl_fwd_bwd}
         torch = _torch()
         if torch is not None:
-            lstm = torch.nn.LSTM(I, H).to(getattr(torch, dtype))
-            with torch.no_grad():
-                for name, a in (("weight_ih_l0", w_ih), ("weight_hh_l0", w_hh), ("bias_ih_l0", b_ih),
-                                ("bias_hh_l0", b_hh)):
-                    getattr(lstm, name).copy_(torch.from_numpy(a))
+            tlstm = torch.nn.LSTM(I, H).to(getattr(torch, dtype))
+            tlstm.load_state_dict({k: torch.from_numpy(v.numpy()) for k, v in lstm.state_dict().items()})
             tx, tgy = torch.from_numpy(x), torch.from_numpy(grad_y)
             tx_grad = tx.clone().requires_grad_()
 
             def torch_fwd():
                 with torch.no_grad():
-                    return lstm(tx)
+                    return tlstm(tx)
 
             def torch_fwd_bwd():
-                lstm.zero_grad(set_to_none=True)
+                tlstm.zero_grad(set_to_none=True)
                 tx_grad.grad = None
-                y, _ = lstm(tx_grad)
+                y, _ = tlstm(tx_grad)
                 y.backward(tgy)
 
             impls["torch"] = torch_fwd if phase == "fwd" else torch_fwd_bwd
@@ -248,14 +242,14 @@ def _lstm_problem(T: int, B: int, I: int, H: int, phase: str, dtype: str) -> Pro
 
 def _lstm_cell_problem(B: int, I: int, H: int, dtype: str = "float32") -> Problem:
     def make():
+        from . import nn
+        from .tensor import Tensor, no_grad
+
         rng = np.random.default_rng(0)
         x = rng.standard_normal((B, I)).astype(dtype)
         h = rng.standard_normal((B, H)).astype(dtype)
         c = rng.standard_normal((B, H)).astype(dtype)
-        from . import nn
-        from .tensor import Tensor, no_grad
-
-        cell = nn.LSTMCell(I, H)
+        cell = nn.LSTMCell(I, H, dtype=np.dtype(dtype))
         state = (Tensor(h), Tensor(c))
         fx = Tensor(x)
 
@@ -266,7 +260,8 @@ def _lstm_cell_problem(B: int, I: int, H: int, dtype: str = "float32") -> Proble
         impls = {"fastdl": fastdl_step}
         torch = _torch()
         if torch is not None:
-            tcell = torch.nn.LSTMCell(I, H)
+            tcell = torch.nn.LSTMCell(I, H).to(getattr(torch, dtype))
+            tcell.load_state_dict({k: torch.from_numpy(v.numpy()) for k, v in cell.state_dict().items()})
             tstate = (torch.from_numpy(h), torch.from_numpy(c))
             tx = torch.from_numpy(x)
 
@@ -288,6 +283,89 @@ def _per_step(row: dict) -> str:
 
 
 PROBLEMS["lstm"] = lstm_problems
+
+
+# ---- optim: one optimizer step --------------------------------------------------------------------
+
+def optim_problems(full: bool = False) -> list[Problem]:
+    """One optimizer step, in µs: Adam, AdamW and SGD-momentum on a 1M-parameter MLP
+    (Linear(512, 1024) + Linear(1024, 512): 4 tensors, 1,050,112 parameters), and Adam on
+    1M parameters split into 100 tensors (the per-parameter overhead). Against
+    ``torch.optim`` with ``foreach=True`` and a per-parameter NumPy Adam (the loop it replaces)."""
+    mlp = [(1024, 512), (1024,), (512, 1024), (512,)]
+    many = [(10_000,)] * 100
+    problems = [
+        _optim_problem("adam", "mlp-1M", mlp),
+        _optim_problem("adam", "100x10k", many),
+        _optim_problem("adamw", "mlp-1M", mlp),
+        _optim_problem("sgd", "mlp-1M", mlp),
+    ]
+    if full:
+        problems.append(_optim_problem("adam", "mlp-1M", mlp, "float64"))
+    return problems
+
+
+def _numpy_adam(params, grads, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8):
+    """Adam as a per-parameter loop of in-place NumPy operations (the baseline of the fused step)."""
+    state = [(np.zeros_like(p), np.zeros_like(p), np.empty_like(p)) for p in params]
+    step = [0]
+
+    def run():
+        step[0] += 1
+        t = step[0]
+        step_size = lr / (1 - beta1**t)
+        bc2_sqrt = (1 - beta2**t) ** 0.5
+        for p, g, (m, v, tmp) in zip(params, grads, state):
+            m *= beta1
+            m += (1 - beta1) * g
+            v *= beta2
+            np.multiply(g, g, out=tmp)
+            tmp *= 1 - beta2
+            v += tmp
+            np.sqrt(v, out=tmp)
+            tmp /= bc2_sqrt
+            tmp += eps
+            np.divide(m, tmp, out=tmp)
+            tmp *= step_size
+            p -= tmp
+
+    return run
+
+
+def _optim_problem(rule: str, name: str, shapes, dtype: str = "float32") -> Problem:
+    def make():
+        from . import nn, optim
+        from .tensor import Tensor
+
+        rng = np.random.default_rng(0)
+        arrays = [rng.standard_normal(s).astype(dtype) for s in shapes]
+        grads = [rng.standard_normal(s).astype(dtype) * 1e-2 for s in shapes]
+        params = [nn.Parameter(Tensor(a.copy())) for a in arrays]
+        for p, g in zip(params, grads):
+            p.grad = Tensor(g)
+
+        def build(module, ps, **extra):
+            if rule == "sgd":
+                return module.SGD(ps, lr=1e-3, momentum=0.9, **extra)
+            return (module.AdamW if rule == "adamw" else module.Adam)(ps, lr=1e-3, **extra)
+
+        impls = {"fastdl": build(optim, params).step}
+        if rule == "adam":
+            impls["numpy"] = _numpy_adam([a.copy() for a in arrays], grads)
+        torch = _torch()
+        if torch is not None:
+            tparams = [torch.tensor(a, requires_grad=True) for a in arrays]
+            for p, g in zip(tparams, grads):
+                p.grad = torch.from_numpy(g)
+            impls["torch"] = build(torch.optim, tparams, foreach=True).step
+        return impls
+
+    # flops = 0: the row reports µs per step (as the overhead family).
+    return Problem("optim", f"{rule}-{name}", 0.0, make, dtype)
+
+
+PROBLEMS["optim"] = optim_problems
+TIME_FAMILIES = TIME_FAMILIES + ("optim",)
 
 
 def peak_gflops(dtype: str, threads: int) -> float:
@@ -337,7 +415,7 @@ def run(family: str, threads_list=(1, 2), full: bool = False, repeats: int = 5, 
 
 
 def format_header(family: str = "gemm") -> str:
-    if family == "overhead":
+    if family in TIME_FAMILIES:
         return (f"{'problem':>22} {'dtype':>7} {'thr':>3} {'fastdl us':>10} {'numpy us':>10} {'torch us':>10} "
                 f"{'x numpy':>8} {'x torch':>8}")
     return (
