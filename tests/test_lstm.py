@@ -4,10 +4,11 @@ import numpy as np
 import pytest
 
 import fastdl
+import fastdl.functional as F
 from fastdl import kernels
 from fastdl.backend import _C
 
-from .helpers import assert_close, tol
+from .helpers import assert_close, check_op, gradcheck
 
 DTYPES = (np.float32, np.float64)
 PATHS = ("fused", "stepwise")
@@ -429,11 +430,6 @@ def test_native_lstm_checks_sizes_itself():
 
 
 # ---- autodiff: fastdl.functional.lstm / lstm_cell, gru, rnn -------------------------------------------
-
-import fastdl.functional as F  # noqa: E402
-
-from .helpers import check_op, gradcheck  # noqa: E402
-
 
 def _torch_lstm_reference(x, h0, c0, w_ih, w_hh, b_ih, b_hh):
     """PyTorch's own LSTM with the given tensors as its weights (gradients flow to them)."""
