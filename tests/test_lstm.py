@@ -33,7 +33,7 @@ def reference_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None):
     x, w_ih, w_hh = (np.asarray(a, np.float64) for a in (x, w_ih, w_hh))
     T, B, _ = x.shape
     H = w_hh.shape[1]
-    b = sum(np.asarray(v, np.float64) for v in (b_ih, b_hh) if v is not None) if (b_ih is not None or b_hh is not None) else 0.0
+    b = sum((np.asarray(v, np.float64) for v in (b_ih, b_hh) if v is not None), np.zeros(w_ih.shape[0]))
     h = np.zeros((B, H)) if h0 is None else np.asarray(h0, np.float64)
     c = np.zeros((B, H)) if c0 is None else np.asarray(c0, np.float64)
     ys, cache = [], []
@@ -83,7 +83,9 @@ def make(rng, T, B, I, H, dtype, bias=True, state=True):
     x = rng.standard_normal((T, B, I)).astype(dtype)
     w_ih, w_hh = u(4 * H, I), u(4 * H, H)
     b_ih, b_hh = (u(4 * H), u(4 * H)) if bias else (None, None)
-    h0, c0 = (rng.standard_normal((B, H)).astype(dtype), rng.standard_normal((B, H)).astype(dtype)) if state else (None, None)
+    h0, c0 = (None, None)
+    if state:
+        h0, c0 = rng.standard_normal((B, H)).astype(dtype), rng.standard_normal((B, H)).astype(dtype)
     return x, w_ih, w_hh, b_ih, b_hh, h0, c0
 
 
@@ -546,7 +548,8 @@ def test_functional_cells_without_state():
     rng = np.random.default_rng(25)
     x = fastdl.Tensor(rng.standard_normal((2, 3)))
     for name, gates in (("lstm_cell", 4), ("gru_cell", 3), ("rnn_tanh_cell", 1), ("rnn_relu_cell", 1)):
-        w_ih, w_hh = fastdl.Tensor(rng.standard_normal((gates * 4, 3))), fastdl.Tensor(rng.standard_normal((gates * 4, 4)))
+        w_ih = fastdl.Tensor(rng.standard_normal((gates * 4, 3)))
+        w_hh = fastdl.Tensor(rng.standard_normal((gates * 4, 4)))
         b = fastdl.Tensor(rng.standard_normal(gates * 4))
         zero = fastdl.zeros(2, 4, dtype=fastdl.float64)
         fn = getattr(F, name)
@@ -619,7 +622,8 @@ BAD_FUNCTIONAL = [
      "lstm_cell: input must be 2-D"),
     (lambda: F.gru_cell(fastdl.ones(3, 5), None, fastdl.ones(8, 5), fastdl.ones(8, 2)), ValueError,
      "weight_hh must be (3H, H)"),
-    (lambda: F.gru(fastdl.ones(3, 5), None, fastdl.ones(6, 5), fastdl.ones(6, 2)), ValueError, "gru: input must be 3-D"),
+    (lambda: F.gru(fastdl.ones(3, 5), None, fastdl.ones(6, 5), fastdl.ones(6, 2)), ValueError,
+     "gru: input must be 3-D"),
     (lambda: F.rnn(fastdl.ones(2, 3, 5), None, fastdl.ones(2, 5), fastdl.ones(2, 2), nonlinearity="gelu"),
      ValueError, "nonlinearity"),
     (lambda: F.rnn_tanh_cell(fastdl.ones(3, 5), fastdl.ones(3, 4), fastdl.ones(2, 5), fastdl.ones(2, 2)), ValueError,

@@ -45,9 +45,9 @@ class DenormalGuard {
 // dh_n, dc_n) or "not wanted" (cell in inference).
 template <class S>
 struct Ctx {
-  index_t T, B, I, H;
+  index_t T, B, H;
   // forward
-  const S *x, *h0, *c0, *w_ih, *w_hh;
+  const S *x, *h0, *c0;
   S *y, *gates, *cell, *c_state;  // c_state (B, H): running c when cell is null
   const S* bias;                  // (4H) b_ih + b_hh, in the panel layout of `packed` for fused
   // backward
@@ -210,9 +210,10 @@ struct Lstm {
     // The epilogue's reads of G_t lie in a buffer far larger than the caches, in 4·R short runs
     // that the hardware prefetchers do not follow: ask for them before the product.
     for (int r = 0; r < R; ++r)
-      for (int q = 0; q < 4; ++q)
-        for (index_t off = 0; off < static_cast<index_t>(W * sizeof(S)); off += 64)
-          __builtin_prefetch(reinterpret_cast<const char*>(c.gates + ((t * c.B + b0 + r) * 4 + q) * H + p * W) + off, 1);
+      for (int q = 0; q < 4; ++q) {
+        const char* run = reinterpret_cast<const char*>(c.gates + ((t * c.B + b0 + r) * 4 + q) * H + p * W);
+        for (index_t off = 0; off < static_cast<index_t>(W * sizeof(S)); off += 64) __builtin_prefetch(run + off, 1);
+      }
     if (h_prev) {
       tile_product<R, 4>(H, h_prev + b0 * H, H, c.packed + p * H * 4 * W, 4 * W, acc);
     } else {
@@ -298,7 +299,8 @@ struct Lstm {
     const DenormalGuard guard;
     const reg zero[1][4] = {{V::zero(), V::zero(), V::zero(), V::zero()}};
     for (index_t b = c.begin; b < c.end; ++b)
-      for (index_t u0 = 0; u0 < c.H; u0 += W) gates_epilogue<1>(c, c.t, b, u0, std::min<index_t>(W, c.H - u0), zero, nullptr);
+      for (index_t u0 = 0; u0 < c.H; u0 += W)
+        gates_epilogue<1>(c, c.t, b, u0, std::min<index_t>(W, c.H - u0), zero, nullptr);
   }
 
   static void backward_gates(const Ctx<S>& c) {
@@ -316,7 +318,8 @@ struct Lstm {
     for (index_t i = c.begin; i < c.end; i += W) {
       const index_t n = std::min<index_t>(W, c.end - i);
       const reg v = load_n(c.x + i, n);
-      store_n(c.y + i, F == Op::vexp ? simd::vexp<V>(v) : F == Op::vsigmoid ? simd::vsigmoid<V>(v) : simd::vtanh<V>(v), n);
+      const reg r = F == Op::vexp ? simd::vexp<V>(v) : F == Op::vsigmoid ? simd::vsigmoid<V>(v) : simd::vtanh<V>(v);
+      store_n(c.y + i, r, n);
     }
   }
 
@@ -479,8 +482,8 @@ void lstm_forward(S* y, S* h_n, S* c_n, S* gates, S* cell, const S* x, const S* 
   gemm<S>(false, true, T * B, G, I, S(1), x, I, w_ih, I, S(0), gates, G);
 
   Ctx<S> c{};
-  c.T = T, c.B = B, c.I = I, c.H = H;
-  c.x = x, c.h0 = h0, c.c0 = c0, c.w_ih = w_ih, c.w_hh = w_hh;
+  c.T = T, c.B = B, c.H = H;
+  c.h0 = h0, c.c0 = c0;
   c.y = y, c.gates = gates, c.cell = cell, c.c_state = c_n;
   if (!cell) {
     if (c0)
@@ -544,7 +547,7 @@ void lstm_backward(S* dx, S* dh0, S* dc0, S* dw_ih, S* dw_hh, S* db, S* dgates, 
     std::fill(dc, dc + B * H, S(0));
 
   Ctx<S> c{};
-  c.T = T, c.B = B, c.I = I, c.H = H;
+  c.T = T, c.B = B, c.H = H;
   c.dy = dy, c.dh_n = dh_n, c.saved_gates = gates, c.saved_cell = cell, c.saved_c0 = c0;
   c.dgates = dgates, c.dc = dc;
 

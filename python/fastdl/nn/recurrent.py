@@ -131,7 +131,8 @@ class RNNBase(Module):
         for layer in range(num_layers):
             layer_input = input_size if layer == 0 else out_size * directions
             for suffix in ("", "_reverse")[:directions]:
-                shapes = [("weight_ih", (gates * hidden_size, layer_input)), ("weight_hh", (gates * hidden_size, out_size))]
+                shapes = [("weight_ih", (gates * hidden_size, layer_input)),
+                          ("weight_hh", (gates * hidden_size, out_size))]
                 if bias:
                     shapes += [("bias_ih", (gates * hidden_size,)), ("bias_hh", (gates * hidden_size,))]
                 if proj_size:
