@@ -887,6 +887,27 @@ def test_nn_cell_loop_equals_lstm_layer():
     np.testing.assert_allclose(state[1].numpy(), c.numpy()[0], rtol=1e-13, atol=1e-14)
 
 
+def test_nn_lstm_exploding_gradients_clipped():
+    # Large recurrent weights over a long sequence blow the gradient up; clip_grad_norm_ and
+    # clip_grad_value_ bring it back, as in PyTorch.
+    nn = _nn()
+    lstm = nn.LSTM(3, 8, dtype=np.float64)
+    with fastdl.no_grad():
+        lstm.weight_hh_l0.data[...] = np.random.default_rng(43).standard_normal((32, 8)) * 3
+    x = fastdl.Tensor(np.random.default_rng(44).standard_normal((60, 2, 3)))
+    out, _ = lstm(x)
+    (out ** 2).sum().backward()
+    params = list(lstm.parameters())
+    total = float(np.sqrt(sum((p.grad.numpy() ** 2).sum() for p in params)))
+    assert total > 10
+    returned = nn.utils.clip_grad_norm_(params, max_norm=1.0)
+    assert abs(float(returned) - total) <= 1e-9 * total
+    clipped = float(np.sqrt(sum((p.grad.numpy() ** 2).sum() for p in params)))
+    assert abs(clipped - 1.0) < 1e-6
+    nn.utils.clip_grad_value_(params, 0.01)
+    assert max(float(np.abs(p.grad.numpy()).max()) for p in params) <= 0.01
+
+
 def test_nn_lstm_repr_and_state_dict_names():
     nn = _nn()
     lstm = nn.LSTM(10, 20, num_layers=2, batch_first=True, bidirectional=True, proj_size=5)
