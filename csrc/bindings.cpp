@@ -176,9 +176,24 @@ struct LstmArrays {
     if (!(a.flags() & py::array::c_style))
       throw py::value_error(op + ": " + name + " " + shape_of(a) + " must be C-contiguous (copy it first)");
     if (writable) check_writable(a, op.c_str());
+    // An output must not overlap an input: the kernel reads inputs after writing outputs.
+    const char* begin = static_cast<const char*>(a.data());
+    const Span span{begin, begin + a.nbytes(), name, writable};
+    for (const Span& other : spans)
+      if (other.writable != writable && span.begin < other.end && other.begin < span.end)
+        throw py::value_error(op + ": " + name + " " + shape_of(a) + " overlaps " + other.name +
+                              " in memory (outputs must not alias inputs)");
+    spans.push_back(span);
     keep.push_back(a);
     return writable ? a.mutable_data() : const_cast<void*>(a.data());
   }
+
+  struct Span {
+    const char *begin, *end;
+    const char* name;
+    bool writable;
+  };
+  std::vector<Span> spans;
 
   // Sizes from x (T, B, I) and w_hh (4H, H).
   LstmArrays(const char* name, const py::array& x, const py::array& w_hh) : op(name), dtype(float_dtype(x, name, "x")) {

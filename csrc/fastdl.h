@@ -74,7 +74,7 @@ GemmBlocking gemm_blocking();
 // ---- lstm.cpp ------------------------------------------------------------------------------
 // One LSTM layer over a whole sequence, PyTorch's gate order (i, f, g, o); every array contiguous.
 //   x (T, B, I), w_ih (4H, I), w_hh (4H, H); h0, c0 (B, H) and b_ih, b_hh (4H) may be null (zero).
-//   Outputs y (T, B, H), h_n, c_n (B, H). gates (T, B, 4H) is workspace that ends holding the
+//   Outputs y (T, B, H), h_n, c_n (B, H) (h_n may be y's last step itself). gates (T, B, 4H) is workspace that ends holding the
 //   activated gates; cell (T, B, H) receives every c_t. Both are what lstm_backward needs; pass
 //   cell = null when no backward follows.
 // Paths: fused (W_hh packed once, recurrent product and gates in one tile kernel, one thread team

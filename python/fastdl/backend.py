@@ -237,6 +237,7 @@ FAMILY_IMPLEMENTATIONS["lstm"] = {
     "cuda": "not yet implemented",
 }
 declare_fallback("lstm", "GRU/RNN", "composed from linear, sigmoid, tanh/relu and elementwise ops per time step")
+declare_fallback("lstm", "LSTM proj_size > 0", "composed from linear, sigmoid, tanh and elementwise ops per time step")
 
 # ---- optim (nn branch) ----------------------------------------------------------------------------
 FAMILY_IMPLEMENTATIONS["optim"] = {

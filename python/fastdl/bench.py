@@ -189,61 +189,53 @@ LSTM_CELL_SHAPES = [(1, 64, 128), (32, 128, 256)]
 
 
 def lstm_problems(full: bool = False) -> list[Problem]:
-    """One LSTM layer over a sequence, forward (inference) and forward+backward (all gradients),
-    against ``torch.nn.LSTM`` (oneDNN); and one ``nn.LSTMCell`` step called from Python against
-    ``torch.nn.LSTMCell``. float32, plus float64 with ``full``. FLOPs: forward 2·T·B·4H·(I+H), the
-    backward twice that."""
+    """``nn.LSTM`` over a sequence, forward (inference, no grad) and forward+backward (gradients of
+    the input and every parameter), against ``torch.nn.LSTM`` (oneDNN) with the same weights; and
+    one ``nn.LSTMCell`` step called from Python (no grad) against ``torch.nn.LSTMCell``. float32,
+    plus float64 with ``full``. FLOPs: forward 2·T·B·4H·(I+H), the backward twice that."""
     dtypes = ("float32", "float64") if full else ("float32",)
     problems = [_lstm_problem(*shape, phase, dtype) for dtype in dtypes for shape in LSTM_SHAPES
                 for phase in ("fwd", "fwd+bwd")]
-    if _has_lstm_cell():
-        problems += [_lstm_cell_problem(*shape) for shape in LSTM_CELL_SHAPES]
-    return problems
-
-
-def _has_lstm_cell() -> bool:
-    try:
-        from .nn import LSTMCell  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return problems + [_lstm_cell_problem(*shape) for shape in LSTM_CELL_SHAPES]
 
 
 def _lstm_problem(T: int, B: int, I: int, H: int, phase: str, dtype: str) -> Problem:
     def make():
+        from . import nn
+        from .tensor import Tensor, no_grad
+
         rng = np.random.default_rng(0)
-        k = 1 / np.sqrt(H)
         x = rng.standard_normal((T, B, I)).astype(dtype)
-        w_ih, w_hh = (rng.uniform(-k, k, (4 * H, n)).astype(dtype) for n in (I, H))
-        b_ih, b_hh = (rng.uniform(-k, k, 4 * H).astype(dtype) for _ in range(2))
         grad_y = rng.standard_normal((T, B, H)).astype(dtype)
+        lstm = nn.LSTM(I, H, dtype=np.dtype(dtype))
+        fx, fx_grad, fgy = Tensor(x), Tensor(x.copy(), requires_grad=True), Tensor(grad_y)
 
         def fastdl_fwd():
-            return kernels.lstm_forward(x, w_ih, w_hh, b_ih, b_hh)
+            with no_grad():
+                return lstm(fx)
 
         def fastdl_fwd_bwd():
-            y, _, _, saved = kernels.lstm_forward(x, w_ih, w_hh, b_ih, b_hh, training=True)
-            return kernels.lstm_backward(grad_y, None, None, x, w_ih, w_hh, None, None, y, saved)
+            lstm.zero_grad(set_to_none=True)
+            fx_grad.grad = None
+            y, _ = lstm(fx_grad)
+            y.backward(fgy)
 
         impls = {"fastdl": fastdl_fwd if phase == "fwd" else fastdl_fwd_bwd}
         torch = _torch()
         if torch is not None:
-            lstm = torch.nn.LSTM(I, H).to(getattr(torch, dtype))
-            with torch.no_grad():
-                for name, a in (("weight_ih_l0", w_ih), ("weight_hh_l0", w_hh), ("bias_ih_l0", b_ih),
-                                ("bias_hh_l0", b_hh)):
-                    getattr(lstm, name).copy_(torch.from_numpy(a))
+            tlstm = torch.nn.LSTM(I, H).to(getattr(torch, dtype))
+            tlstm.load_state_dict({k: torch.from_numpy(v.numpy()) for k, v in lstm.state_dict().items()})
             tx, tgy = torch.from_numpy(x), torch.from_numpy(grad_y)
             tx_grad = tx.clone().requires_grad_()
 
             def torch_fwd():
                 with torch.no_grad():
-                    return lstm(tx)
+                    return tlstm(tx)
 
             def torch_fwd_bwd():
-                lstm.zero_grad(set_to_none=True)
+                tlstm.zero_grad(set_to_none=True)
                 tx_grad.grad = None
-                y, _ = lstm(tx_grad)
+                y, _ = tlstm(tx_grad)
                 y.backward(tgy)
 
             impls["torch"] = torch_fwd if phase == "fwd" else torch_fwd_bwd
@@ -255,14 +247,14 @@ def _lstm_problem(T: int, B: int, I: int, H: int, phase: str, dtype: str) -> Pro
 
 def _lstm_cell_problem(B: int, I: int, H: int, dtype: str = "float32") -> Problem:
     def make():
+        from . import nn
+        from .tensor import Tensor, no_grad
+
         rng = np.random.default_rng(0)
         x = rng.standard_normal((B, I)).astype(dtype)
         h = rng.standard_normal((B, H)).astype(dtype)
         c = rng.standard_normal((B, H)).astype(dtype)
-        from . import nn
-        from .tensor import Tensor, no_grad
-
-        cell = nn.LSTMCell(I, H)
+        cell = nn.LSTMCell(I, H, dtype=np.dtype(dtype))
         state = (Tensor(h), Tensor(c))
         fx = Tensor(x)
 
@@ -273,7 +265,8 @@ def _lstm_cell_problem(B: int, I: int, H: int, dtype: str = "float32") -> Proble
         impls = {"fastdl": fastdl_step}
         torch = _torch()
         if torch is not None:
-            tcell = torch.nn.LSTMCell(I, H)
+            tcell = torch.nn.LSTMCell(I, H).to(getattr(torch, dtype))
+            tcell.load_state_dict({k: torch.from_numpy(v.numpy()) for k, v in cell.state_dict().items()})
             tstate = (torch.from_numpy(h), torch.from_numpy(c))
             tx = torch.from_numpy(x)
 

@@ -1624,17 +1624,29 @@ from .ops import lstm as _lstm  # noqa: E402
 __all__ += ["lstm", "lstm_cell", "gru", "gru_cell", "rnn", "rnn_tanh_cell", "rnn_relu_cell"]
 
 
-def _recurrent_operands(op, named):
-    """Check that every given operand is a Tensor of one floating dtype on one device."""
-    tensors = {name: _tensor(t, op, name) for name, t in named.items() if t is not None}
-    first = next(iter(tensors.values()))
-    if first.data.dtype.kind != "f":
+_LSTM_OPERANDS = ("input", "h0", "c0", "weight_ih", "weight_hh", "bias_ih", "bias_hh")
+_CELL_OPERANDS = ("input", "h", "c", "weight_ih", "weight_hh", "bias_ih", "bias_hh")
+_SINGLE_STATE_OPERANDS = ("input", "hx", "weight_ih", "weight_hh", "bias_ih", "bias_hh")
+
+
+def _recurrent_operands(op, names, operands):
+    """Check that every given operand (None: absent) is a Tensor of one floating dtype on one device."""
+    first = operands[0]
+    if not isinstance(first, Tensor):
+        _tensor(first, op, names[0])
+    dtype, kind = first.data.dtype, first.data.__class__
+    if dtype.kind != "f":
         raise TypeError(f"{op}: input must be floating point, got {first.dtype} {first.shape}")
-    if builtins.any(t.data.dtype != first.data.dtype for t in tensors.values()):
-        raise TypeError(f"{op}: dtypes differ: " + ", ".join(f"{n} {t.dtype} {t.shape}" for n, t in tensors.items()))
-    if builtins.any(t.data.__class__ is not first.data.__class__ for t in tensors.values()):
-        _raise_devices(op, list(tensors.values()))
-    return tensors
+    for name, t in zip(names, operands):
+        if t is None:
+            continue
+        if not isinstance(t, Tensor):
+            _tensor(t, op, name)
+        if t.data.dtype != dtype:
+            raise TypeError(f"{op}: dtypes differ: " + ", ".join(
+                f"{n} {o.dtype} {o.shape}" for n, o in zip(names, operands) if isinstance(o, Tensor)))
+        if t.data.__class__ is not kind:
+            _raise_devices(op, [o for o in operands if o is not None])
 
 
 def _state_pair(hx, op):
@@ -1645,13 +1657,9 @@ def _state_pair(hx, op):
     return hx[0], hx[1]
 
 
-def _run_lstm(fn, op, input, hx, weight_ih, weight_hh, bias_ih, bias_hh):
-    h, c = _state_pair(hx, op)
-    named = {"input": input, "h0": h, "c0": c, "weight_ih": weight_ih, "weight_hh": weight_hh, "bias_ih": bias_ih,
-             "bias_hh": bias_hh}
-    t = _recurrent_operands(op, named)
-    operands = [t.get(n) for n in named]
-    if _record(*operands):
+def _apply_recurrent(fn, operands):
+    """fn on the operands: recorded when a gradient is needed, else straight on the arrays."""
+    if _grad_mode.enabled and builtins.any(o is not None and o.requires_grad for o in operands):
         return fn.apply(*operands)
     out = fn.forward(_NULL_CTX, *(None if o is None else o.data for o in operands))
     return tuple(Tensor(o) for o in out)
@@ -1667,7 +1675,10 @@ def lstm(input, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None):
     >>> y.shape, h.shape, c.shape
     ((5, 2, 2), (2, 2), (2, 2))
     """
-    y, h, c = _run_lstm(_lstm.LSTMFn, "lstm", input, hx, weight_ih, weight_hh, bias_ih, bias_hh)
+    h0, c0 = _state_pair(hx, "lstm")
+    operands = (input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh)
+    _recurrent_operands("lstm", _LSTM_OPERANDS, operands)
+    y, h, c = _apply_recurrent(_lstm.LSTMFn, operands)
     return y, (h, c)
 
 
@@ -1701,11 +1712,10 @@ def lstm_cell(input, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None):
     ((2, 2), '0.9479')
     """
     h, c = _state_pair(hx, "lstm_cell")
-    t = _recurrent_operands("lstm_cell", {"input": input, "h": h, "c": c, "weight_ih": weight_ih,
-                                          "weight_hh": weight_hh, "bias_ih": bias_ih, "bias_hh": bias_hh})
-    _check_cell("lstm_cell", t["input"], (t.get("h"), t.get("c")), 4, t["weight_ih"], t["weight_hh"],
-                t.get("bias_ih"), t.get("bias_hh"), states=2)
-    return _run_lstm(_lstm.LSTMCellFn, "lstm_cell", input, hx, weight_ih, weight_hh, bias_ih, bias_hh)
+    operands = (input, h, c, weight_ih, weight_hh, bias_ih, bias_hh)
+    _recurrent_operands("lstm_cell", _CELL_OPERANDS, operands)
+    _check_cell("lstm_cell", input, (h, c), 4, weight_ih, weight_hh, bias_ih, bias_hh, states=2)
+    return _apply_recurrent(_lstm.LSTMCellFn, operands)
 
 
 def _note_composed():
@@ -1731,18 +1741,16 @@ def gru_cell(input, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None):
     >>> fastdl.functional.gru_cell(fastdl.ones(2, 3), None, fastdl.ones(6, 3), fastdl.zeros(6, 2)).shape
     (2, 2)
     """
-    t = _recurrent_operands("gru_cell", {"input": input, "hx": hx, "weight_ih": weight_ih, "weight_hh": weight_hh,
-                                         "bias_ih": bias_ih, "bias_hh": bias_hh})
-    B, H = _check_cell("gru_cell", t["input"], t.get("hx"), 3, t["weight_ih"], t["weight_hh"], bias_ih, bias_hh)
+    _recurrent_operands("gru_cell", _SINGLE_STATE_OPERANDS, (input, hx, weight_ih, weight_hh, bias_ih, bias_hh))
+    B, H = _check_cell("gru_cell", input, hx, 3, weight_ih, weight_hh, bias_ih, bias_hh)
     _note_composed()
-    h = hx if hx is not None else Tensor(array_module(t["input"].data).zeros((B, H), t["input"].data.dtype))
+    h = hx if hx is not None else Tensor(array_module(input.data).zeros((B, H), input.data.dtype))
     return _gru_step(linear(input, weight_ih, bias_ih), h, weight_hh, bias_hh)
 
 
 def _rnn_cell(op, nonlinearity, input, hx, weight_ih, weight_hh, bias_ih, bias_hh):
-    t = _recurrent_operands(op, {"input": input, "hx": hx, "weight_ih": weight_ih, "weight_hh": weight_hh,
-                                 "bias_ih": bias_ih, "bias_hh": bias_hh})
-    _check_cell(op, t["input"], t.get("hx"), 1, t["weight_ih"], t["weight_hh"], bias_ih, bias_hh)
+    _recurrent_operands(op, _SINGLE_STATE_OPERANDS, (input, hx, weight_ih, weight_hh, bias_ih, bias_hh))
+    _check_cell(op, input, hx, 1, weight_ih, weight_hh, bias_ih, bias_hh)
     _note_composed()
     pre = linear(input, weight_ih, bias_ih)
     if hx is not None:
@@ -1775,15 +1783,14 @@ def rnn_relu_cell(input, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None):
 
 def _sequence(op, input, hx, weight_ih, weight_hh, bias_ih, bias_hh, gates):
     """Checked operands of a composed recurrent layer; the input projection of every step in one GEMM."""
-    t = _recurrent_operands(op, {"input": input, "hx": hx, "weight_ih": weight_ih, "weight_hh": weight_hh,
-                                 "bias_ih": bias_ih, "bias_hh": bias_hh})
-    x = t["input"]
+    _recurrent_operands(op, _SINGLE_STATE_OPERANDS, (input, hx, weight_ih, weight_hh, bias_ih, bias_hh))
+    x = input
     if x.data.ndim != 3:
         raise ValueError(f"{op}: input must be 3-D (T, B, I), got {x.shape}")
     T, B, I = x.shape
     if T < 1 or B < 1:
         raise ValueError(f"{op}: input (T, B, I) must have positive sizes, got {x.shape}")
-    _, H = _check_cell(op, Tensor(x.data[0]), t.get("hx"), gates, t["weight_ih"], t["weight_hh"], bias_ih, bias_hh)
+    _, H = _check_cell(op, Tensor(x.data[0]), hx, gates, weight_ih, weight_hh, bias_ih, bias_hh)
     _note_composed()
     h = hx if hx is not None else Tensor(array_module(x.data).zeros((B, H), x.data.dtype))
     projected = linear(reshape(input, (T * B, I)), weight_ih, bias_ih)

@@ -207,6 +207,7 @@ def lstm_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, *, train
     kernel for T > 1), "fused" or "stepwise" (the per-step reference).
 
     >>> import numpy as np
+    >>> from fastdl.kernels import lstm_forward
     >>> x = np.ones((5, 2, 3), np.float32)
     >>> y, h_n, c_n, _ = lstm_forward(x, np.full((8, 3), 0.1, np.float32), np.zeros((8, 2), np.float32))
     >>> y.shape, h_n.shape, bool(np.allclose(y[-1], h_n))
@@ -235,6 +236,7 @@ def lstm_backward(grad_y, grad_h_n, grad_c_n, x, w_ih, w_hh, h0, c0, y, saved, *
     "c0", "w_ih", "w_hh", "b") or when h0/c0 was None.
 
     >>> import numpy as np
+    >>> from fastdl.kernels import lstm_backward, lstm_forward
     >>> x = np.ones((4, 1, 2))
     >>> w_ih, w_hh = np.full((12, 2), 0.2), np.full((12, 3), -0.1)
     >>> y, h_n, c_n, saved = lstm_forward(x, w_ih, w_hh, training=True)

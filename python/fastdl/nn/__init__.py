@@ -57,3 +57,8 @@ __all__ = [
     "KLDivLoss", "CosineEmbeddingLoss",
     "functional", "init", "utils",
 ]
+
+# ---- recurrent layers (lstm branch) ----------------------------------------------------------------
+from .recurrent import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell  # noqa: E402
+
+__all__ += ["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell"]
