@@ -520,4 +520,43 @@ FASTDL_INSTANTIATE_GEMM(float)
 FASTDL_INSTANTIATE_GEMM(double)
 #undef FASTDL_INSTANTIATE_GEMM
 
+// ---- Caller-packed operands (conv2d's implicit GEMM) -----------------------------------------------
+// The packing formats and the micro-kernel loops of the five-loop driver, for callers that build
+// the packed panels themselves and run their own outer loops (tiles of an image, their own threads).
+
+template <class T>
+void gemm_pack_a(index_t mc, index_t kc, const T* A, index_t rsa, index_t csa, T* Ap) {
+  const int MR = kernel_for<T>(capability()).MR;
+  for (index_t i0 = 0; i0 < mc; i0 += MR)
+    pack_a_sliver(MR, std::min<index_t>(MR, mc - i0), kc, A + i0 * rsa, rsa, csa, Ap + i0 * kc);
+}
+
+template <class T>
+void gemm_pack_b(index_t kc, index_t nc, const T* B, index_t rsb, index_t csb, T* Bp) {
+  const int NR = kernel_for<T>(capability()).NR;
+  for (index_t j0 = 0; j0 < nc; j0 += NR)
+    pack_b_sliver(NR, std::min<index_t>(NR, nc - j0), kc, B + j0 * csb, rsb, csb, Bp + j0 * kc);
+}
+
+template <class T>
+void gemm_packed_block(index_t mc, index_t nc, index_t kc, T alpha, const T* Ap, const T* Bp, T beta, T* C,
+                       index_t rsc, index_t csc) {
+  if (mc <= 0 || nc <= 0) return;
+  if (kc <= 0) {
+    scale_c(mc, nc, beta, C, rsc, csc);
+    return;
+  }
+  const Kernel<T> k = kernel_for<T>(capability());
+  k.block(BlockArgs<T>{mc, nc, kc, 0, mc, Ap, Bp, C, rsc, csc, alpha, beta});
+}
+
+#define FASTDL_INSTANTIATE_GEMM_PACKED(T)                                                              \
+  template void gemm_pack_a<T>(index_t, index_t, const T*, index_t, index_t, T*);                     \
+  template void gemm_pack_b<T>(index_t, index_t, const T*, index_t, index_t, T*);                     \
+  template void gemm_packed_block<T>(index_t, index_t, index_t, T, const T*, const T*, T, T*, index_t, \
+                                     index_t);
+FASTDL_INSTANTIATE_GEMM_PACKED(float)
+FASTDL_INSTANTIATE_GEMM_PACKED(double)
+#undef FASTDL_INSTANTIATE_GEMM_PACKED
+
 }  // namespace fastdl::cpu

@@ -1,0 +1,1147 @@
+// conv2d family on the CPU: convolution forward, backward-input, backward-weight; max/avg/adaptive pooling.
+//   y[n,co,oh,ow] = b[co] + Σ_{ci<C_in/G, kh, kw} w[co,ci,kh,kw] · x[n, g·C_in/G + ci, oh·sh − pt + kh·dh, ow·sw − pl + kw·dw]
+// Algorithm: implicit GEMM on the GEMM family's packing formats and micro-kernels (gemm_packed_block).
+// The im2col matrix (K = C_in/G·KH·KW rows × N·OH·OW pixels) is never built: a task packs one pixel
+// block of it (PB pixels × KC rows) into micro-kernel slivers straight from NCHW x and multiplies it
+// with the weights, packed once per call and shared by the threads. Pixels of all images form one
+// index space, so the tasks are pixel blocks whatever the batch and small images fill whole tiles.
+// Orientation: pixels on M (MR pixels × NR channels per tile, transposed on the way out) when
+// C_out/G fills NR-wide slivers better than MR-wide ones, else channels on M (row copies out).
+// Blocking: panel PB·KC·sizeof(T) ≤ 256 KB and tile PB·C_out/G·sizeof(T) ≤ 128 KB (both in L2 next to
+// the weights' KC×NR sliver), K cut into ⌈K/KC⌉ equal blocks. Workspace: the packed weights plus
+// those two per thread, independent of N (conv2d_forward_workspace). 1×1 stride-1 unpadded: a plain
+// GEMM per image. C_in/G == 1 or C_out/G == 1 (depthwise): a direct kernel vectorised along rows.
+// backward-input: stride 1 → the same engine on dy with flipped, transposed weights; stride > 1 →
+// dcol = Wᵀ·dy per pixel block + col2im. backward-weight: rows of x → NHWC slab, dWᵀ += im2col·dyᵀ
+// per thread. Cost floor: 2·N·C_out·K·OH·OW FLOPs per pass; packing moves K·N·OH·OW elements.
+// References: Chellapilla et al. 2006 (im2col GEMM); BLIS (Van Zee & van de Geijn 2015).
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <numeric>
+#include <vector>
+
+#include "cpu/simd.h"
+#include "fastdl.h"
+
+namespace fastdl::cpu {
+namespace {
+
+// One convolution as an engine sees it, input → output. backward-input runs the forward engine on
+// dy with flipped weights, so "input" is not always the user's x; its paddings may be negative.
+struct Geo {
+  index_t N, C_in, H, W, C_out, KH, KW, OH, OW, sh, sw, pt, pl, dh, dw, G;
+  index_t cig() const { return C_in / G; }
+  index_t cog() const { return C_out / G; }
+  index_t taps() const { return KH * KW; }
+  index_t K() const { return cig() * KH * KW; }
+  index_t P() const { return OH * OW; }
+  double flops() const { return 2.0 * N * C_out * K() * P(); }
+};
+
+Geo geo_of(const Conv2dShape& s) {
+  return {s.N,        s.C_in,     s.H,       s.W,        s.C_out,      s.KH,         s.KW,         s.OH,
+          s.OW,       s.stride_h, s.stride_w, s.pad_top, s.pad_left, s.dilation_h, s.dilation_w, s.groups};
+}
+
+// Below this many FLOPs per thread a second thread costs more than it saves.
+constexpr double kMinFlopsPerThread = 2.0 * 48 * 48 * 48;
+
+int available_threads() { return omp_in_parallel() ? 1 : omp_get_max_threads(); }
+
+int team_for(index_t tasks, double flops, int threads) {
+  const index_t by_work = static_cast<index_t>(std::max(1.0, flops / kMinFlopsPerThread));
+  return static_cast<int>(std::max<index_t>(1, std::min<index_t>({index_t{threads}, tasks, by_work})));
+}
+
+// body(t) for t < tasks, dynamically scheduled over `team` threads (no parallel region for one).
+template <class Body>
+void run_tasks(index_t tasks, int team, const Body& body) {
+  if (team <= 1) {
+    for (index_t t = 0; t < tasks; ++t) body(t);
+    return;
+  }
+#pragma omp parallel for schedule(dynamic, 1) num_threads(team)
+  for (index_t t = 0; t < tasks; ++t) body(t);
+}
+
+// How many parts to cut each of `items` independent jobs into so that the tasks share evenly among
+// the threads (3 images on 2 threads → 2 parts each, 6 tasks); 1 when there are plenty.
+index_t parts_for_balance(index_t items, int threads, index_t max_parts) {
+  if (threads <= 1 || items >= 4 * threads || items % threads == 0) return 1;
+  return std::max<index_t>(1, std::min<index_t>(max_parts, threads / std::gcd<index_t>(items, threads)));
+}
+
+// First j ≥ 0 with a + j·s ≥ 0, and the end of the j with a + j·s < limit, clamped to [0, len].
+inline index_t first_inside(index_t a, index_t s, index_t len) {
+  return a >= 0 ? 0 : std::min(len, (-a + s - 1) / s);
+}
+inline index_t end_inside(index_t a, index_t s, index_t limit, index_t len) {
+  return a >= limit ? 0 : std::min(len, (limit - a + s - 1) / s);
+}
+
+// ---- im2col slivers, packed on the fly --------------------------------------------------------
+
+// A run of consecutive pixels of a sliver that stay in one output row: sliver lanes r0..r0+len.
+struct Run {
+  index_t r0, len, n, oh, ow;
+};
+constexpr int kMaxSliver = 64;
+
+int split_runs(index_t m, index_t len, index_t OH, index_t OW, Run* runs) {
+  const index_t P = OH * OW;
+  index_t n = m / P, oh = (m % P) / OW, ow = m % OW;
+  int count = 0;
+  for (index_t r = 0; r < len;) {
+    const index_t run = std::min(len - r, OW - ow);
+    runs[count++] = {r, run, n, oh, ow};
+    r += run;
+    ow = 0;
+    if (++oh == OH) oh = 0, ++n;
+  }
+  return count;
+}
+
+// d[j] = row[iw0 + j·s] for j < len, 0 where the column is outside [0, W).
+template <class T>
+inline void copy_row_clamped(T* d, const T* row, index_t iw0, index_t len, index_t s, index_t W) {
+  if (s == 1) {  // no divisions on the common path
+    const index_t lo = std::clamp<index_t>(-iw0, 0, len), hi = std::clamp<index_t>(W - iw0, lo, len);
+    for (index_t j = 0; j < lo; ++j) d[j] = T(0);
+    for (index_t j = lo; j < hi; ++j) d[j] = row[iw0 + j];
+    for (index_t j = hi; j < len; ++j) d[j] = T(0);
+    return;
+  }
+  const index_t lo = first_inside(iw0, s, len), hi = std::max(lo, end_inside(iw0, s, W, len));
+  for (index_t j = 0; j < lo; ++j) d[j] = T(0);
+  for (index_t j = lo; j < hi; ++j) d[j] = row[iw0 + j * s];
+  for (index_t j = hi; j < len; ++j) d[j] = T(0);
+}
+
+// One R-wide sliver of the im2col matrix: dst[p·R + r] = im2col(k0 + p, m0 + r) for p < kc, r < len,
+// zero for len ≤ r < R. Row k = (ci·KH + kh)·KW + kw and pixel m = (n·OH + oh)·OW + ow stand for
+// x[n, ci, oh·sh − pt + kh·dh, ow·sw − pl + kw·dw] (0 outside); xg is the group's channel 0.
+// General form: the pixels form runs along output rows; input rows are looked up once per (ci, kh)
+// and each run is copied with its columns clamped.
+template <class T>
+void pack_im2col_runs(T* dst, index_t R, index_t m0, index_t len, index_t k0, index_t kc, const T* xg,
+                      const Geo& g) {
+  const index_t H = g.H, W = g.W, KH = g.KH, KW = g.KW, sw = g.sw, dh = g.dh, dw = g.dw, HW = H * W;
+  Run runs[kMaxSliver];
+  const int nrun = split_runs(m0, len, g.OH, g.OW, runs);
+  // Run geometry in plain locals: the copies below cannot alias them.
+  index_t r0[kMaxSliver], rl[kMaxSliver], ih0[kMaxSliver], iw0[kMaxSliver];
+  const T* base[kMaxSliver];
+  const T* rows[kMaxSliver];
+  for (int i = 0; i < nrun; ++i) {
+    r0[i] = runs[i].r0, rl[i] = runs[i].len, ih0[i] = runs[i].oh * g.sh - g.pt, iw0[i] = runs[i].ow * sw - g.pl;
+    base[i] = xg + runs[i].n * g.C_in * HW;
+  }
+  index_t ci = k0 / (KH * KW), kh = (k0 / KW) % KH, kw = k0 % KW;
+  T* d = dst;
+  for (index_t p = 0; p < kc;) {
+    for (int i = 0; i < nrun; ++i) {
+      const index_t ih = ih0[i] + kh * dh;
+      rows[i] = ih >= 0 && ih < H ? base[i] + ci * HW + ih * W : nullptr;
+    }
+    const index_t taps = std::min(KW - kw, kc - p);
+    for (index_t j = 0; j < taps; ++j, ++kw, d += R) {
+      for (int i = 0; i < nrun; ++i) {
+        if (rows[i])
+          copy_row_clamped(d + r0[i], rows[i], iw0[i] + kw * dw, rl[i], sw, W);
+        else
+          std::fill(d + r0[i], d + r0[i] + rl[i], T(0));
+      }
+      std::fill(d + len, d + R, T(0));
+    }
+    p += taps;
+    kw = 0;
+    if (++kh == KH) kh = 0, ++ci;
+  }
+}
+
+// The same sliver when its pixels read the input at one stride from a base address: all of them in
+// one output row, or, for stride 1 with OW == W ("same" padding), in consecutive rows of one image
+// (the end of a row and the start of the next are adjacent in memory). Every k is then one copy of
+// R elements (RC = R at compile time) followed by zeroing the lanes whose row (per kh) or column
+// (per kw) falls outside the input, kept as bit masks; lanes past len are zeroed the same way.
+// Returns false (nothing written) when the sliver does not qualify.
+constexpr index_t kMaxMaskedTaps = 32;
+
+template <class T, int RC>
+bool pack_im2col_linear(T* dst, index_t R_runtime, index_t m0, index_t len, index_t k0, index_t kc, const T* xg,
+                        const T* x_begin, const T* x_end, const Geo& g) {
+  const index_t R = RC > 0 ? RC : R_runtime;
+  const index_t H = g.H, W = g.W, KH = g.KH, KW = g.KW, sw = g.sw, dh = g.dh, dw = g.dw, HW = H * W, P = g.P();
+  const index_t n = m0 / P, q0 = m0 % P, oh0 = q0 / g.OW, ow0 = q0 % g.OW;
+  const bool one_row = ow0 + len <= g.OW, adjacent_rows = sw == 1 && g.sh == 1 && g.OW == W;
+  if (R > 64 || KH > kMaxMaskedTaps || KW > kMaxMaskedTaps || q0 + len > P || !(one_row || adjacent_rows))
+    return false;
+  std::uint64_t row_mask[kMaxMaskedTaps], col_mask[kMaxMaskedTaps];
+  const std::uint64_t tail = (R == 64 ? 0 : ~std::uint64_t{0} << R) ^ (len == 64 ? 0 : ~std::uint64_t{0} << len);
+  for (index_t kh = 0; kh < KH; ++kh) row_mask[kh] = tail;
+  for (index_t kw = 0; kw < KW; ++kw) col_mask[kw] = 0;
+  for (index_t r = 0, oh = oh0, ow = ow0; r < len; ++r) {
+    for (index_t kh = 0; kh < KH; ++kh) {
+      const index_t ih = oh * g.sh - g.pt + kh * dh;
+      if (ih < 0 || ih >= H) row_mask[kh] |= std::uint64_t{1} << r;
+    }
+    for (index_t kw = 0; kw < KW; ++kw) {
+      const index_t iw = ow * sw - g.pl + kw * dw;
+      if (iw < 0 || iw >= W) col_mask[kw] |= std::uint64_t{1} << r;
+    }
+    if (++ow == g.OW) ow = 0, ++oh;
+  }
+  // Lane r of tap (ci, kh, kw) reads base[ci·HW + kh·dh·W + kw·dw + r·sw].
+  const std::uintptr_t lo = reinterpret_cast<std::uintptr_t>(x_begin), hi = reinterpret_cast<std::uintptr_t>(x_end);
+  const std::uintptr_t base = reinterpret_cast<std::uintptr_t>(xg) +
+                              ((n * g.C_in * H + oh0 * g.sh - g.pt) * W + ow0 * sw - g.pl) * sizeof(T);
+  const index_t span = ((R - 1) * sw + 1) * sizeof(T);
+  index_t ci = k0 / (KH * KW), kh = (k0 / KW) % KH, kw = k0 % KW;
+  T* d = dst;
+  for (index_t p = 0; p < kc;) {
+    const std::uintptr_t row = base + (ci * HW + kh * dh * W) * sizeof(T);
+    const std::uint64_t rm = row_mask[kh];
+    const index_t taps = std::min(KW - kw, kc - p);
+    for (index_t j = 0; j < taps; ++j, ++kw, d += R) {
+      const std::uintptr_t src = row + kw * dw * sizeof(T);
+      const T* s = reinterpret_cast<const T*>(src);
+      std::uint64_t zero = rm | col_mask[kw];
+      if (src >= lo && src + span <= hi) {
+        if (sw == 1)
+          std::memcpy(d, s, sizeof(T) * R);
+        else
+          for (index_t r = 0; r < R; ++r) d[r] = s[r * sw];
+        for (; zero; zero &= zero - 1) d[__builtin_ctzll(zero)] = T(0);
+      } else {  // near an end of the array, read only the lanes inside the input
+        for (index_t r = 0; r < R; ++r) d[r] = zero >> r & 1 ? T(0) : s[r * sw];
+      }
+    }
+    p += taps;
+    kw = 0;
+    if (++kh == KH) kh = 0, ++ci;
+  }
+  return true;
+}
+
+template <class T, int RC>
+void pack_im2col(T* dst, index_t R, index_t m0, index_t len, index_t k0, index_t kc, const T* xg, const T* x_begin,
+                 const T* x_end, const Geo& g) {
+  if (!pack_im2col_linear<T, RC>(dst, R, m0, len, k0, kc, xg, x_begin, x_end, g))
+    pack_im2col_runs(dst, R, m0, len, k0, kc, xg, g);
+}
+
+// Brings the input lines that im2col rows [k0, k0 + kc) of pixels [m0, m0 + pb) read into L2. The
+// packer walks up to C·KH rows of the input at once, a few bytes of each per sliver: too many
+// streams for the hardware prefetchers, so without this nearly every new line is a miss to L3.
+template <class T>
+void prefetch_block_input(const T* xg, const Geo& g, index_t m0, index_t pb, index_t k0, index_t kc) {
+  constexpr index_t kLine = 64 / sizeof(T);
+  const index_t P = g.P(), HW = g.H * g.W, c0 = k0 / g.taps(), c1 = (k0 + kc - 1) / g.taps() + 1;
+  for (index_t m = m0; m < m0 + pb;) {  // one output row (of one image) at a time
+    const index_t n = m / P, oh = (m % P) / g.OW, ow = m % g.OW, len = std::min(m0 + pb - m, g.OW - ow);
+    const index_t w0 = std::max<index_t>(0, ow * g.sw - g.pl);
+    const index_t w1 = std::min<index_t>(g.W, (ow + len - 1) * g.sw - g.pl + (g.KW - 1) * g.dw + 1);
+    for (index_t c = c0; c < c1; ++c)
+      for (index_t kh = 0; kh < g.KH; ++kh) {
+        const index_t ih = oh * g.sh - g.pt + kh * g.dh;
+        if (ih < 0 || ih >= g.H) continue;
+        const T* row = xg + (n * g.C_in + c) * HW + ih * g.W;
+        for (index_t iw = w0; iw < w1; iw += kLine) __builtin_prefetch(row + iw, 0, 2);
+        __builtin_prefetch(row + w1 - 1, 0, 2);
+      }
+    m += len;
+  }
+}
+
+template <class T>
+using SliverPacker = void (*)(T*, index_t, index_t, index_t, index_t, index_t, const T*, const T*, const T*,
+                              const Geo&);
+
+template <class T>
+SliverPacker<T> im2col_packer(int R) {
+  switch (R) {
+    case 4: return pack_im2col<T, 4>;
+    case 6: return pack_im2col<T, 6>;
+    case 8: return pack_im2col<T, 8>;
+    case 12: return pack_im2col<T, 12>;
+    case 16: return pack_im2col<T, 16>;
+    case 24: return pack_im2col<T, 24>;
+    case 32: return pack_im2col<T, 32>;
+    default: return pack_im2col<T, 0>;
+  }
+}
+
+// ---- direct kernels (C_in/G == 1 or C_out/G == 1: depthwise and single-channel convolutions) ----
+
+// Output columns whose every kw tap lies inside the input row: [lo, hi).
+inline void interior_columns(const Geo& g, index_t* lo, index_t* hi) {
+  const index_t a = -g.pl, b = -g.pl + (g.KW - 1) * g.dw;  // first and last tap column at ow = 0
+  *lo = std::min(g.OW, first_inside(a, g.sw, g.OW));
+  *hi = std::max(*lo, end_inside(b, g.sw, g.W, g.OW));
+}
+
+template <class V>
+struct Direct {
+  using T = typename V::T;
+  static constexpr int Wv = V::width;
+
+  // One output value with every bound checked.
+  static T point(const T* xg, const T* wc, T bias, const Geo& g, index_t oh, index_t ow) {
+    T acc = bias;
+    for (index_t ci = 0; ci < g.cig(); ++ci)
+      for (index_t kh = 0; kh < g.KH; ++kh) {
+        const index_t ih = oh * g.sh - g.pt + kh * g.dh;
+        if (ih < 0 || ih >= g.H) continue;
+        const T* xr = xg + (ci * g.H + ih) * g.W;
+        const T* wr = wc + (ci * g.KH + kh) * g.KW;
+        for (index_t kw = 0; kw < g.KW; ++kw) {
+          const index_t iw = ow * g.sw - g.pl + kw * g.dw;
+          if (iw >= 0 && iw < g.W) acc += wr[kw] * xr[iw];
+        }
+      }
+    return acc;
+  }
+
+  // U vectors of outputs at columns ow.. of row oh (all taps inside the row; stride_w == 1).
+  template <int U>
+  static void vectors(T* yr, const T* xg, const T* wc, T bias, const Geo& g, index_t oh, index_t ow) {
+    typename V::reg acc[U];
+    for (int u = 0; u < U; ++u) acc[u] = V::set1(bias);
+    for (index_t ci = 0; ci < g.cig(); ++ci)
+      for (index_t kh = 0; kh < g.KH; ++kh) {
+        const index_t ih = oh * g.sh - g.pt + kh * g.dh;
+        if (ih < 0 || ih >= g.H) continue;
+        const T* xr = xg + (ci * g.H + ih) * g.W + ow - g.pl;
+        const T* wr = wc + (ci * g.KH + kh) * g.KW;
+        for (index_t kw = 0; kw < g.KW; ++kw) {
+          const typename V::reg wv = V::set1(wr[kw]);
+          const T* xp = xr + kw * g.dw;
+#pragma GCC unroll 4
+          for (int u = 0; u < U; ++u) acc[u] = V::fmadd(wv, V::load(xp + u * Wv), acc[u]);
+        }
+      }
+    for (int u = 0; u < U; ++u) V::store(yr + ow + u * Wv, acc[u]);
+  }
+
+  // The output plane of channel co of one image: xg is its group's channel 0 of that image, wc = w[co].
+  static void forward_plane(T* yp, const T* xg, const T* wc, T bias, const Geo& g) {
+    index_t lo, hi;
+    interior_columns(g, &lo, &hi);
+    for (index_t oh = 0; oh < g.OH; ++oh) {
+      T* yr = yp + oh * g.OW;
+      for (index_t ow = 0; ow < lo; ++ow) yr[ow] = point(xg, wc, bias, g, oh, ow);
+      for (index_t ow = hi; ow < g.OW; ++ow) yr[ow] = point(xg, wc, bias, g, oh, ow);
+      index_t ow = lo;
+      if (g.sw == 1) {
+        for (; ow + 4 * Wv <= hi; ow += 4 * Wv) vectors<4>(yr, xg, wc, bias, g, oh, ow);
+        for (; ow + Wv <= hi; ow += Wv) vectors<1>(yr, xg, wc, bias, g, oh, ow);
+      }
+      for (; ow < hi; ++ow) yr[ow] = point(xg, wc, bias, g, oh, ow);
+    }
+  }
+
+  // dw[co, ci, :, :] of one (co, ci) pair summed over the batch: acc[kh·KW + kw] (KH·KW of them).
+  static void weight_pair(T* acc, const T* dy, const T* x, const Geo& g, index_t co, index_t ci) {
+    const index_t gi = co / g.cog(), HW = g.H * g.W, P = g.P();
+    std::fill(acc, acc + g.taps(), T(0));
+    for (index_t n = 0; n < g.N; ++n) {
+      const T* dyp = dy + (n * g.C_out + co) * P;
+      const T* xp = x + (n * g.C_in + gi * g.cig() + ci) * HW;
+      for (index_t kw = 0; kw < g.KW; ++kw) {
+        const index_t a = kw * g.dw - g.pl;  // input column of ow = 0
+        const index_t lo = first_inside(a, g.sw, g.OW), hi = std::max(lo, end_inside(a, g.sw, g.W, g.OW));
+        for (index_t kh = 0; kh < g.KH; ++kh) {
+          typename V::reg v = V::zero();
+          T s = 0;
+          for (index_t oh = 0; oh < g.OH; ++oh) {
+            const index_t ih = oh * g.sh - g.pt + kh * g.dh;
+            if (ih < 0 || ih >= g.H) continue;
+            const T* dyr = dyp + oh * g.OW;
+            const T* xr = xp + ih * g.W + a;
+            index_t ow = lo;
+            if (g.sw == 1)
+              for (; ow + Wv <= hi; ow += Wv) v = V::fmadd(V::load(dyr + ow), V::load(xr + ow), v);
+            for (; ow < hi; ++ow) s += dyr[ow] * xr[ow * g.sw];
+          }
+          acc[kh * g.KW + kw] += V::reduce_add(v) + s;
+        }
+      }
+    }
+  }
+
+  // out[c] = Σ_n Σ_p dy[n, c, p] for channels c0..c1 (the bias gradient).
+  static void channel_sums(T* out, const T* dy, index_t N, index_t C, index_t P, index_t c0, index_t c1) {
+    for (index_t c = c0; c < c1; ++c) {
+      typename V::reg v0 = V::zero(), v1 = V::zero();
+      T s = 0;
+      for (index_t n = 0; n < N; ++n) {
+        const T* p = dy + (n * C + c) * P;
+        index_t i = 0;
+        for (; i + 2 * Wv <= P; i += 2 * Wv) v0 = V::add(v0, V::load(p + i)), v1 = V::add(v1, V::load(p + i + Wv));
+        for (; i < P; ++i) s += p[i];
+      }
+      out[c] = V::reduce_add(V::add(v0, v1)) + s;
+    }
+  }
+};
+
+template <class T>
+struct DirectKernels {
+  void (*forward_plane)(T*, const T*, const T*, T, const Geo&);
+  void (*weight_pair)(T*, const T*, const T*, const Geo&, index_t, index_t);
+  void (*channel_sums)(T*, const T*, index_t, index_t, index_t, index_t, index_t);
+};
+
+#define FASTDL_DIRECT_ENTRIES(NAME, V, ATTR)                                                                   \
+  ATTR FASTDL_FLATTEN void NAME##_forward_plane(V::T* yp, const V::T* xg, const V::T* wc, V::T b,             \
+                                                const Geo& g) {                                                \
+    Direct<V>::forward_plane(yp, xg, wc, b, g);                                                                \
+  }                                                                                                            \
+  ATTR FASTDL_FLATTEN void NAME##_weight_pair(V::T* acc, const V::T* dy, const V::T* x, const Geo& g,          \
+                                              index_t co, index_t ci) {                                        \
+    Direct<V>::weight_pair(acc, dy, x, g, co, ci);                                                             \
+  }                                                                                                            \
+  ATTR FASTDL_FLATTEN void NAME##_channel_sums(V::T* out, const V::T* dy, index_t N, index_t C, index_t P,     \
+                                               index_t c0, index_t c1) {                                       \
+    Direct<V>::channel_sums(out, dy, N, C, P, c0, c1);                                                         \
+  }
+FASTDL_DIRECT_ENTRIES(avx512_f32, simd::Avx512F32, FASTDL_TARGET_AVX512)
+FASTDL_DIRECT_ENTRIES(avx512_f64, simd::Avx512F64, FASTDL_TARGET_AVX512)
+FASTDL_DIRECT_ENTRIES(avx2_f32, simd::Avx2F32, FASTDL_TARGET_AVX2)
+FASTDL_DIRECT_ENTRIES(avx2_f64, simd::Avx2F64, FASTDL_TARGET_AVX2)
+FASTDL_DIRECT_ENTRIES(portable_f32, simd::Portable<float>, )
+FASTDL_DIRECT_ENTRIES(portable_f64, simd::Portable<double>, )
+#undef FASTDL_DIRECT_ENTRIES
+
+template <class T>
+DirectKernels<T> direct_kernels() {
+  if constexpr (sizeof(T) == 4) {
+    switch (capability()) {
+      case CpuCapability::avx512: return {avx512_f32_forward_plane, avx512_f32_weight_pair, avx512_f32_channel_sums};
+      case CpuCapability::avx2: return {avx2_f32_forward_plane, avx2_f32_weight_pair, avx2_f32_channel_sums};
+      default: return {portable_f32_forward_plane, portable_f32_weight_pair, portable_f32_channel_sums};
+    }
+  } else {
+    switch (capability()) {
+      case CpuCapability::avx512: return {avx512_f64_forward_plane, avx512_f64_weight_pair, avx512_f64_channel_sums};
+      case CpuCapability::avx2: return {avx2_f64_forward_plane, avx2_f64_weight_pair, avx2_f64_channel_sums};
+      default: return {portable_f64_forward_plane, portable_f64_weight_pair, portable_f64_channel_sums};
+    }
+  }
+}
+
+// ---- forward ----------------------------------------------------------------------------------
+
+enum class Path { direct, gemm_1x1, implicit };
+
+// Everything the forward engine decides before touching data; conv2d_forward_workspace reads it too.
+struct ForwardPlan {
+  Path path;
+  bool pixels_on_m;  // implicit: tiles are pixels × channels (else channels × pixels)
+  int R;             // im2col sliver width (MR or NR)
+  index_t kblocks, KCb, Cop, PB, nblocks, tasks;
+  int team;
+};
+
+template <class T>
+ForwardPlan plan_forward(const Geo& g, int threads) {
+  ForwardPlan f{};
+  const index_t K = g.K(), Cog = g.cog(), NP = g.N * g.P();
+  if (g.cig() == 1 || Cog == 1) {
+    f.path = Path::direct;
+    f.tasks = g.N * g.C_out;
+    f.team = team_for(f.tasks, g.flops(), threads);
+    return f;
+  }
+  if (g.KH == 1 && g.KW == 1 && g.sh == 1 && g.sw == 1 && g.pt == 0 && g.pl == 0 && g.OH == g.H && g.OW == g.W) {
+    f.path = Path::gemm_1x1;
+    f.tasks = g.N * g.G;
+    f.team = team_for(f.tasks, g.flops(), threads);
+    return f;
+  }
+  f.path = Path::implicit;
+  const GemmBlocking b = gemm_blocking<T>();
+  // Tile efficiency of each orientation; a pixels × channels tile also pays a transposing write-out,
+  // about one element move per K/8 multiply-adds.
+  const double waste_m = double(round_up(Cog, b.MR)) / Cog, waste_n = double(round_up(Cog, b.NR)) / Cog;
+  f.pixels_on_m = waste_n * (1.0 + 8.0 / K) <= waste_m;
+  f.R = f.pixels_on_m ? b.MR : b.NR;
+  f.kblocks = ceil_div(K, b.KC);
+  f.KCb = ceil_div(K, f.kblocks);
+  f.Cop = round_up(Cog, f.pixels_on_m ? b.NR : b.MR);
+  const index_t panel_limit = (256 << 10) / sizeof(T) / f.KCb, tile_limit = (128 << 10) / sizeof(T) / Cog;
+  index_t PB = std::max<index_t>(f.R, std::min(panel_limit, tile_limit) / f.R * f.R);
+  // At least four blocks per thread where the pixels allow (balance under dynamic scheduling).
+  PB = std::min(PB, std::max<index_t>(f.R, round_up(ceil_div(NP, 4 * index_t{threads}), f.R)));
+  f.PB = PB;
+  f.nblocks = ceil_div(NP, PB);
+  f.tasks = g.G * f.nblocks;
+  f.team = team_for(f.tasks, g.flops(), threads);
+  return f;
+}
+
+template <class T>
+void forward_direct(T* y, const T* x, const T* w, const T* bias, const Geo& g, const ForwardPlan& f) {
+  const DirectKernels<T> dk = direct_kernels<T>();
+  const index_t HW = g.H * g.W, P = g.P();
+  run_tasks(f.tasks, f.team, [&](index_t t) {
+    const index_t n = t / g.C_out, co = t % g.C_out, gi = co / g.cog();
+    dk.forward_plane(y + t * P, x + (n * g.C_in + gi * g.cig()) * HW, w + co * g.K(), bias ? bias[co] : T(0), g);
+  });
+}
+
+template <class T>
+void forward_1x1(T* y, const T* x, const T* w, const T* bias, const Geo& g, const ForwardPlan& f) {
+  const index_t P = g.P(), Cig = g.cig(), Cog = g.cog();
+  const auto image_group = [&](index_t t) {
+    const index_t n = t / g.G, gi = t % g.G;
+    T* yn = y + (n * g.C_out + gi * Cog) * P;
+    if (bias)
+      for (index_t co = 0; co < Cog; ++co) std::fill(yn + co * P, yn + (co + 1) * P, bias[gi * Cog + co]);
+    gemm_strided<T>(Cog, P, Cig, T(1), w + gi * Cog * Cig, Cig, 1, x + (n * g.C_in + gi * Cig) * P, P, 1,
+                    bias ? T(1) : T(0), yn, P, 1);
+  };
+  // One product per thread when they share evenly; otherwise one after another, each multithreaded.
+  if (f.team > 1 && (f.tasks % f.team == 0 || f.tasks >= 4 * f.team))
+    run_tasks(f.tasks, f.team, image_group);
+  else
+    for (index_t t = 0; t < f.tasks; ++t) image_group(t);
+}
+
+template <class T>
+void forward_implicit(T* y, const T* x, const T* w, const T* bias, const Geo& g, const ForwardPlan& f) {
+  const index_t K = g.K(), Cog = g.cog(), P = g.P(), NP = g.N * P, HW = g.H * g.W;
+  // The weights, packed once: per group and K block, op(W) in the micro-kernel's sliver format.
+  AlignedBuffer<T> weight_buffer;
+  T* Wp = weight_buffer.get(static_cast<std::size_t>(g.G * K * f.Cop));
+  parallel_for(g.G * f.kblocks, 1, [&](index_t b0, index_t b1) {
+    for (index_t b = b0; b < b1; ++b) {
+      const index_t gi = b / f.kblocks, pc = (b % f.kblocks) * f.KCb, kc = std::min(f.KCb, K - pc);
+      const T* src = w + gi * Cog * K + pc;
+      T* dst = Wp + gi * K * f.Cop + pc * f.Cop;
+      if (f.pixels_on_m)
+        gemm_pack_b<T>(kc, Cog, src, 1, K, dst);
+      else
+        gemm_pack_a<T>(Cog, kc, src, K, 1, dst);
+    }
+  });
+  const SliverPacker<T> pack = im2col_packer<T>(f.R);
+  const T* x_end = x + g.N * g.C_in * HW;
+  run_tasks(f.tasks, f.team, [&](index_t t) {
+    static thread_local AlignedBuffer<T> sliver_buffer, tile_buffer;
+    T* sliver = sliver_buffer.get(static_cast<std::size_t>(f.R * (f.KCb + 1)));
+    T* tile = tile_buffer.get(static_cast<std::size_t>(f.PB * Cog));
+    const index_t gi = t / f.nblocks, m0 = (t % f.nblocks) * f.PB, pb = std::min(f.PB, NP - m0);
+    const T* xg = x + gi * g.cig() * HW;
+    // Each sliver is packed into L1 and multiplied at once with every weight sliver of the K block.
+    for (index_t kb = 0; kb < f.kblocks; ++kb) {
+      const index_t pc = kb * f.KCb, kc = std::min(f.KCb, K - pc);
+      const T* wp = Wp + gi * K * f.Cop + pc * f.Cop;
+      const T beta = kb == 0 ? T(0) : T(1);
+      prefetch_block_input(xg, g, m0, pb, pc, kc);
+      for (index_t s = 0; s < pb; s += f.R) {
+        const index_t len = std::min<index_t>(f.R, pb - s);
+        pack(sliver, f.R, m0 + s, len, pc, kc, xg, x, x_end, g);
+        if (f.pixels_on_m)
+          gemm_packed_block<T>(len, Cog, kc, T(1), sliver, wp, beta, tile + s * Cog, Cog, 1);
+        else
+          gemm_packed_block<T>(Cog, len, kc, T(1), wp, sliver, beta, tile + s, pb, 1);
+      }
+    }
+    // tile → y, one image at a time (a block may span images): pixels_on_m: tile[r·Cog + co],
+    // else tile[co·pb + r].
+    for (index_t r = 0; r < pb;) {
+      const index_t m = m0 + r, n = m / P, q = m % P, len = std::min(pb - r, P - q);
+      T* yb = y + (n * g.C_out + gi * Cog) * P + q;
+      const T* bb = bias ? bias + gi * Cog : nullptr;
+      if (f.pixels_on_m) {
+        constexpr index_t kChannels = 16;  // 16 output rows written together: one cache line of tile
+        for (index_t c0 = 0; c0 < Cog; c0 += kChannels) {
+          const index_t c1 = std::min(Cog, c0 + kChannels);
+          for (index_t j = 0; j < len; ++j) {
+            const T* src = tile + (r + j) * Cog;
+            for (index_t co = c0; co < c1; ++co) yb[co * P + j] = src[co] + (bb ? bb[co] : T(0));
+          }
+        }
+      } else {
+        for (index_t co = 0; co < Cog; ++co) {
+          const T* src = tile + co * pb + r;
+          const T bv = bb ? bb[co] : T(0);
+          T* yr = yb + co * P;
+          for (index_t j = 0; j < len; ++j) yr[j] = src[j] + bv;
+        }
+      }
+      r += len;
+    }
+  });
+}
+
+template <class T>
+void forward_any(T* y, const T* x, const T* w, const T* bias, const Geo& g) {
+  if (g.N == 0) return;
+  const ForwardPlan f = plan_forward<T>(g, available_threads());
+  switch (f.path) {
+    case Path::direct: forward_direct(y, x, w, bias, g, f); break;
+    case Path::gemm_1x1: forward_1x1(y, x, w, bias, g, f); break;
+    case Path::implicit: forward_implicit(y, x, w, bias, g, f); break;
+  }
+}
+
+// ---- backward-input ---------------------------------------------------------------------------
+
+// Stride 1: dx is the convolution of dy with w flipped in space and transposed in channels,
+// wf[g·C_in/G + ci, co, kh, kw] = w[g·C_out/G + co, ci, KH−1−kh, KW−1−kw], padded by d·(K−1) − p.
+template <class T>
+void backward_input_flipped(T* dx, const T* dy, const T* w, const Geo& g) {
+  const index_t Cig = g.cig(), Cog = g.cog(), taps = g.taps();
+  AlignedBuffer<T> flipped_buffer;
+  T* wf = flipped_buffer.get(static_cast<std::size_t>(g.C_out * g.K()));
+  for (index_t gi = 0; gi < g.G; ++gi)
+    for (index_t co = 0; co < Cog; ++co)
+      for (index_t ci = 0; ci < Cig; ++ci) {
+        const T* src = w + ((gi * Cog + co) * Cig + ci) * taps;
+        T* dst = wf + ((gi * Cig + ci) * Cog + co) * taps;
+        for (index_t t = 0; t < taps; ++t) dst[t] = src[taps - 1 - t];
+      }
+  const Geo f{g.N,  g.C_out, g.OH, g.OW, g.C_in, g.KH, g.KW, g.H, g.W, 1, 1, g.dh * (g.KH - 1) - g.pt,
+              g.dw * (g.KW - 1) - g.pl, g.dh, g.dw, g.G};
+  forward_any(dx, dy, wf, static_cast<const T*>(nullptr), f);
+}
+
+// dx[n, ci, ih, iw] += v for every tap (kh, kw) that output pixel (oh, ow..ow+len) of row k reads.
+template <class T>
+inline void scatter_row(T* dxc, const T* v, index_t len, index_t oh, index_t ow, index_t kh, index_t kw,
+                        const Geo& g) {
+  const index_t ih = oh * g.sh - g.pt + kh * g.dh;
+  if (ih < 0 || ih >= g.H) return;
+  const index_t iw0 = ow * g.sw - g.pl + kw * g.dw;
+  const index_t lo = first_inside(iw0, g.sw, len), hi = end_inside(iw0, g.sw, g.W, len);
+  T* row = dxc + ih * g.W + iw0;
+  if (g.sw == 1) {
+    for (index_t j = lo; j < hi; ++j) row[j] += v[j];
+  } else {
+    for (index_t j = lo; j < hi; ++j) row[j * g.sw] += v[j];
+  }
+}
+
+// Stride > 1, C_in/G and C_out/G ≥ 2: per pixel block dcol (rows k of a channel range × pixels)
+// = Wᵀ · dy, then col2im adds each row into dx. Tasks own (image, group, channel range), so no two
+// threads add into the same dx element.
+template <class T>
+void backward_input_col2im(T* dx, const T* dy, const T* w, const Geo& g) {
+  const GemmBlocking b = gemm_blocking<T>();
+  const index_t Cig = g.cig(), Cog = g.cog(), K = g.K(), taps = g.taps(), P = g.P(), HW = g.H * g.W;
+  const int threads = available_threads();
+  const index_t parts = parts_for_balance(g.N * g.G, threads, Cig);
+  const index_t tasks = g.N * g.G * parts;
+  const index_t kblocks = ceil_div(Cog, b.KC), KCb = ceil_div(Cog, kblocks);
+  const index_t rows_max = ceil_div(Cig, parts) * taps;
+  const index_t PB = std::max<index_t>(b.NR, (256 << 10) / sizeof(T) / rows_max / b.NR * b.NR);
+  run_tasks(tasks, team_for(tasks, g.flops(), threads), [&](index_t t) {
+    static thread_local AlignedBuffer<T> a_buffer, b_buffer, col_buffer;
+    const index_t n = t / (g.G * parts), gi = (t / parts) % g.G, part = t % parts;
+    const index_t c0 = std::min(Cig, part * ceil_div(Cig, parts)), c1 = std::min(Cig, c0 + ceil_div(Cig, parts));
+    if (c0 >= c1) return;
+    const index_t rows = (c1 - c0) * taps;
+    T* dxg = dx + (n * g.C_in + gi * Cig) * HW;
+    std::fill(dxg + c0 * HW, dxg + c1 * HW, T(0));
+    T* Ap = a_buffer.get(static_cast<std::size_t>(round_up(rows, b.MR) * Cog));
+    T* Bp = b_buffer.get(static_cast<std::size_t>(round_up(PB, b.NR) * KCb));
+    T* col = col_buffer.get(static_cast<std::size_t>(rows * PB));
+    const T* wg = w + gi * Cog * K;
+    for (index_t kb = 0; kb < kblocks; ++kb) {
+      const index_t pc = kb * KCb, kc = std::min(KCb, Cog - pc);
+      gemm_pack_a<T>(rows, kc, wg + pc * K + c0 * taps, 1, K, Ap + pc * round_up(rows, b.MR));
+    }
+    const T* dyg = dy + (n * g.C_out + gi * Cog) * P;
+    for (index_t q0 = 0; q0 < P; q0 += PB) {
+      const index_t pb = std::min(PB, P - q0);
+      for (index_t kb = 0; kb < kblocks; ++kb) {
+        const index_t pc = kb * KCb, kc = std::min(KCb, Cog - pc);
+        gemm_pack_b<T>(kc, pb, dyg + pc * P + q0, P, 1, Bp);
+        gemm_packed_block<T>(rows, pb, kc, T(1), Ap + pc * round_up(rows, b.MR), Bp, kb == 0 ? T(0) : T(1), col,
+                             pb, 1);
+      }
+      for (index_t k = 0; k < rows; ++k) {
+        const index_t ci = c0 + k / taps, kh = (k / g.KW) % g.KH, kw = k % g.KW;
+        for (index_t r = 0; r < pb;) {
+          const index_t q = q0 + r, oh = q / g.OW, ow = q % g.OW, len = std::min(pb - r, g.OW - ow);
+          scatter_row(dxg + ci * HW, col + k * pb + r, len, oh, ow, kh, kw, g);
+          r += len;
+        }
+      }
+    }
+  });
+}
+
+// Stride > 1 with C_in/G == 1 or C_out/G == 1: the scatter form directly; tasks own (image, group).
+template <class T>
+void backward_input_direct(T* dx, const T* dy, const T* w, const Geo& g) {
+  const index_t Cig = g.cig(), Cog = g.cog(), taps = g.taps(), P = g.P(), HW = g.H * g.W;
+  const index_t tasks = g.N * g.G;
+  run_tasks(tasks, team_for(tasks, g.flops(), available_threads()), [&](index_t t) {
+    const index_t n = t / g.G, gi = t % g.G;
+    T* dxg = dx + (n * g.C_in + gi * Cig) * HW;
+    std::fill(dxg, dxg + Cig * HW, T(0));
+    for (index_t co = 0; co < Cog; ++co) {
+      const T* dyp = dy + (n * g.C_out + gi * Cog + co) * P;
+      for (index_t ci = 0; ci < Cig; ++ci) {
+        const T* wc = w + ((gi * Cog + co) * Cig + ci) * taps;
+        for (index_t oh = 0; oh < g.OH; ++oh)
+          for (index_t kh = 0; kh < g.KH; ++kh) {
+            const index_t ih = oh * g.sh - g.pt + kh * g.dh;
+            if (ih < 0 || ih >= g.H) continue;
+            T* row = dxg + ci * HW + ih * g.W;
+            const T* dyr = dyp + oh * g.OW;
+            for (index_t kw = 0; kw < g.KW; ++kw) {
+              const T wv = wc[kh * g.KW + kw];
+              const index_t a = kw * g.dw - g.pl;
+              const index_t lo = first_inside(a, g.sw, g.OW), hi = end_inside(a, g.sw, g.W, g.OW);
+              for (index_t ow = lo; ow < hi; ++ow) row[ow * g.sw + a] += wv * dyr[ow];
+            }
+          }
+      }
+    }
+  });
+}
+
+template <class T>
+void backward_input_any(T* dx, const T* dy, const T* w, const Geo& g) {
+  if (g.N == 0) return;
+  if (g.sh == 1 && g.sw == 1)
+    backward_input_flipped(dx, dy, w, g);
+  else if (g.cig() == 1 || g.cog() == 1)
+    backward_input_direct(dx, dy, w, g);
+  else
+    backward_input_col2im(dx, dy, w, g);
+}
+
+// ---- backward-weight --------------------------------------------------------------------------
+
+// MR-wide sliver of im2col rows k' = (kh·KW + kw)·C + ci (NHWC order) over kc pixels starting at
+// output pixel (oh, ow) of one image: dst[p·MR + r]. `slab` holds input rows ih_lo.. as
+// [ih − ih_lo][iw][ci] with C = C_in/G channels; the rows outside it are outside the input.
+template <class T, int RC>
+void pack_nhwc_sliver(T* dst, int R_runtime, index_t k0, index_t rows, index_t oh, index_t ow, index_t kc,
+                      const T* slab, index_t ih_lo, const Geo& g) {
+  const index_t R = RC > 0 ? RC : R_runtime;
+  const index_t C = g.cig(), rowlen = g.W * C;
+  index_t off[kMaxSliver], dh_of[kMaxSliver], dw_of[kMaxSliver];
+  index_t dh_min = std::numeric_limits<index_t>::max(), dh_max = -1, dw_min = dh_min, dw_max = -1;
+  bool contiguous = rows == R;
+  for (index_t r = 0; r < rows; ++r) {
+    const index_t k = k0 + r, tap = k / C, ci = k % C, kh = tap / g.KW, kw = tap % g.KW;
+    dh_of[r] = kh * g.dh, dw_of[r] = kw * g.dw;
+    off[r] = dh_of[r] * rowlen + dw_of[r] * C + ci;
+    contiguous = contiguous && off[r] == off[0] + r;
+    dh_min = std::min(dh_min, dh_of[r]), dh_max = std::max(dh_max, dh_of[r]);
+    dw_min = std::min(dw_min, dw_of[r]), dw_max = std::max(dw_max, dw_of[r]);
+  }
+  for (index_t p = 0; p < kc; ++p) {
+    T* d = dst + p * R;
+    const index_t ih0 = oh * g.sh - g.pt, iw0 = ow * g.sw - g.pl;
+    const T* base = slab + (ih0 - ih_lo) * rowlen + iw0 * C;
+    if (ih0 + dh_min >= 0 && ih0 + dh_max < g.H && iw0 + dw_min >= 0 && iw0 + dw_max < g.W) {
+      if (contiguous)
+        std::memcpy(d, base + off[0], sizeof(T) * R);
+      else
+        for (index_t r = 0; r < rows; ++r) d[r] = base[off[r]];
+    } else {
+      for (index_t r = 0; r < rows; ++r) {
+        const index_t ih = ih0 + dh_of[r], iw = iw0 + dw_of[r];
+        d[r] = ih >= 0 && ih < g.H && iw >= 0 && iw < g.W ? base[off[r]] : T(0);
+      }
+    }
+    std::fill(d + rows, d + R, T(0));
+    if (++ow == g.OW) ow = 0, ++oh;
+  }
+}
+
+template <class T>
+using NhwcPacker = void (*)(T*, int, index_t, index_t, index_t, index_t, index_t, const T*, index_t, const Geo&);
+
+template <class T>
+NhwcPacker<T> nhwc_packer(int R) {
+  switch (R) {
+    case 4: return pack_nhwc_sliver<T, 4>;
+    case 6: return pack_nhwc_sliver<T, 6>;
+    case 8: return pack_nhwc_sliver<T, 8>;
+    case 12: return pack_nhwc_sliver<T, 12>;
+    case 16: return pack_nhwc_sliver<T, 16>;
+    default: return pack_nhwc_sliver<T, 0>;
+  }
+}
+
+// dWᵀ (K' = KH·KW·C_in/G rows in NHWC order × C_out/G) += im2col(x_n) · dy_nᵀ over the pixels of
+// each task (image, group, band of output rows), into one accumulator per thread; the accumulators
+// are then summed into dw in its (C_out, C_in/G, KH, KW) order.
+template <class T>
+void backward_weight_gemm(T* dw, const T* dy, const T* x, const Geo& g) {
+  const GemmBlocking b = gemm_blocking<T>();
+  const index_t Cig = g.cig(), Cog = g.cog(), K = g.K(), P = g.P(), HW = g.H * g.W;
+  const int threads = available_threads();
+  const index_t bands = parts_for_balance(g.N * g.G, threads, g.OH);
+  const index_t tasks = g.N * g.G * bands;
+  const int team = team_for(tasks, g.flops(), threads);
+  const index_t KCp = b.KC;  // pixels per GEMM block
+  const index_t MB = std::max<index_t>(b.MR, (128 << 10) / sizeof(T) / KCp / b.MR * b.MR);  // rows per A block
+  const std::size_t per_thread = static_cast<std::size_t>(g.G * K * Cog);
+  AlignedBuffer<T> acc_buffer;
+  T* acc = acc_buffer.get(per_thread * team);
+  std::fill(acc, acc + per_thread * team, T(0));
+  const NhwcPacker<T> pack = nhwc_packer<T>(b.MR);
+  const index_t band_rows = ceil_div(g.OH, bands);
+  run_tasks(tasks, team, [&](index_t t) {
+    static thread_local AlignedBuffer<T> slab_buffer, a_buffer, b_buffer;
+    const index_t n = t / (g.G * bands), gi = (t / bands) % g.G, band = t % bands;
+    const index_t oh0 = std::min(g.OH, band * band_rows), oh1 = std::min(g.OH, oh0 + band_rows);
+    if (oh0 >= oh1) return;
+    T* C = acc + per_thread * (team > 1 ? omp_get_thread_num() : 0) + gi * K * Cog;
+    // The input rows this band reads, as NHWC.
+    const index_t ih_lo = std::max<index_t>(0, oh0 * g.sh - g.pt);
+    const index_t ih_hi = std::min<index_t>(g.H, (oh1 - 1) * g.sh - g.pt + (g.KH - 1) * g.dh + 1);
+    const index_t slab_rows = std::max<index_t>(0, ih_hi - ih_lo);
+    T* slab = slab_buffer.get(static_cast<std::size_t>(std::max<index_t>(1, slab_rows * g.W * Cig)));
+    const T* xg = x + (n * g.C_in + gi * Cig) * HW;
+    for (index_t ih = ih_lo; ih < ih_hi; ++ih)
+      for (index_t ci = 0; ci < Cig; ++ci) {
+        const T* src = xg + ci * HW + ih * g.W;
+        T* dst = slab + (ih - ih_lo) * g.W * Cig + ci;
+        for (index_t iw = 0; iw < g.W; ++iw) dst[iw * Cig] = src[iw];
+      }
+    T* Ap = a_buffer.get(static_cast<std::size_t>(round_up(MB, b.MR) * KCp));
+    T* Bp = b_buffer.get(static_cast<std::size_t>(round_up(Cog, b.NR) * KCp));
+    const T* dyg = dy + (n * g.C_out + gi * Cog) * P;
+    for (index_t q0 = oh0 * g.OW; q0 < oh1 * g.OW; q0 += KCp) {
+      const index_t kc = std::min(KCp, oh1 * g.OW - q0);
+      gemm_pack_b<T>(kc, Cog, dyg + q0, 1, P, Bp);
+      for (index_t i0 = 0; i0 < K; i0 += MB) {
+        const index_t mb = std::min(MB, K - i0);
+        for (index_t s = 0; s < mb; s += b.MR)
+          pack(Ap + s * kc, b.MR, i0 + s, std::min<index_t>(b.MR, mb - s), q0 / g.OW, q0 % g.OW, kc, slab, ih_lo, g);
+        gemm_packed_block<T>(mb, Cog, kc, T(1), Ap, Bp, T(1), C + i0 * Cog, Cog, 1);
+      }
+    }
+  });
+  parallel_for(g.C_out, 1, [&](index_t c0, index_t c1) {
+    for (index_t co = c0; co < c1; ++co) {
+      const index_t gi = co / Cog, j = co % Cog;
+      for (index_t ci = 0; ci < Cig; ++ci)
+        for (index_t tap = 0; tap < g.taps(); ++tap) {
+          const std::size_t at = static_cast<std::size_t>(gi * K * Cog + (tap * Cig + ci) * Cog + j);
+          T s = 0;
+          for (int th = 0; th < team; ++th) s += acc[per_thread * th + at];
+          dw[(co * Cig + ci) * g.taps() + tap] = s;
+        }
+    }
+  });
+}
+
+template <class T>
+void backward_weight_direct(T* dw, const T* dy, const T* x, const Geo& g) {
+  const DirectKernels<T> dk = direct_kernels<T>();
+  const index_t Cig = g.cig(), tasks = g.C_out * Cig;
+  run_tasks(tasks, team_for(tasks, g.flops(), available_threads()), [&](index_t t) {
+    const index_t co = t / Cig, ci = t % Cig;
+    dk.weight_pair(dw + t * g.taps(), dy, x, g, co, ci);
+  });
+}
+
+// ---- checks -----------------------------------------------------------------------------------
+
+index_t conv_out_size(index_t in, index_t pad_sum, index_t dilation, index_t kernel, index_t stride) {
+  const index_t span = in + pad_sum - dilation * (kernel - 1) - 1;
+  return span < 0 ? 0 : span / stride + 1;
+}
+
+// The shape is checked before any memory is touched; `exact_input`: H, W must give exactly OH, OW
+// (forward, backward-weight), else at least (backward-input: conv_transpose2d's output_padding).
+void check_conv(const Conv2dShape& s, const char* op, bool exact_input) {
+  const auto describe = [&] {
+    std::ostringstream os;
+    os << "input (" << s.N << ", " << s.C_in << ", " << s.H << ", " << s.W << "), weight (" << s.C_out << ", "
+       << (s.groups > 0 ? s.C_in / s.groups : 0) << ", " << s.KH << ", " << s.KW << "), output (" << s.N << ", "
+       << s.C_out << ", " << s.OH << ", " << s.OW << "), stride (" << s.stride_h << ", " << s.stride_w
+       << "), padding (" << s.pad_top << ", " << s.pad_left << ", " << s.pad_bottom << ", " << s.pad_right
+       << "), dilation (" << s.dilation_h << ", " << s.dilation_w << "), groups " << s.groups;
+    return os.str();
+  };
+  FASTDL_CHECK(s.N >= 0 && s.C_in >= 1 && s.H >= 1 && s.W >= 1 && s.C_out >= 1 && s.KH >= 1 && s.KW >= 1 &&
+                   s.OH >= 1 && s.OW >= 1,
+               op, ": sizes must be positive: ", describe());
+  FASTDL_CHECK(s.stride_h >= 1 && s.stride_w >= 1 && s.dilation_h >= 1 && s.dilation_w >= 1, op,
+               ": stride and dilation must be >= 1: ", describe());
+  FASTDL_CHECK(s.pad_top >= 0 && s.pad_left >= 0 && s.pad_bottom >= 0 && s.pad_right >= 0, op,
+               ": padding must be >= 0: ", describe());
+  FASTDL_CHECK(s.groups >= 1 && s.C_in % s.groups == 0 && s.C_out % s.groups == 0, op,
+               ": groups must divide the input and output channels: ", describe());
+  const index_t oh = conv_out_size(s.H, s.pad_top + s.pad_bottom, s.dilation_h, s.KH, s.stride_h);
+  const index_t ow = conv_out_size(s.W, s.pad_left + s.pad_right, s.dilation_w, s.KW, s.stride_w);
+  FASTDL_CHECK(oh >= 1 && ow >= 1, op, ": the kernel is larger than the padded input: ", describe());
+  if (exact_input)
+    FASTDL_CHECK(oh == s.OH && ow == s.OW, op, ": output must be (", oh, ", ", ow, ") for ", describe());
+  else
+    FASTDL_CHECK(oh >= s.OH && ow >= s.OW, op, ": input (", s.H, ", ", s.W, ") is too small for ", describe());
+}
+
+// ---- pooling ----------------------------------------------------------------------------------
+
+index_t pool_out_size(index_t in, index_t pad, index_t dilation, index_t kernel, index_t stride, bool ceil_mode) {
+  const index_t span = in + 2 * pad - dilation * (kernel - 1) - 1;
+  if (span < 0) return 0;
+  index_t out = (span + (ceil_mode ? stride - 1 : 0)) / stride + 1;
+  if (ceil_mode && (out - 1) * stride >= in + pad) --out;  // the last window must start inside
+  return out;
+}
+
+void check_pool(const Pool2dShape& s, const char* op) {
+  const auto describe = [&] {
+    std::ostringstream os;
+    os << "input (" << s.N << ", " << s.C << ", " << s.H << ", " << s.W << "), output (" << s.OH << ", " << s.OW
+       << "), kernel (" << s.KH << ", " << s.KW << "), stride (" << s.stride_h << ", " << s.stride_w
+       << "), padding (" << s.pad_h << ", " << s.pad_w << "), dilation (" << s.dilation_h << ", " << s.dilation_w
+       << ")";
+    return os.str();
+  };
+  FASTDL_CHECK(s.N >= 0 && s.C >= 1 && s.H >= 1 && s.W >= 1 && s.KH >= 1 && s.KW >= 1 && s.OH >= 1 && s.OW >= 1,
+               op, ": sizes must be positive: ", describe());
+  FASTDL_CHECK(s.stride_h >= 1 && s.stride_w >= 1 && s.dilation_h >= 1 && s.dilation_w >= 1, op,
+               ": stride and dilation must be >= 1: ", describe());
+  FASTDL_CHECK(s.pad_h >= 0 && s.pad_w >= 0 && 2 * s.pad_h <= s.dilation_h * (s.KH - 1) + 1 &&
+                   2 * s.pad_w <= s.dilation_w * (s.KW - 1) + 1,
+               op, ": padding must be between 0 and half the (dilated) kernel: ", describe());
+  bool ok = false;
+  for (bool ceil_mode : {false, true})
+    ok = ok || (pool_out_size(s.H, s.pad_h, s.dilation_h, s.KH, s.stride_h, ceil_mode) == s.OH &&
+                pool_out_size(s.W, s.pad_w, s.dilation_w, s.KW, s.stride_w, ceil_mode) == s.OW);
+  FASTDL_CHECK(ok, op, ": output size does not follow from ", describe());
+}
+
+// Window of output (oh, ow) of avg_pool2d, clipped as PyTorch clips it, and its divisor.
+struct AvgWindow {
+  index_t h0, h1, w0, w1;
+  index_t divisor;
+};
+inline AvgWindow avg_window(const Pool2dShape& s, index_t oh, index_t ow, bool count_include_pad, index_t divisor) {
+  index_t h0 = oh * s.stride_h - s.pad_h, w0 = ow * s.stride_w - s.pad_w;
+  index_t h1 = std::min(h0 + s.KH, s.H + s.pad_h), w1 = std::min(w0 + s.KW, s.W + s.pad_w);
+  const index_t padded = (h1 - h0) * (w1 - w0);
+  h0 = std::max<index_t>(h0, 0), w0 = std::max<index_t>(w0, 0);
+  h1 = std::min(h1, s.H), w1 = std::min(w1, s.W);
+  const index_t inside = std::max<index_t>(0, h1 - h0) * std::max<index_t>(0, w1 - w0);
+  return {h0, h1, w0, w1, divisor > 0 ? divisor : count_include_pad ? padded : inside};
+}
+
+inline index_t adaptive_start(index_t i, index_t in, index_t out) { return (i * in) / out; }
+inline index_t adaptive_end(index_t i, index_t in, index_t out) { return ((i + 1) * in + out - 1) / out; }
+
+void check_adaptive(index_t N, index_t C, index_t H, index_t W, index_t OH, index_t OW, const char* op) {
+  FASTDL_CHECK(N >= 0 && C >= 1 && H >= 1 && W >= 1 && OH >= 1 && OW >= 1, op,
+               ": sizes must be positive: input (", N, ", ", C, ", ", H, ", ", W, "), output (", OH, ", ", OW, ")");
+}
+
+// Pooling work is a few operations per element: a thread per ~64 K of them.
+constexpr index_t kPoolGrain = 1 << 16;
+
+index_t planes_grain(index_t plane_elements) { return std::max<index_t>(1, kPoolGrain / std::max<index_t>(1, plane_elements)); }
+
+}  // namespace
+
+// ---- entry points -----------------------------------------------------------------------------
+
+template <class T>
+void conv2d_forward(T* y, const T* x, const T* w, const T* bias, const Conv2dShape& s) {
+  check_conv(s, "conv2d", true);
+  forward_any(y, x, w, bias, geo_of(s));
+}
+
+template <class T>
+void conv2d_backward_input(T* dx, const T* dy, const T* w, const Conv2dShape& s) {
+  check_conv(s, "conv2d_backward_input", false);
+  backward_input_any(dx, dy, w, geo_of(s));
+}
+
+template <class T>
+void conv2d_backward_weight(T* dw, T* dbias, const T* dy, const T* x, const Conv2dShape& s) {
+  check_conv(s, "conv2d_backward_weight", true);
+  const Geo g = geo_of(s);
+  if (g.N == 0) {
+    std::fill(dw, dw + g.C_out * g.K(), T(0));
+    if (dbias) std::fill(dbias, dbias + g.C_out, T(0));
+    return;
+  }
+  if (g.cig() == 1 || g.cog() == 1)
+    backward_weight_direct(dw, dy, x, g);
+  else
+    backward_weight_gemm(dw, dy, x, g);
+  if (dbias) {
+    const DirectKernels<T> dk = direct_kernels<T>();
+    parallel_for(g.C_out, planes_grain(g.N * g.P()),
+                 [&](index_t c0, index_t c1) { dk.channel_sums(dbias, dy, g.N, g.C_out, g.P(), c0, c1); });
+  }
+}
+
+template <class T>
+std::size_t conv2d_forward_workspace(const Conv2dShape& s, int threads) {
+  check_conv(s, "conv2d", true);
+  FASTDL_CHECK(threads >= 1, "conv2d: threads must be >= 1, got ", threads);
+  const Geo g = geo_of(s);
+  const ForwardPlan f = plan_forward<T>(g, threads);
+  if (f.path != Path::implicit) return 0;
+  const std::size_t weights = static_cast<std::size_t>(g.G * g.K() * f.Cop);
+  const std::size_t per_thread = static_cast<std::size_t>(f.R * f.KCb + f.PB * g.cog());
+  return (weights + per_thread * f.team) * sizeof(T);
+}
+
+template <class T>
+void max_pool2d_forward(T* y, std::int64_t* indices, const T* x, const Pool2dShape& s) {
+  check_pool(s, "max_pool2d");
+  const index_t HW = s.H * s.W, OP = s.OH * s.OW;
+  parallel_for(s.N * s.C, planes_grain(OP * s.KH * s.KW), [&](index_t p0, index_t p1) {
+    for (index_t p = p0; p < p1; ++p) {
+      const T* xp = x + p * HW;
+      for (index_t oh = 0; oh < s.OH; ++oh)
+        for (index_t ow = 0; ow < s.OW; ++ow) {
+          const index_t h0 = oh * s.stride_h - s.pad_h, w0 = ow * s.stride_w - s.pad_w;
+          T best = -std::numeric_limits<T>::infinity();
+          index_t at = -1;
+          for (index_t kh = 0; kh < s.KH; ++kh) {
+            const index_t ih = h0 + kh * s.dilation_h;
+            if (ih < 0 || ih >= s.H) continue;
+            for (index_t kw = 0; kw < s.KW; ++kw) {
+              const index_t iw = w0 + kw * s.dilation_w;
+              if (iw < 0 || iw >= s.W) continue;
+              const T v = xp[ih * s.W + iw];
+              if (v > best || std::isnan(v) || at < 0) best = v, at = ih * s.W + iw;
+            }
+          }
+          y[p * OP + oh * s.OW + ow] = best;
+          if (indices) indices[p * OP + oh * s.OW + ow] = at;
+        }
+    }
+  });
+}
+
+template <class T>
+void max_pool2d_backward(T* dx, const T* dy, const std::int64_t* indices, const Pool2dShape& s) {
+  check_pool(s, "max_pool2d_backward");
+  const index_t HW = s.H * s.W, OP = s.OH * s.OW, total = s.N * s.C * OP;
+  index_t bad = -1;
+  for (index_t i = 0; i < total && bad < 0; ++i)
+    if (indices[i] < 0 || indices[i] >= HW) bad = i;
+  FASTDL_CHECK(bad < 0, "max_pool2d_backward: index ", bad < 0 ? 0 : indices[bad], " at position ", bad,
+               " is outside the input plane (", s.H, ", ", s.W, ")");
+  parallel_for(s.N * s.C, planes_grain(HW + OP), [&](index_t p0, index_t p1) {
+    for (index_t p = p0; p < p1; ++p) {
+      T* dxp = dx + p * HW;
+      std::fill(dxp, dxp + HW, T(0));
+      for (index_t o = 0; o < OP; ++o) dxp[indices[p * OP + o]] += dy[p * OP + o];
+    }
+  });
+}
+
+template <class T>
+void avg_pool2d_forward(T* y, const T* x, const Pool2dShape& s, bool count_include_pad, index_t divisor) {
+  check_pool(s, "avg_pool2d");
+  FASTDL_CHECK(s.dilation_h == 1 && s.dilation_w == 1 && divisor >= 0, "avg_pool2d: dilation must be 1 and divisor >= 0");
+  const index_t HW = s.H * s.W, OP = s.OH * s.OW;
+  parallel_for(s.N * s.C, planes_grain(OP * s.KH * s.KW), [&](index_t p0, index_t p1) {
+    for (index_t p = p0; p < p1; ++p) {
+      const T* xp = x + p * HW;
+      for (index_t oh = 0; oh < s.OH; ++oh)
+        for (index_t ow = 0; ow < s.OW; ++ow) {
+          const AvgWindow a = avg_window(s, oh, ow, count_include_pad, divisor);
+          T sum = 0;
+          for (index_t ih = a.h0; ih < a.h1; ++ih)
+            for (index_t iw = a.w0; iw < a.w1; ++iw) sum += xp[ih * s.W + iw];
+          y[p * OP + oh * s.OW + ow] = a.divisor > 0 ? sum / static_cast<T>(a.divisor) : T(0);
+        }
+    }
+  });
+}
+
+template <class T>
+void avg_pool2d_backward(T* dx, const T* dy, const Pool2dShape& s, bool count_include_pad, index_t divisor) {
+  check_pool(s, "avg_pool2d_backward");
+  FASTDL_CHECK(s.dilation_h == 1 && s.dilation_w == 1 && divisor >= 0,
+               "avg_pool2d_backward: dilation must be 1 and divisor >= 0");
+  const index_t HW = s.H * s.W, OP = s.OH * s.OW;
+  parallel_for(s.N * s.C, planes_grain(OP * s.KH * s.KW), [&](index_t p0, index_t p1) {
+    for (index_t p = p0; p < p1; ++p) {
+      T* dxp = dx + p * HW;
+      std::fill(dxp, dxp + HW, T(0));
+      for (index_t oh = 0; oh < s.OH; ++oh)
+        for (index_t ow = 0; ow < s.OW; ++ow) {
+          const AvgWindow a = avg_window(s, oh, ow, count_include_pad, divisor);
+          if (a.divisor <= 0) continue;
+          const T v = dy[p * OP + oh * s.OW + ow] / static_cast<T>(a.divisor);
+          for (index_t ih = a.h0; ih < a.h1; ++ih)
+            for (index_t iw = a.w0; iw < a.w1; ++iw) dxp[ih * s.W + iw] += v;
+        }
+    }
+  });
+}
+
+template <class T>
+void adaptive_avg_pool2d_forward(T* y, const T* x, index_t N, index_t C, index_t H, index_t W, index_t OH,
+                                 index_t OW) {
+  check_adaptive(N, C, H, W, OH, OW, "adaptive_avg_pool2d");
+  const index_t HW = H * W, OP = OH * OW;
+  parallel_for(N * C, planes_grain(HW + OP), [&](index_t p0, index_t p1) {
+    for (index_t p = p0; p < p1; ++p)
+      for (index_t oh = 0; oh < OH; ++oh) {
+        const index_t h0 = adaptive_start(oh, H, OH), h1 = adaptive_end(oh, H, OH);
+        for (index_t ow = 0; ow < OW; ++ow) {
+          const index_t w0 = adaptive_start(ow, W, OW), w1 = adaptive_end(ow, W, OW);
+          T sum = 0;
+          for (index_t ih = h0; ih < h1; ++ih)
+            for (index_t iw = w0; iw < w1; ++iw) sum += x[p * HW + ih * W + iw];
+          y[p * OP + oh * OW + ow] = sum / static_cast<T>((h1 - h0) * (w1 - w0));
+        }
+      }
+  });
+}
+
+template <class T>
+void adaptive_avg_pool2d_backward(T* dx, const T* dy, index_t N, index_t C, index_t H, index_t W, index_t OH,
+                                  index_t OW) {
+  check_adaptive(N, C, H, W, OH, OW, "adaptive_avg_pool2d_backward");
+  const index_t HW = H * W, OP = OH * OW;
+  parallel_for(N * C, planes_grain(HW + OP), [&](index_t p0, index_t p1) {
+    for (index_t p = p0; p < p1; ++p) {
+      T* dxp = dx + p * HW;
+      std::fill(dxp, dxp + HW, T(0));
+      for (index_t oh = 0; oh < OH; ++oh) {
+        const index_t h0 = adaptive_start(oh, H, OH), h1 = adaptive_end(oh, H, OH);
+        for (index_t ow = 0; ow < OW; ++ow) {
+          const index_t w0 = adaptive_start(ow, W, OW), w1 = adaptive_end(ow, W, OW);
+          const T v = dy[p * OP + oh * OW + ow] / static_cast<T>((h1 - h0) * (w1 - w0));
+          for (index_t ih = h0; ih < h1; ++ih)
+            for (index_t iw = w0; iw < w1; ++iw) dxp[ih * W + iw] += v;
+        }
+      }
+    }
+  });
+}
+
+#define FASTDL_INSTANTIATE_CONV2D(T)                                                                      \
+  template void conv2d_forward<T>(T*, const T*, const T*, const T*, const Conv2dShape&);                 \
+  template void conv2d_backward_input<T>(T*, const T*, const T*, const Conv2dShape&);                    \
+  template void conv2d_backward_weight<T>(T*, T*, const T*, const T*, const Conv2dShape&);               \
+  template std::size_t conv2d_forward_workspace<T>(const Conv2dShape&, int);                             \
+  template void max_pool2d_forward<T>(T*, std::int64_t*, const T*, const Pool2dShape&);                  \
+  template void max_pool2d_backward<T>(T*, const T*, const std::int64_t*, const Pool2dShape&);           \
+  template void avg_pool2d_forward<T>(T*, const T*, const Pool2dShape&, bool, index_t);                  \
+  template void avg_pool2d_backward<T>(T*, const T*, const Pool2dShape&, bool, index_t);                 \
+  template void adaptive_avg_pool2d_forward<T>(T*, const T*, index_t, index_t, index_t, index_t, index_t, \
+                                               index_t);                                                 \
+  template void adaptive_avg_pool2d_backward<T>(T*, const T*, index_t, index_t, index_t, index_t, index_t, \
+                                                index_t);
+FASTDL_INSTANTIATE_CONV2D(float)
+FASTDL_INSTANTIATE_CONV2D(double)
+#undef FASTDL_INSTANTIATE_CONV2D
+
+}  // namespace fastdl::cpu
