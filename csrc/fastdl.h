@@ -102,7 +102,8 @@ void conv2d_forward(T* y, const T* x, const T* w, const T* bias, const Conv2dSha
 // for OH, OW (conv_transpose2d's output_padding): rows and columns no output reads get 0.
 template <class T>
 void conv2d_backward_input(T* dx, const T* dy, const T* w, const Conv2dShape& s);
-// dw = ∂/∂w, and dbias = Σ_{n,oh,ow} dy when dbias is not null; both overwritten.
+// dw = ∂/∂w, and dbias = Σ_{n,oh,ow} dy when dbias is not null; both overwritten. H, W may exceed
+// the smallest input for OH, OW, as for backward-input.
 template <class T>
 void conv2d_backward_weight(T* dw, T* dbias, const T* dy, const T* x, const Conv2dShape& s);
 // Scratch bytes a forward call with `threads` threads allocates (packed weights, per-thread panels):
