@@ -32,6 +32,11 @@ __all__ = [
 # family -> device -> implementation; each family's module adds its entry.
 FAMILY_IMPLEMENTATIONS: dict[str, dict[str, str]] = {
     "gemm": {"cpu": "native: BLIS-style packed GEMM, {level} micro-kernel", "cuda": "not yet implemented"},
+    "conv2d": {
+        "cpu": "native: implicit GEMM on the {level} GEMM micro-kernel (1x1: plain GEMM; depthwise: direct "
+               "{level} kernel); pooling native",
+        "cuda": "not yet implemented",
+    },
 }
 _FALLBACKS: dict[tuple[str, str], dict] = {}
 
