@@ -719,16 +719,88 @@ void backward_input_any(T* dx, const T* dy, const T* w, const Geo& g) {
     backward_input_col2im(dx, dy, w, g);
 }
 
+// ---- transposes ---------------------------------------------------------------------------------
+
+// dst[c·ldd + r] = src[r·lds + c] for r < rows, c < cols. AVX2 8×8 (float) and 4×4 (double)
+// register transposes where the CPU has them, a scalar 8×8-tiled loop otherwise.
+template <class T>
+void transpose_scalar(const T* src, index_t rows, index_t cols, index_t lds, T* dst, index_t ldd) {
+  constexpr index_t B = 8;
+  for (index_t r0 = 0; r0 < rows; r0 += B)
+    for (index_t c0 = 0; c0 < cols; c0 += B)
+      for (index_t c = c0; c < std::min(cols, c0 + B); ++c)
+        for (index_t r = r0; r < std::min(rows, r0 + B); ++r) dst[c * ldd + r] = src[r * lds + c];
+}
+
+FASTDL_TARGET_AVX2 void transpose_avx2(const float* src, index_t rows, index_t cols, index_t lds, float* dst,
+                                       index_t ldd) {
+  index_t r0 = 0;
+  for (; r0 + 8 <= rows; r0 += 8) {
+    index_t c0 = 0;
+    for (; c0 + 8 <= cols; c0 += 8) {
+      __m256 v[8], t[8];
+      for (int i = 0; i < 8; ++i) v[i] = _mm256_loadu_ps(src + (r0 + i) * lds + c0);
+      for (int i = 0; i < 8; i += 2) {
+        t[i] = _mm256_unpacklo_ps(v[i], v[i + 1]);
+        t[i + 1] = _mm256_unpackhi_ps(v[i], v[i + 1]);
+      }
+      for (int i = 0; i < 8; i += 4) {
+        v[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
+        v[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xEE);
+        v[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+        v[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+      }
+      // v[0..3]: columns 0, 1, 2, 3 of rows 0–3 (low half) and columns 4–7 (high half); v[4..7]: rows 4–7.
+      for (int i = 0; i < 4; ++i) {
+        _mm256_storeu_ps(dst + (c0 + i) * ldd + r0, _mm256_permute2f128_ps(v[i], v[i + 4], 0x20));
+        _mm256_storeu_ps(dst + (c0 + i + 4) * ldd + r0, _mm256_permute2f128_ps(v[i], v[i + 4], 0x31));
+      }
+    }
+    if (c0 < cols) transpose_scalar(src + r0 * lds + c0, 8, cols - c0, lds, dst + c0 * ldd + r0, ldd);
+  }
+  if (r0 < rows) transpose_scalar(src + r0 * lds, rows - r0, cols, lds, dst + r0, ldd);
+}
+
+FASTDL_TARGET_AVX2 void transpose_avx2(const double* src, index_t rows, index_t cols, index_t lds, double* dst,
+                                       index_t ldd) {
+  index_t r0 = 0;
+  for (; r0 + 4 <= rows; r0 += 4) {
+    index_t c0 = 0;
+    for (; c0 + 4 <= cols; c0 += 4) {
+      __m256d v[4], t[4];
+      for (int i = 0; i < 4; ++i) v[i] = _mm256_loadu_pd(src + (r0 + i) * lds + c0);
+      t[0] = _mm256_unpacklo_pd(v[0], v[1]), t[1] = _mm256_unpackhi_pd(v[0], v[1]);
+      t[2] = _mm256_unpacklo_pd(v[2], v[3]), t[3] = _mm256_unpackhi_pd(v[2], v[3]);
+      _mm256_storeu_pd(dst + (c0 + 0) * ldd + r0, _mm256_permute2f128_pd(t[0], t[2], 0x20));
+      _mm256_storeu_pd(dst + (c0 + 1) * ldd + r0, _mm256_permute2f128_pd(t[1], t[3], 0x20));
+      _mm256_storeu_pd(dst + (c0 + 2) * ldd + r0, _mm256_permute2f128_pd(t[0], t[2], 0x31));
+      _mm256_storeu_pd(dst + (c0 + 3) * ldd + r0, _mm256_permute2f128_pd(t[1], t[3], 0x31));
+    }
+    if (c0 < cols) transpose_scalar(src + r0 * lds + c0, 4, cols - c0, lds, dst + c0 * ldd + r0, ldd);
+  }
+  if (r0 < rows) transpose_scalar(src + r0 * lds, rows - r0, cols, lds, dst + r0, ldd);
+}
+
+template <class T>
+void transpose(const T* src, index_t rows, index_t cols, index_t lds, T* dst, index_t ldd) {
+  if (capability() >= CpuCapability::avx2)
+    transpose_avx2(src, rows, cols, lds, dst, ldd);
+  else
+    transpose_scalar(src, rows, cols, lds, dst, ldd);
+}
+
 // ---- backward-weight --------------------------------------------------------------------------
 
 // MR-wide sliver of im2col rows k' = (kh·KW + kw)·C + ci (NHWC order) over kc pixels starting at
-// output pixel (oh, ow) of one image: dst[p·MR + r]. `slab` holds input rows ih_lo.. as
-// [ih − ih_lo][iw][ci] with C = C_in/G channels; the rows outside it are outside the input.
+// output pixel (oh, ow) of one image: dst[p·R + r]. `slab` holds input rows ih_lo.. as
+// [ih − ih_lo][iw][ci] with C = C_in/G channels; the rows outside it are outside the input. Per
+// output row, the pixels whose every tap of the sliver is inside the input are a column range
+// copied without checks (one fixed-size copy each when the sliver's rows are adjacent in the slab).
 template <class T, int RC>
 void pack_nhwc_sliver(T* dst, int R_runtime, index_t k0, index_t rows, index_t oh, index_t ow, index_t kc,
                       const T* slab, index_t ih_lo, const Geo& g) {
   const index_t R = RC > 0 ? RC : R_runtime;
-  const index_t C = g.cig(), rowlen = g.W * C;
+  const index_t C = g.cig(), W = g.W, H = g.H, sw = g.sw, rowlen = W * C;
   index_t off[kMaxSliver], dh_of[kMaxSliver], dw_of[kMaxSliver];
   index_t dh_min = std::numeric_limits<index_t>::max(), dh_max = -1, dw_min = dh_min, dw_max = -1;
   bool contiguous = rows == R;
@@ -740,23 +812,35 @@ void pack_nhwc_sliver(T* dst, int R_runtime, index_t k0, index_t rows, index_t o
     dh_min = std::min(dh_min, dh_of[r]), dh_max = std::max(dh_max, dh_of[r]);
     dw_min = std::min(dw_min, dw_of[r]), dw_max = std::max(dw_max, dw_of[r]);
   }
-  for (index_t p = 0; p < kc; ++p) {
-    T* d = dst + p * R;
-    const index_t ih0 = oh * g.sh - g.pt, iw0 = ow * g.sw - g.pl;
-    const T* base = slab + (ih0 - ih_lo) * rowlen + iw0 * C;
-    if (ih0 + dh_min >= 0 && ih0 + dh_max < g.H && iw0 + dw_min >= 0 && iw0 + dw_max < g.W) {
-      if (contiguous)
-        std::memcpy(d, base + off[0], sizeof(T) * R);
-      else
-        for (index_t r = 0; r < rows; ++r) d[r] = base[off[r]];
-    } else {
-      for (index_t r = 0; r < rows; ++r) {
-        const index_t ih = ih0 + dh_of[r], iw = iw0 + dw_of[r];
-        d[r] = ih >= 0 && ih < g.H && iw >= 0 && iw < g.W ? base[off[r]] : T(0);
-      }
+  T* d = dst;
+  for (index_t p = 0; p < kc;) {
+    const index_t seg = std::min(kc - p, g.OW - ow), ih0 = oh * g.sh - g.pt;
+    const T* line = slab + (ih0 - ih_lo) * rowlen;  // output row oh's tap origin, column 0
+    // Columns ow + j (j < seg) with every tap inside: iw0 + dw_min >= 0 and iw0 + dw_max < W.
+    index_t lo = seg, hi = seg;
+    if (ih0 + dh_min >= 0 && ih0 + dh_max < H) {
+      lo = std::min(seg, first_inside(ow * sw - g.pl + dw_min, sw, seg));
+      hi = std::max(lo, end_inside(ow * sw - g.pl + dw_max, sw, W, seg));
     }
-    std::fill(d + rows, d + R, T(0));
-    if (++ow == g.OW) ow = 0, ++oh;
+    for (index_t j = 0; j < seg; ++j, d += R) {
+      const index_t ih = ih0, iw0 = (ow + j) * sw - g.pl;
+      const T* base = line + iw0 * C;
+      if (j >= lo && j < hi) {
+        if (contiguous)
+          std::memcpy(d, base + off[0], sizeof(T) * R);
+        else
+          for (index_t r = 0; r < rows; ++r) d[r] = base[off[r]];
+      } else {
+        for (index_t r = 0; r < rows; ++r) {
+          const index_t h = ih + dh_of[r], w = iw0 + dw_of[r];
+          d[r] = h >= 0 && h < H && w >= 0 && w < W ? base[off[r]] : T(0);
+        }
+      }
+      for (index_t r = rows; r < R; ++r) d[r] = T(0);
+    }
+    p += seg;
+    ow += seg;
+    if (ow == g.OW) ow = 0, ++oh;
   }
 }
 
@@ -806,18 +890,21 @@ void backward_weight_gemm(T* dw, const T* dy, const T* x, const Geo& g) {
     const index_t slab_rows = std::max<index_t>(0, ih_hi - ih_lo);
     T* slab = slab_buffer.get(static_cast<std::size_t>(std::max<index_t>(1, slab_rows * g.W * Cig)));
     const T* xg = x + (n * g.C_in + gi * Cig) * HW;
-    for (index_t ih = ih_lo; ih < ih_hi; ++ih)
-      for (index_t ci = 0; ci < Cig; ++ci) {
-        const T* src = xg + ci * HW + ih * g.W;
-        T* dst = slab + (ih - ih_lo) * g.W * Cig + ci;
-        for (index_t iw = 0; iw < g.W; ++iw) dst[iw * Cig] = src[iw];
-      }
+    for (index_t ih = ih_lo; ih < ih_hi; ++ih)  // (C, W) planes of row ih → (W, C)
+      transpose(xg + ih * g.W, Cig, g.W, HW, slab + (ih - ih_lo) * g.W * Cig, Cig);
     T* Ap = a_buffer.get(static_cast<std::size_t>(round_up(MB, b.MR) * KCp));
     T* Bp = b_buffer.get(static_cast<std::size_t>(round_up(Cog, b.NR) * KCp));
     const T* dyg = dy + (n * g.C_out + gi * Cog) * P;
     for (index_t q0 = oh0 * g.OW; q0 < oh1 * g.OW; q0 += KCp) {
       const index_t kc = std::min(KCp, oh1 * g.OW - q0);
-      gemm_pack_b<T>(kc, Cog, dyg + q0, 1, P, Bp);
+      // dy (channels × pixels) → the micro-kernel's NR-wide slivers (pixels × channels), zero-padded.
+      for (index_t j0 = 0; j0 < Cog; j0 += b.NR) {
+        const index_t nr = std::min<index_t>(b.NR, Cog - j0);
+        T* sliver = Bp + j0 * kc;
+        transpose(dyg + j0 * P + q0, nr, kc, P, sliver, b.NR);
+        if (nr < b.NR)
+          for (index_t p = 0; p < kc; ++p) std::fill(sliver + p * b.NR + nr, sliver + (p + 1) * b.NR, T(0));
+      }
       for (index_t i0 = 0; i0 < K; i0 += MB) {
         const index_t mb = std::min(MB, K - i0);
         for (index_t s = 0; s < mb; s += b.MR)
