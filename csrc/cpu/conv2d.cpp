@@ -433,6 +433,167 @@ DirectKernels<T> direct_kernels() {
   }
 }
 
+// ---- transposes ---------------------------------------------------------------------------------
+
+// dst[c·ldd + r] = src[r·lds + c] for r < rows, c < cols. AVX2 8×8 (float) and 4×4 (double)
+// register transposes where the CPU has them, a scalar 8×8-tiled loop otherwise.
+template <class T>
+void transpose_scalar(const T* src, index_t rows, index_t cols, index_t lds, T* dst, index_t ldd) {
+  constexpr index_t B = 8;
+  for (index_t r0 = 0; r0 < rows; r0 += B)
+    for (index_t c0 = 0; c0 < cols; c0 += B)
+      for (index_t c = c0; c < std::min(cols, c0 + B); ++c)
+        for (index_t r = r0; r < std::min(rows, r0 + B); ++r) dst[c * ldd + r] = src[r * lds + c];
+}
+
+FASTDL_TARGET_AVX2 void transpose_avx2(const float* src, index_t rows, index_t cols, index_t lds, float* dst,
+                                       index_t ldd) {
+  index_t r0 = 0;
+  for (; r0 + 8 <= rows; r0 += 8) {
+    index_t c0 = 0;
+    for (; c0 + 8 <= cols; c0 += 8) {
+      __m256 v[8], t[8];
+      for (int i = 0; i < 8; ++i) v[i] = _mm256_loadu_ps(src + (r0 + i) * lds + c0);
+      for (int i = 0; i < 8; i += 2) {
+        t[i] = _mm256_unpacklo_ps(v[i], v[i + 1]);
+        t[i + 1] = _mm256_unpackhi_ps(v[i], v[i + 1]);
+      }
+      for (int i = 0; i < 8; i += 4) {
+        v[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
+        v[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xEE);
+        v[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+        v[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+      }
+      // v[0..3]: columns 0, 1, 2, 3 of rows 0–3 (low half) and columns 4–7 (high half); v[4..7]: rows 4–7.
+      for (int i = 0; i < 4; ++i) {
+        _mm256_storeu_ps(dst + (c0 + i) * ldd + r0, _mm256_permute2f128_ps(v[i], v[i + 4], 0x20));
+        _mm256_storeu_ps(dst + (c0 + i + 4) * ldd + r0, _mm256_permute2f128_ps(v[i], v[i + 4], 0x31));
+      }
+    }
+    if (c0 < cols) transpose_scalar(src + r0 * lds + c0, 8, cols - c0, lds, dst + c0 * ldd + r0, ldd);
+  }
+  if (r0 < rows) transpose_scalar(src + r0 * lds, rows - r0, cols, lds, dst + r0, ldd);
+}
+
+FASTDL_TARGET_AVX2 void transpose_avx2(const double* src, index_t rows, index_t cols, index_t lds, double* dst,
+                                       index_t ldd) {
+  index_t r0 = 0;
+  for (; r0 + 4 <= rows; r0 += 4) {
+    index_t c0 = 0;
+    for (; c0 + 4 <= cols; c0 += 4) {
+      __m256d v[4], t[4];
+      for (int i = 0; i < 4; ++i) v[i] = _mm256_loadu_pd(src + (r0 + i) * lds + c0);
+      t[0] = _mm256_unpacklo_pd(v[0], v[1]), t[1] = _mm256_unpackhi_pd(v[0], v[1]);
+      t[2] = _mm256_unpacklo_pd(v[2], v[3]), t[3] = _mm256_unpackhi_pd(v[2], v[3]);
+      _mm256_storeu_pd(dst + (c0 + 0) * ldd + r0, _mm256_permute2f128_pd(t[0], t[2], 0x20));
+      _mm256_storeu_pd(dst + (c0 + 1) * ldd + r0, _mm256_permute2f128_pd(t[1], t[3], 0x20));
+      _mm256_storeu_pd(dst + (c0 + 2) * ldd + r0, _mm256_permute2f128_pd(t[0], t[2], 0x31));
+      _mm256_storeu_pd(dst + (c0 + 3) * ldd + r0, _mm256_permute2f128_pd(t[1], t[3], 0x31));
+    }
+    if (c0 < cols) transpose_scalar(src + r0 * lds + c0, 4, cols - c0, lds, dst + c0 * ldd + r0, ldd);
+  }
+  if (r0 < rows) transpose_scalar(src + r0 * lds, rows - r0, cols, lds, dst + r0, ldd);
+}
+
+template <class T>
+void transpose(const T* src, index_t rows, index_t cols, index_t lds, T* dst, index_t ldd) {
+  if (capability() >= CpuCapability::avx2)
+    transpose_avx2(src, rows, cols, lds, dst, ldd);
+  else
+    transpose_scalar(src, rows, cols, lds, dst, ldd);
+}
+
+// ---- indirect tiles: pixels × channels straight from x ------------------------------------------
+
+// c[r·ldc + j] += Σ_{p<kc} x[koff[p] + off[r]] · w[p·NR + j] for lanes r < MR (output pixels) and
+// j < NR = NV·width (output channels): the micro-kernel's tile, with A broadcast from the input
+// instead of a packed sliver (the indirect convolution of Dukhan, 2019, on NCHW). koff[p] is tap
+// p's offset and off[r] lane r's tap origin, so lanes may cross row ends. Only lanes r < rows are
+// stored; the others read from valid addresses and are dropped.
+template <class V, int MR, int NV>
+void indirect_tile(index_t kc, const typename V::T* x, const index_t* koff, const index_t* off,
+                   const typename V::T* w, typename V::T* c, index_t ldc, index_t rows) {
+  using T = typename V::T;
+  using reg = typename V::reg;
+  constexpr int W = V::width;
+  reg acc[MR][NV];
+  index_t o[MR];
+#pragma GCC unroll 32
+  for (int r = 0; r < MR; ++r) {
+    o[r] = off[r];
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) acc[r][v] = V::zero();
+  }
+  for (index_t p = 0; p < kc; ++p) {
+    const T* xp = x + koff[p];
+    reg b[NV];
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) b[v] = V::load(w + (p * NV + v) * W);
+#pragma GCC unroll 32
+    for (int r = 0; r < MR; ++r) {
+      const reg a = V::broadcast(xp + o[r]);
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) acc[r][v] = V::fmadd(a, b[v], acc[r][v]);
+    }
+  }
+#pragma GCC unroll 32
+  for (int r = 0; r < MR; ++r)
+    if (r < rows)
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) V::store(c + r * ldc + v * W, V::add(V::load(c + r * ldc + v * W), acc[r][v]));
+}
+
+template <class T>
+struct IndirectKernel {
+  int MR, NR;  // lanes (pixels) and output channels of a tile
+  void (*tile)(index_t, const T*, const index_t*, const index_t*, const T*, T*, index_t, index_t);
+};
+
+// Three shapes per ISA, 24 accumulators on AVX-512 (12 on AVX2, 8 portable): MR lanes × NV vectors
+// with NV = 1, 2, 4. The widest that C_out/G fills reads each input the fewest times (once per
+// K block for NV·width channels); narrow ones serve few channels (LeNet's 16 fill one vector).
+#define FASTDL_INDIRECT_ENTRY(NAME, V, MR, NV, ATTR)                                                     \
+  ATTR FASTDL_FLATTEN void NAME(index_t kc, const V::T* x, const index_t* koff, const index_t* off,      \
+                                const V::T* w, V::T* c, index_t ldc, index_t rows) {                    \
+    indirect_tile<V, MR, NV>(kc, x, koff, off, w, c, ldc, rows);                                       \
+  }
+#define FASTDL_INDIRECT_ENTRIES(NAME, V, MR1, MR2, MR4, ATTR)      \
+  FASTDL_INDIRECT_ENTRY(NAME##_1, V, MR1, 1, ATTR)                 \
+  FASTDL_INDIRECT_ENTRY(NAME##_2, V, MR2, 2, ATTR)                 \
+  FASTDL_INDIRECT_ENTRY(NAME##_4, V, MR4, 4, ATTR)
+FASTDL_INDIRECT_ENTRIES(indirect_avx512_f32, simd::Avx512F32, 24, 12, 6, FASTDL_TARGET_AVX512)
+FASTDL_INDIRECT_ENTRIES(indirect_avx512_f64, simd::Avx512F64, 24, 12, 6, FASTDL_TARGET_AVX512)
+FASTDL_INDIRECT_ENTRIES(indirect_avx2_f32, simd::Avx2F32, 12, 6, 3, FASTDL_TARGET_AVX2)
+FASTDL_INDIRECT_ENTRIES(indirect_avx2_f64, simd::Avx2F64, 12, 6, 3, FASTDL_TARGET_AVX2)
+FASTDL_INDIRECT_ENTRIES(indirect_portable_f32, simd::Portable<float>, 8, 4, 2, )
+FASTDL_INDIRECT_ENTRIES(indirect_portable_f64, simd::Portable<double>, 8, 4, 2, )
+#undef FASTDL_INDIRECT_ENTRIES
+#undef FASTDL_INDIRECT_ENTRY
+
+// The tile shape for `vectors` (1, 2 or 4) vectors of output channels.
+template <class T>
+IndirectKernel<T> indirect_kernel(int vectors) {
+  constexpr bool f32 = sizeof(T) == 4;
+  const int v = vectors >= 4 ? 2 : vectors - 1;  // index: 1 → 0, 2 → 1, 4 → 2
+#define FASTDL_INDIRECT_TABLE(NAME, MR1, MR2, MR4, W)                                                          \
+  {                                                                                                         \
+    const IndirectKernel<T> table[3] = {{MR1, W, NAME##_1}, {MR2, 2 * W, NAME##_2}, {MR4, 4 * W, NAME##_4}}; \
+    return table[v];                                                                                        \
+  }
+  switch (capability()) {
+    case CpuCapability::avx512:
+      if constexpr (f32) FASTDL_INDIRECT_TABLE(indirect_avx512_f32, 24, 12, 6, 16)
+      else FASTDL_INDIRECT_TABLE(indirect_avx512_f64, 24, 12, 6, 8)
+    case CpuCapability::avx2:
+      if constexpr (f32) FASTDL_INDIRECT_TABLE(indirect_avx2_f32, 12, 6, 3, 8)
+      else FASTDL_INDIRECT_TABLE(indirect_avx2_f64, 12, 6, 3, 4)
+    default:
+      if constexpr (f32) FASTDL_INDIRECT_TABLE(indirect_portable_f32, 8, 4, 2, 4)
+      else FASTDL_INDIRECT_TABLE(indirect_portable_f64, 8, 4, 2, 2)
+  }
+#undef FASTDL_INDIRECT_TABLE
+}
+
 // ---- forward ----------------------------------------------------------------------------------
 
 enum class Path { direct, gemm_1x1, implicit };
@@ -440,9 +601,13 @@ enum class Path { direct, gemm_1x1, implicit };
 // Everything the forward engine decides before touching data; conv2d_forward_workspace reads it too.
 struct ForwardPlan {
   Path path;
-  bool pixels_on_m;  // implicit: tiles are pixels × channels (else channels × pixels)
-  int R;             // im2col sliver width (MR or NR)
-  index_t kblocks, KCb, Cop, PB, nblocks, tasks;
+  bool pixels_on_m;  // implicit: tiles are pixels × channels (else channels × pixels, all packed)
+  int vectors;       // pixels_on_m: vectors of output channels per indirect tile (1, 2 or 4)
+  int R;             // lanes of a sliver: the indirect tile's MR (pixels_on_m) or the GEMM's NR
+  index_t kblocks, KCb;
+  index_t Cop;       // tile row length: C_out/G rounded up to whole tiles
+  index_t Cog_gemm;  // C_out/G rounded up to the GEMM's slivers (packed weights)
+  index_t PB, nblocks, tasks;
   int team;
 };
 
@@ -464,16 +629,30 @@ ForwardPlan plan_forward(const Geo& g, int threads) {
   }
   f.path = Path::implicit;
   const GemmBlocking b = gemm_blocking<T>();
-  // Tile efficiency of each orientation; a pixels × channels tile also pays a transposing write-out,
-  // about one element move per K/8 multiply-adds.
-  const double waste_m = double(round_up(Cog, b.MR)) / Cog, waste_n = double(round_up(Cog, b.NR)) / Cog;
+  // Tile efficiency of each orientation. Pixels × channels tiles (indirect, reading x) pay a
+  // transposing write-out, about one element move per K/8 multiply-adds; channels × pixels tiles
+  // pack every im2col element, about one move per C_out/G/6. The widest indirect tile among the
+  // least wasteful ones.
+  double waste_n = 0;
+  for (int v : {4, 2, 1}) {
+    const double waste = double(round_up(Cog, indirect_kernel<T>(v).NR)) / Cog;
+    if (f.vectors == 0 || waste < waste_n) f.vectors = v, waste_n = waste;
+  }
+  const double waste_m = double(round_up(Cog, b.MR)) / Cog * (1.0 + 6.0 / Cog);
   f.pixels_on_m = waste_n * (1.0 + 8.0 / K) <= waste_m;
-  f.R = f.pixels_on_m ? b.MR : b.NR;
+  const IndirectKernel<T> ik = indirect_kernel<T>(f.vectors);
+  f.R = f.pixels_on_m ? ik.MR : b.NR;
   f.kblocks = ceil_div(K, b.KC);
   f.KCb = ceil_div(K, f.kblocks);
-  f.Cop = round_up(Cog, f.pixels_on_m ? b.NR : b.MR);
-  const index_t panel_limit = (256 << 10) / sizeof(T) / f.KCb, tile_limit = (128 << 10) / sizeof(T) / Cog;
-  index_t PB = std::max<index_t>(f.R, std::min(panel_limit, tile_limit) / f.R * f.R);
+  f.Cop = f.pixels_on_m ? round_up(Cog, ik.NR) : Cog;
+  f.Cog_gemm = round_up(Cog, f.pixels_on_m ? b.NR : b.MR);
+  // Channels × pixels: the im2col panel of a block within 256 KB; pixels × channels: the tile
+  // within 128 KB and the slab of input rows (about C_in/G·(rows + halo)·W) within 384 KB.
+  const index_t tile_limit = (128 << 10) / sizeof(T) / f.Cop;
+  const index_t slab_limit = (384 << 10) / sizeof(T) / g.cig() / (g.KH * g.dh + 1) * g.OW;
+  const index_t panel_limit = (256 << 10) / sizeof(T) / f.KCb;
+  const index_t block_limit = std::min(tile_limit, f.pixels_on_m ? slab_limit : panel_limit);
+  index_t PB = std::max<index_t>(f.R, block_limit / f.R * f.R);
   // At least four blocks per thread where the pixels allow (balance under dynamic scheduling).
   PB = std::min(PB, std::max<index_t>(f.R, round_up(ceil_div(NP, 4 * index_t{threads}), f.R)));
   f.PB = PB;
@@ -513,67 +692,140 @@ void forward_1x1(T* y, const T* x, const T* w, const T* bias, const Geo& g, cons
 
 template <class T>
 void forward_implicit(T* y, const T* x, const T* w, const T* bias, const Geo& g, const ForwardPlan& f) {
+  const GemmBlocking b = gemm_blocking<T>();
   const index_t K = g.K(), Cog = g.cog(), P = g.P(), NP = g.N * P, HW = g.H * g.W;
-  // The weights, packed once: per group and K block, op(W) in the micro-kernel's sliver format.
-  AlignedBuffer<T> weight_buffer;
-  T* Wp = weight_buffer.get(static_cast<std::size_t>(g.G * K * f.Cop));
+  const IndirectKernel<T> ik = indirect_kernel<T>(f.vectors);
+  // The weights, packed once per call: in the GEMM micro-kernel's format per group and K block
+  // (slivers that touch the padding, or every sliver when channels are on M), and for the indirect
+  // tiles per group and NR-channel chunk as [k][NR].
+  const index_t chunks = f.pixels_on_m ? f.Cop / ik.NR : 0;
+  AlignedBuffer<T> gemm_weights, tile_weights;
+  T* Wg = gemm_weights.get(static_cast<std::size_t>(g.G * K * f.Cog_gemm));
+  T* Wi = f.pixels_on_m ? tile_weights.get(static_cast<std::size_t>(g.G * K * f.Cop)) : nullptr;
   parallel_for(g.G * f.kblocks, 1, [&](index_t b0, index_t b1) {
-    for (index_t b = b0; b < b1; ++b) {
-      const index_t gi = b / f.kblocks, pc = (b % f.kblocks) * f.KCb, kc = std::min(f.KCb, K - pc);
+    for (index_t blk = b0; blk < b1; ++blk) {
+      const index_t gi = blk / f.kblocks, pc = (blk % f.kblocks) * f.KCb, kc = std::min(f.KCb, K - pc);
       const T* src = w + gi * Cog * K + pc;
-      T* dst = Wp + gi * K * f.Cop + pc * f.Cop;
+      T* dst = Wg + gi * K * f.Cog_gemm + pc * f.Cog_gemm;
       if (f.pixels_on_m)
         gemm_pack_b<T>(kc, Cog, src, 1, K, dst);
       else
         gemm_pack_a<T>(Cog, kc, src, K, 1, dst);
+      for (index_t ch = 0; ch < chunks; ++ch) {
+        const index_t c0 = ch * ik.NR, nr = std::min<index_t>(ik.NR, Cog - c0);
+        T* d = Wi + ((gi * chunks + ch) * K + pc) * ik.NR;
+        transpose(src + c0 * K, nr, kc, K, d, ik.NR);
+        if (nr < ik.NR)
+          for (index_t p = 0; p < kc; ++p) std::fill(d + p * ik.NR + nr, d + (p + 1) * ik.NR, T(0));
+      }
     }
   });
-  const SliverPacker<T> pack = im2col_packer<T>(f.R);
+  const SliverPacker<T> pack = im2col_packer<T>(f.pixels_on_m ? b.MR : f.R);
   const T* x_end = x + g.N * g.C_in * HW;
   run_tasks(f.tasks, f.team, [&](index_t t) {
     static thread_local AlignedBuffer<T> sliver_buffer, tile_buffer;
-    T* sliver = sliver_buffer.get(static_cast<std::size_t>(f.R * (f.KCb + 1)));
-    T* tile = tile_buffer.get(static_cast<std::size_t>(f.PB * Cog));
+    static thread_local AlignedBuffer<index_t> lane_buffer, koff_buffer;
+    // Offset of tap k = (ci·KH + kh)·KW + kw from a lane's tap origin in the slab.
+    const auto koff_buffer_for = [&](index_t n) { return koff_buffer.get(static_cast<std::size_t>(n)); };
     const index_t gi = t / f.nblocks, m0 = (t % f.nblocks) * f.PB, pb = std::min(f.PB, NP - m0);
+    const index_t sliver_rows = f.pixels_on_m ? b.MR : f.R;
+    T* sliver = sliver_buffer.get(static_cast<std::size_t>(sliver_rows * (f.KCb + 1)));
+    T* tile = tile_buffer.get(static_cast<std::size_t>(f.PB * f.Cop));
     const T* xg = x + gi * g.cig() * HW;
-    // Each sliver is packed into L1 and multiplied at once with every weight sliver of the K block.
-    for (index_t kb = 0; kb < f.kblocks; ++kb) {
-      const index_t pc = kb * f.KCb, kc = std::min(f.KCb, K - pc);
-      const T* wp = Wp + gi * K * f.Cop + pc * f.Cop;
-      const T beta = kb == 0 ? T(0) : T(1);
-      prefetch_block_input(xg, g, m0, pb, pc, kc);
-      for (index_t s = 0; s < pb; s += f.R) {
-        const index_t len = std::min<index_t>(f.R, pb - s);
-        pack(sliver, f.R, m0 + s, len, pc, kc, xg, x, x_end, g);
-        if (f.pixels_on_m)
-          gemm_packed_block<T>(len, Cog, kc, T(1), sliver, wp, beta, tile + s * Cog, Cog, 1);
-        else
-          gemm_packed_block<T>(Cog, len, kc, T(1), wp, sliver, beta, tile + s, pb, 1);
-      }
-    }
-    // tile → y, one image at a time (a block may span images): pixels_on_m: tile[r·Cog + co],
-    // else tile[co·pb + r].
-    for (index_t r = 0; r < pb;) {
-      const index_t m = m0 + r, n = m / P, q = m % P, len = std::min(pb - r, P - q);
-      T* yb = y + (n * g.C_out + gi * Cog) * P + q;
-      const T* bb = bias ? bias + gi * Cog : nullptr;
-      if (f.pixels_on_m) {
-        constexpr index_t kChannels = 16;  // 16 output rows written together: one cache line of tile
-        for (index_t c0 = 0; c0 < Cog; c0 += kChannels) {
-          const index_t c1 = std::min(Cog, c0 + kChannels);
-          for (index_t j = 0; j < len; ++j) {
-            const T* src = tile + (r + j) * Cog;
-            for (index_t co = c0; co < c1; ++co) yb[co * P + j] = src[co] + (bb ? bb[co] : T(0));
-          }
+    const T* bg = bias ? bias + gi * Cog : nullptr;
+    if (!f.pixels_on_m) {
+      // Channels × pixels: every sliver of im2col packed into L1 and multiplied at once.
+      for (index_t kb = 0; kb < f.kblocks; ++kb) {
+        const index_t pc = kb * f.KCb, kc = std::min(f.KCb, K - pc);
+        const T* wp = Wg + gi * K * f.Cog_gemm + pc * f.Cog_gemm;
+        prefetch_block_input(xg, g, m0, pb, pc, kc);
+        for (index_t s = 0; s < pb; s += f.R) {
+          const index_t len = std::min<index_t>(f.R, pb - s);
+          pack(sliver, f.R, m0 + s, len, pc, kc, xg, x, x_end, g);
+          gemm_packed_block<T>(Cog, len, kc, T(1), wp, sliver, kb == 0 ? T(0) : T(1), tile + s, pb, 1);
         }
-      } else {
+      }
+      for (index_t r = 0; r < pb;) {  // tile[co·pb + r] → y rows, one image at a time
+        const index_t m = m0 + r, n = m / P, q = m % P, len = std::min(pb - r, P - q);
+        T* yb = y + (n * g.C_out + gi * Cog) * P + q;
         for (index_t co = 0; co < Cog; ++co) {
           const T* src = tile + co * pb + r;
-          const T bv = bb ? bb[co] : T(0);
+          const T bv = bg ? bg[co] : T(0);
           T* yr = yb + co * P;
           for (index_t j = 0; j < len; ++j) yr[j] = src[j] + bv;
         }
+        r += len;
       }
+      return;
+    }
+    // Pixels × channels: the tile starts as the bias and every K block adds to it.
+    for (index_t r = 0; r < pb; ++r) {
+      T* row = tile + r * f.Cop;
+      if (bg)
+        std::copy(bg, bg + Cog, row);
+      else
+        std::fill(row, row + Cog, T(0));
+    }
+    // The input rows the block reads, zero-padded, as a small NCHW slab [ci][row][Wp]: the rows of
+    // each image the block touches, one image after the other. Every lane then reads its taps from
+    // the slab without a bounds check, row ends and padding included.
+    const index_t Wp = std::max(g.pl + g.W, (g.OW - 1) * g.sw + (g.KW - 1) * g.dw + 1);
+    struct Segment {
+      index_t n, pr0, pr1, at;  // image, padded rows [pr0, pr1) (padded row = input row + pt), first slab row
+    };
+    static thread_local std::vector<Segment> segments;
+    segments.clear();
+    index_t rows = 0;
+    for (index_t m = m0; m < m0 + pb;) {
+      const index_t n = m / P, q = m % P, len = std::min(m0 + pb - m, P - q);
+      const index_t pr0 = (q / g.OW) * g.sh, pr1 = ((q + len - 1) / g.OW) * g.sh + (g.KH - 1) * g.dh + 1;
+      segments.push_back({n, pr0, pr1, rows});
+      rows += pr1 - pr0;
+      m += len;
+    }
+    const index_t plane = rows * Wp;
+    static thread_local AlignedBuffer<T> slab_buffer;
+    T* slab = slab_buffer.get(static_cast<std::size_t>(g.cig() * plane + 1));
+    for (index_t ci = 0; ci < g.cig(); ++ci)
+      for (const Segment& sg : segments)
+        for (index_t pr = sg.pr0; pr < sg.pr1; ++pr) {
+          T* dst = slab + ci * plane + (sg.at + pr - sg.pr0) * Wp;
+          const index_t ih = pr - g.pt;
+          if (ih < 0 || ih >= g.H) {
+            std::fill(dst, dst + Wp, T(0));
+            continue;
+          }
+          const T* src = xg + (sg.n * g.C_in + ci) * HW + ih * g.W;
+          const index_t c0 = std::max<index_t>(0, g.pl), c1 = std::min(Wp, g.pl + g.W);  // columns from x
+          std::fill(dst, dst + c0, T(0));
+          std::copy(src + (c0 - g.pl), src + (c1 - g.pl), dst + c0);
+          std::fill(dst + c1, dst + Wp, T(0));
+        }
+    index_t* koff = koff_buffer_for(K);
+    for (index_t k = 0; k < K; ++k)
+      koff[k] = (k / g.taps()) * plane + ((k / g.KW) % g.KH) * g.dh * Wp + (k % g.KW) * g.dw;
+    // Lane offsets of each sliver (lanes past the block repeat its last pixel).
+    const index_t slivers = ceil_div(pb, f.R);
+    index_t* lanes = lane_buffer.get(static_cast<std::size_t>(slivers * f.R));
+    for (index_t s = 0, seg = 0; s < slivers; ++s)
+      for (index_t r = 0; r < f.R; ++r) {
+        const index_t m = m0 + std::min(s * f.R + r, pb - 1), n = m / P, q = m % P;
+        while (segments[seg].n != n) ++seg;
+        const Segment& sg = segments[seg];
+        lanes[s * f.R + r] = (sg.at + (q / g.OW) * g.sh - sg.pr0) * Wp + (q % g.OW) * g.sw;
+      }
+    for (index_t kb = 0; kb < f.kblocks; ++kb) {
+      const index_t pc = kb * f.KCb, kc = std::min(f.KCb, K - pc);
+      for (index_t s = 0; s < slivers; ++s) {
+        const index_t r0 = s * f.R, len = std::min<index_t>(f.R, pb - r0);
+        for (index_t ch = 0; ch < chunks; ++ch)
+          ik.tile(kc, slab, koff + pc, lanes + s * f.R, Wi + ((gi * chunks + ch) * K + pc) * ik.NR,
+                  tile + r0 * f.Cop + ch * ik.NR, f.Cop, len);
+      }
+    }
+    for (index_t r = 0; r < pb;) {  // tile[r·Cop + co] → y (transposed), one image at a time
+      const index_t m = m0 + r, n = m / P, q = m % P, len = std::min(pb - r, P - q);
+      transpose(tile + r * f.Cop, len, Cog, f.Cop, y + (n * g.C_out + gi * Cog) * P + q, P);
       r += len;
     }
   });
@@ -717,76 +969,6 @@ void backward_input_any(T* dx, const T* dy, const T* w, const Geo& g) {
     backward_input_direct(dx, dy, w, g);
   else
     backward_input_col2im(dx, dy, w, g);
-}
-
-// ---- transposes ---------------------------------------------------------------------------------
-
-// dst[c·ldd + r] = src[r·lds + c] for r < rows, c < cols. AVX2 8×8 (float) and 4×4 (double)
-// register transposes where the CPU has them, a scalar 8×8-tiled loop otherwise.
-template <class T>
-void transpose_scalar(const T* src, index_t rows, index_t cols, index_t lds, T* dst, index_t ldd) {
-  constexpr index_t B = 8;
-  for (index_t r0 = 0; r0 < rows; r0 += B)
-    for (index_t c0 = 0; c0 < cols; c0 += B)
-      for (index_t c = c0; c < std::min(cols, c0 + B); ++c)
-        for (index_t r = r0; r < std::min(rows, r0 + B); ++r) dst[c * ldd + r] = src[r * lds + c];
-}
-
-FASTDL_TARGET_AVX2 void transpose_avx2(const float* src, index_t rows, index_t cols, index_t lds, float* dst,
-                                       index_t ldd) {
-  index_t r0 = 0;
-  for (; r0 + 8 <= rows; r0 += 8) {
-    index_t c0 = 0;
-    for (; c0 + 8 <= cols; c0 += 8) {
-      __m256 v[8], t[8];
-      for (int i = 0; i < 8; ++i) v[i] = _mm256_loadu_ps(src + (r0 + i) * lds + c0);
-      for (int i = 0; i < 8; i += 2) {
-        t[i] = _mm256_unpacklo_ps(v[i], v[i + 1]);
-        t[i + 1] = _mm256_unpackhi_ps(v[i], v[i + 1]);
-      }
-      for (int i = 0; i < 8; i += 4) {
-        v[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
-        v[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xEE);
-        v[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
-        v[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
-      }
-      // v[0..3]: columns 0, 1, 2, 3 of rows 0–3 (low half) and columns 4–7 (high half); v[4..7]: rows 4–7.
-      for (int i = 0; i < 4; ++i) {
-        _mm256_storeu_ps(dst + (c0 + i) * ldd + r0, _mm256_permute2f128_ps(v[i], v[i + 4], 0x20));
-        _mm256_storeu_ps(dst + (c0 + i + 4) * ldd + r0, _mm256_permute2f128_ps(v[i], v[i + 4], 0x31));
-      }
-    }
-    if (c0 < cols) transpose_scalar(src + r0 * lds + c0, 8, cols - c0, lds, dst + c0 * ldd + r0, ldd);
-  }
-  if (r0 < rows) transpose_scalar(src + r0 * lds, rows - r0, cols, lds, dst + r0, ldd);
-}
-
-FASTDL_TARGET_AVX2 void transpose_avx2(const double* src, index_t rows, index_t cols, index_t lds, double* dst,
-                                       index_t ldd) {
-  index_t r0 = 0;
-  for (; r0 + 4 <= rows; r0 += 4) {
-    index_t c0 = 0;
-    for (; c0 + 4 <= cols; c0 += 4) {
-      __m256d v[4], t[4];
-      for (int i = 0; i < 4; ++i) v[i] = _mm256_loadu_pd(src + (r0 + i) * lds + c0);
-      t[0] = _mm256_unpacklo_pd(v[0], v[1]), t[1] = _mm256_unpackhi_pd(v[0], v[1]);
-      t[2] = _mm256_unpacklo_pd(v[2], v[3]), t[3] = _mm256_unpackhi_pd(v[2], v[3]);
-      _mm256_storeu_pd(dst + (c0 + 0) * ldd + r0, _mm256_permute2f128_pd(t[0], t[2], 0x20));
-      _mm256_storeu_pd(dst + (c0 + 1) * ldd + r0, _mm256_permute2f128_pd(t[1], t[3], 0x20));
-      _mm256_storeu_pd(dst + (c0 + 2) * ldd + r0, _mm256_permute2f128_pd(t[0], t[2], 0x31));
-      _mm256_storeu_pd(dst + (c0 + 3) * ldd + r0, _mm256_permute2f128_pd(t[1], t[3], 0x31));
-    }
-    if (c0 < cols) transpose_scalar(src + r0 * lds + c0, 4, cols - c0, lds, dst + c0 * ldd + r0, ldd);
-  }
-  if (r0 < rows) transpose_scalar(src + r0 * lds, rows - r0, cols, lds, dst + r0, ldd);
-}
-
-template <class T>
-void transpose(const T* src, index_t rows, index_t cols, index_t lds, T* dst, index_t ldd) {
-  if (capability() >= CpuCapability::avx2)
-    transpose_avx2(src, rows, cols, lds, dst, ldd);
-  else
-    transpose_scalar(src, rows, cols, lds, dst, ldd);
 }
 
 // ---- backward-weight --------------------------------------------------------------------------
@@ -1079,8 +1261,9 @@ std::size_t conv2d_forward_workspace(const Conv2dShape& s, int threads) {
   const Geo g = geo_of(s);
   const ForwardPlan f = plan_forward<T>(g, threads);
   if (f.path != Path::implicit) return 0;
-  const std::size_t weights = static_cast<std::size_t>(g.G * g.K() * f.Cop);
-  const std::size_t per_thread = static_cast<std::size_t>(f.R * f.KCb + f.PB * g.cog());
+  const std::size_t weights = static_cast<std::size_t>(g.G * g.K() * (f.Cog_gemm + (f.pixels_on_m ? f.Cop : 0)));
+  const std::size_t per_thread = static_cast<std::size_t>((f.R + 1) * f.KCb + f.PB * f.Cop) +
+                                 static_cast<std::size_t>(ceil_div(f.PB, f.R) * (f.R + 1) + g.K()) * sizeof(index_t) / sizeof(T);
   return (weights + per_thread * f.team) * sizeof(T);
 }
 
