@@ -275,107 +275,118 @@ SliverPacker<T> im2col_packer(int R) {
 }
 
 // ---- direct kernels (C_in/G == 1 or C_out/G == 1: depthwise and single-channel convolutions) ----
+// The input planes are first copied with their zero padding (and room for whole vectors), so the
+// kernels run without bounds checks: outputs along a row in vectors (the last one overlapping its
+// neighbour), four independent accumulators at a time.
 
-// Output columns whose every kw tap lies inside the input row: [lo, hi).
-inline void interior_columns(const Geo& g, index_t* lo, index_t* hi) {
-  const index_t a = -g.pl, b = -g.pl + (g.KW - 1) * g.dw;  // first and last tap column at ow = 0
-  *lo = std::min(g.OW, first_inside(a, g.sw, g.OW));
-  *hi = std::max(*lo, end_inside(b, g.sw, g.W, g.OW));
+// Geometry of a zero-padded plane: padded row r holds input row r − pt (column c: c − pl); Hp × Wp
+// covers every tap of every output, with Wp rounded so that whole vectors of outputs stay inside.
+struct PaddedPlane {
+  index_t Hp, Wp;
+};
+inline PaddedPlane padded_plane(const Geo& g, index_t width) {
+  const index_t ow_end = round_up(g.OW, width);  // the weight gradient reads whole vectors of dy
+  return {(g.OH - 1) * g.sh + (g.KH - 1) * g.dh + 1,
+          std::max((ow_end - 1) * g.sw + (g.KW - 1) * g.dw + 1, g.pl + g.W)};
+}
+
+template <class T>
+void pad_plane(T* dst, const T* src, const Geo& g, const PaddedPlane& pp) {
+  for (index_t r = 0; r < pp.Hp; ++r) {
+    T* d = dst + r * pp.Wp;
+    const index_t ih = r - g.pt;
+    if (ih < 0 || ih >= g.H) {
+      std::fill(d, d + pp.Wp, T(0));
+      continue;
+    }
+    const index_t c0 = std::min(pp.Wp, std::max<index_t>(0, g.pl)), c1 = std::min(pp.Wp, g.pl + g.W);
+    std::fill(d, d + c0, T(0));
+    std::copy(src + ih * g.W + (c0 - g.pl), src + ih * g.W + (c1 - g.pl), d + c0);
+    std::fill(d + std::max(c0, c1), d + pp.Wp, T(0));
+  }
 }
 
 template <class V>
 struct Direct {
   using T = typename V::T;
+  using reg = typename V::reg;
   static constexpr int Wv = V::width;
 
-  // One output value with every bound checked.
-  static T point(const T* xg, const T* wc, T bias, const Geo& g, index_t oh, index_t ow) {
-    T acc = bias;
-    for (index_t ci = 0; ci < g.cig(); ++ci)
-      for (index_t kh = 0; kh < g.KH; ++kh) {
-        const index_t ih = oh * g.sh - g.pt + kh * g.dh;
-        if (ih < 0 || ih >= g.H) continue;
-        const T* xr = xg + (ci * g.H + ih) * g.W;
-        const T* wr = wc + (ci * g.KH + kh) * g.KW;
-        for (index_t kw = 0; kw < g.KW; ++kw) {
-          const index_t iw = ow * g.sw - g.pl + kw * g.dw;
-          if (iw >= 0 && iw < g.W) acc += wr[kw] * xr[iw];
+  // The output plane of channel co: xp holds the group's C_in/G padded planes (plane elements
+  // apart), wc = w[co].
+  static void forward_plane(T* yp, const T* xp, index_t plane, const T* wc, T bias, const Geo& g, const PaddedPlane& pp) {
+    const index_t Cig = g.cig(), taps = g.taps();
+    if (g.sw == 1 && g.OW >= Wv) {
+      const index_t vecs = ceil_div(g.OW, Wv), total = g.OH * vecs;
+      for (index_t i0 = 0; i0 < total; i0 += 4) {
+        const T* base[4];
+        T* out[4];
+        int u = 0;
+        for (; u < 4 && i0 + u < total; ++u) {
+          const index_t oh = (i0 + u) / vecs, ow = std::min(((i0 + u) % vecs) * Wv, g.OW - Wv);
+          base[u] = xp + oh * g.sh * pp.Wp + ow;
+          out[u] = yp + oh * g.OW + ow;
         }
-      }
-    return acc;
-  }
-
-  // U vectors of outputs at columns ow.. of row oh (all taps inside the row; stride_w == 1).
-  template <int U>
-  static void vectors(T* yr, const T* xg, const T* wc, T bias, const Geo& g, index_t oh, index_t ow) {
-    typename V::reg acc[U];
-    for (int u = 0; u < U; ++u) acc[u] = V::set1(bias);
-    for (index_t ci = 0; ci < g.cig(); ++ci)
-      for (index_t kh = 0; kh < g.KH; ++kh) {
-        const index_t ih = oh * g.sh - g.pt + kh * g.dh;
-        if (ih < 0 || ih >= g.H) continue;
-        const T* xr = xg + (ci * g.H + ih) * g.W + ow - g.pl;
-        const T* wr = wc + (ci * g.KH + kh) * g.KW;
-        for (index_t kw = 0; kw < g.KW; ++kw) {
-          const typename V::reg wv = V::set1(wr[kw]);
-          const T* xp = xr + kw * g.dw;
+        for (int k = u; k < 4; ++k) base[k] = base[0];
+        reg acc[4] = {V::set1(bias), V::set1(bias), V::set1(bias), V::set1(bias)};
+        for (index_t ci = 0; ci < Cig; ++ci)
+          for (index_t kh = 0; kh < g.KH; ++kh)
+            for (index_t kw = 0; kw < g.KW; ++kw) {
+              const reg wv = V::set1(wc[ci * taps + kh * g.KW + kw]);
+              const index_t off = ci * plane + kh * g.dh * pp.Wp + kw * g.dw;
 #pragma GCC unroll 4
-          for (int u = 0; u < U; ++u) acc[u] = V::fmadd(wv, V::load(xp + u * Wv), acc[u]);
-        }
+              for (int k = 0; k < 4; ++k) acc[k] = V::fmadd(wv, V::load(base[k] + off), acc[k]);
+            }
+        for (int k = 0; k < u; ++k) V::store(out[k], acc[k]);
       }
-    for (int u = 0; u < U; ++u) V::store(yr + ow + u * Wv, acc[u]);
-  }
-
-  // The output plane of channel co of one image: xg is its group's channel 0 of that image, wc = w[co].
-  static void forward_plane(T* yp, const T* xg, const T* wc, T bias, const Geo& g) {
-    index_t lo, hi;
-    interior_columns(g, &lo, &hi);
-    for (index_t oh = 0; oh < g.OH; ++oh) {
-      T* yr = yp + oh * g.OW;
-      for (index_t ow = 0; ow < lo; ++ow) yr[ow] = point(xg, wc, bias, g, oh, ow);
-      for (index_t ow = hi; ow < g.OW; ++ow) yr[ow] = point(xg, wc, bias, g, oh, ow);
-      index_t ow = lo;
-      if (g.sw == 1) {
-        for (; ow + 4 * Wv <= hi; ow += 4 * Wv) vectors<4>(yr, xg, wc, bias, g, oh, ow);
-        for (; ow + Wv <= hi; ow += Wv) vectors<1>(yr, xg, wc, bias, g, oh, ow);
-      }
-      for (; ow < hi; ++ow) yr[ow] = point(xg, wc, bias, g, oh, ow);
+      return;
     }
+    for (index_t oh = 0; oh < g.OH; ++oh)
+      for (index_t ow = 0; ow < g.OW; ++ow) {
+        T acc = bias;
+        const T* base = xp + oh * g.sh * pp.Wp + ow * g.sw;
+        for (index_t ci = 0; ci < Cig; ++ci)
+          for (index_t kh = 0; kh < g.KH; ++kh)
+            for (index_t kw = 0; kw < g.KW; ++kw)
+              acc += wc[ci * taps + kh * g.KW + kw] * base[ci * plane + kh * g.dh * pp.Wp + kw * g.dw];
+        yp[oh * g.OW + ow] = acc;
+      }
   }
 
-  // dw[co, ci, :, :] of one (co, ci) pair summed over the batch: acc[kh·KW + kw] (KH·KW of them).
-  static void weight_pair(T* acc, const T* dy, const T* x, const Geo& g, index_t co, index_t ci) {
-    const index_t gi = co / g.cog(), HW = g.H * g.W, P = g.P();
-    std::fill(acc, acc + g.taps(), T(0));
-    for (index_t n = 0; n < g.N; ++n) {
-      const T* dyp = dy + (n * g.C_out + co) * P;
-      const T* xp = x + (n * g.C_in + gi * g.cig() + ci) * HW;
+  // acc[kh·KW + kw] += Σ_{oh, ow} dy[oh, ow] · xp[(oh·sh + kh·dh)·Wp + ow·sw + kw·dw] for one image:
+  // dyp is dy's plane with rows of OWp = round_up(OW, width) (zeros past OW), xp the padded input.
+  static void weight_plane(T* acc, const T* dyp, index_t OWp, const T* xp, const Geo& g, const PaddedPlane& pp) {
+    for (index_t kh = 0; kh < g.KH; ++kh)
       for (index_t kw = 0; kw < g.KW; ++kw) {
-        const index_t a = kw * g.dw - g.pl;  // input column of ow = 0
-        const index_t lo = first_inside(a, g.sw, g.OW), hi = std::max(lo, end_inside(a, g.sw, g.W, g.OW));
-        for (index_t kh = 0; kh < g.KH; ++kh) {
-          typename V::reg v = V::zero();
-          T s = 0;
-          for (index_t oh = 0; oh < g.OH; ++oh) {
-            const index_t ih = oh * g.sh - g.pt + kh * g.dh;
-            if (ih < 0 || ih >= g.H) continue;
-            const T* dyr = dyp + oh * g.OW;
-            const T* xr = xp + ih * g.W + a;
-            index_t ow = lo;
-            if (g.sw == 1)
-              for (; ow + Wv <= hi; ow += Wv) v = V::fmadd(V::load(dyr + ow), V::load(xr + ow), v);
-            for (; ow < hi; ++ow) s += dyr[ow] * xr[ow * g.sw];
+        const T* xt = xp + kh * g.dh * pp.Wp + kw * g.dw;
+        T sum = 0;
+        if (g.sw == 1) {
+          reg a[4] = {V::zero(), V::zero(), V::zero(), V::zero()};
+          const index_t vecs = OWp / Wv, total = g.OH * vecs;
+          index_t i = 0;
+          for (; i + 4 <= total; i += 4)
+#pragma GCC unroll 4
+            for (int k = 0; k < 4; ++k) {
+              const index_t oh = (i + k) / vecs, ow = ((i + k) % vecs) * Wv;
+              a[k] = V::fmadd(V::load(dyp + oh * OWp + ow), V::load(xt + oh * g.sh * pp.Wp + ow), a[k]);
+            }
+          for (; i < total; ++i) {
+            const index_t oh = i / vecs, ow = (i % vecs) * Wv;
+            a[0] = V::fmadd(V::load(dyp + oh * OWp + ow), V::load(xt + oh * g.sh * pp.Wp + ow), a[0]);
           }
-          acc[kh * g.KW + kw] += V::reduce_add(v) + s;
+          sum = V::reduce_add(V::add(V::add(a[0], a[1]), V::add(a[2], a[3])));
+        } else {
+          for (index_t oh = 0; oh < g.OH; ++oh)
+            for (index_t ow = 0; ow < g.OW; ++ow) sum += dyp[oh * OWp + ow] * xt[oh * g.sh * pp.Wp + ow * g.sw];
         }
+        acc[kh * g.KW + kw] += sum;
       }
-    }
   }
 
   // out[c] = Σ_n Σ_p dy[n, c, p] for channels c0..c1 (the bias gradient).
   static void channel_sums(T* out, const T* dy, index_t N, index_t C, index_t P, index_t c0, index_t c1) {
     for (index_t c = c0; c < c1; ++c) {
-      typename V::reg v0 = V::zero(), v1 = V::zero();
+      reg v0 = V::zero(), v1 = V::zero();
       T s = 0;
       for (index_t n = 0; n < N; ++n) {
         const T* p = dy + (n * C + c) * P;
@@ -390,19 +401,20 @@ struct Direct {
 
 template <class T>
 struct DirectKernels {
-  void (*forward_plane)(T*, const T*, const T*, T, const Geo&);
-  void (*weight_pair)(T*, const T*, const T*, const Geo&, index_t, index_t);
+  int width;  // vector lanes
+  void (*forward_plane)(T*, const T*, index_t, const T*, T, const Geo&, const PaddedPlane&);
+  void (*weight_plane)(T*, const T*, index_t, const T*, const Geo&, const PaddedPlane&);
   void (*channel_sums)(T*, const T*, index_t, index_t, index_t, index_t, index_t);
 };
 
 #define FASTDL_DIRECT_ENTRIES(NAME, V, ATTR)                                                                   \
-  ATTR FASTDL_FLATTEN void NAME##_forward_plane(V::T* yp, const V::T* xg, const V::T* wc, V::T b,             \
-                                                const Geo& g) {                                                \
-    Direct<V>::forward_plane(yp, xg, wc, b, g);                                                                \
+  ATTR FASTDL_FLATTEN void NAME##_forward_plane(V::T* yp, const V::T* xp, index_t plane, const V::T* wc,      \
+                                                V::T b, const Geo& g, const PaddedPlane& pp) {                \
+    Direct<V>::forward_plane(yp, xp, plane, wc, b, g, pp);                                                     \
   }                                                                                                            \
-  ATTR FASTDL_FLATTEN void NAME##_weight_pair(V::T* acc, const V::T* dy, const V::T* x, const Geo& g,          \
-                                              index_t co, index_t ci) {                                        \
-    Direct<V>::weight_pair(acc, dy, x, g, co, ci);                                                             \
+  ATTR FASTDL_FLATTEN void NAME##_weight_plane(V::T* acc, const V::T* dyp, index_t OWp, const V::T* xp,       \
+                                               const Geo& g, const PaddedPlane& pp) {                         \
+    Direct<V>::weight_plane(acc, dyp, OWp, xp, g, pp);                                                         \
   }                                                                                                            \
   ATTR FASTDL_FLATTEN void NAME##_channel_sums(V::T* out, const V::T* dy, index_t N, index_t C, index_t P,     \
                                                index_t c0, index_t c1) {                                       \
@@ -418,19 +430,21 @@ FASTDL_DIRECT_ENTRIES(portable_f64, simd::Portable<double>, )
 
 template <class T>
 DirectKernels<T> direct_kernels() {
+#define FASTDL_DIRECT_TABLE(NAME, V) return {V::width, NAME##_forward_plane, NAME##_weight_plane, NAME##_channel_sums}
   if constexpr (sizeof(T) == 4) {
     switch (capability()) {
-      case CpuCapability::avx512: return {avx512_f32_forward_plane, avx512_f32_weight_pair, avx512_f32_channel_sums};
-      case CpuCapability::avx2: return {avx2_f32_forward_plane, avx2_f32_weight_pair, avx2_f32_channel_sums};
-      default: return {portable_f32_forward_plane, portable_f32_weight_pair, portable_f32_channel_sums};
+      case CpuCapability::avx512: FASTDL_DIRECT_TABLE(avx512_f32, simd::Avx512F32);
+      case CpuCapability::avx2: FASTDL_DIRECT_TABLE(avx2_f32, simd::Avx2F32);
+      default: FASTDL_DIRECT_TABLE(portable_f32, simd::Portable<float>);
     }
   } else {
     switch (capability()) {
-      case CpuCapability::avx512: return {avx512_f64_forward_plane, avx512_f64_weight_pair, avx512_f64_channel_sums};
-      case CpuCapability::avx2: return {avx2_f64_forward_plane, avx2_f64_weight_pair, avx2_f64_channel_sums};
-      default: return {portable_f64_forward_plane, portable_f64_weight_pair, portable_f64_channel_sums};
+      case CpuCapability::avx512: FASTDL_DIRECT_TABLE(avx512_f64, simd::Avx512F64);
+      case CpuCapability::avx2: FASTDL_DIRECT_TABLE(avx2_f64, simd::Avx2F64);
+      default: FASTDL_DIRECT_TABLE(portable_f64, simd::Portable<double>);
     }
   }
+#undef FASTDL_DIRECT_TABLE
 }
 
 // ---- transposes ---------------------------------------------------------------------------------
@@ -617,7 +631,7 @@ ForwardPlan plan_forward(const Geo& g, int threads) {
   const index_t K = g.K(), Cog = g.cog(), NP = g.N * g.P();
   if (g.cig() == 1 || Cog == 1) {
     f.path = Path::direct;
-    f.tasks = g.N * g.C_out;
+    f.tasks = g.N * g.G;
     f.team = team_for(f.tasks, g.flops(), threads);
     return f;
   }
@@ -665,10 +679,18 @@ ForwardPlan plan_forward(const Geo& g, int threads) {
 template <class T>
 void forward_direct(T* y, const T* x, const T* w, const T* bias, const Geo& g, const ForwardPlan& f) {
   const DirectKernels<T> dk = direct_kernels<T>();
-  const index_t HW = g.H * g.W, P = g.P();
-  run_tasks(f.tasks, f.team, [&](index_t t) {
-    const index_t n = t / g.C_out, co = t % g.C_out, gi = co / g.cog();
-    dk.forward_plane(y + t * P, x + (n * g.C_in + gi * g.cig()) * HW, w + co * g.K(), bias ? bias[co] : T(0), g);
+  const index_t HW = g.H * g.W, P = g.P(), Cig = g.cig(), Cog = g.cog();
+  const PaddedPlane pp = padded_plane(g, dk.width);
+  const index_t plane = pp.Hp * pp.Wp;
+  run_tasks(f.tasks, f.team, [&](index_t t) {  // one (image, group): its input planes padded once
+    static thread_local AlignedBuffer<T> planes_buffer;
+    const index_t n = t / g.G, gi = t % g.G;
+    T* xp = planes_buffer.get(static_cast<std::size_t>(Cig * plane));
+    for (index_t ci = 0; ci < Cig; ++ci) pad_plane(xp + ci * plane, x + (n * g.C_in + gi * Cig + ci) * HW, g, pp);
+    for (index_t j = 0; j < Cog; ++j) {
+      const index_t co = gi * Cog + j;
+      dk.forward_plane(y + (n * g.C_out + co) * P, xp, plane, w + co * g.K(), bias ? bias[co] : T(0), g, pp);
+    }
   });
 }
 
@@ -1112,10 +1134,25 @@ void backward_weight_gemm(T* dw, const T* dy, const T* x, const Geo& g) {
 template <class T>
 void backward_weight_direct(T* dw, const T* dy, const T* x, const Geo& g) {
   const DirectKernels<T> dk = direct_kernels<T>();
-  const index_t Cig = g.cig(), tasks = g.C_out * Cig;
-  run_tasks(tasks, team_for(tasks, g.flops(), available_threads()), [&](index_t t) {
-    const index_t co = t / Cig, ci = t % Cig;
-    dk.weight_pair(dw + t * g.taps(), dy, x, g, co, ci);
+  const index_t Cig = g.cig(), HW = g.H * g.W, P = g.P(), tasks = g.C_out * Cig;
+  const PaddedPlane pp = padded_plane(g, dk.width);
+  const index_t OWp = round_up(g.OW, dk.width);
+  run_tasks(tasks, team_for(tasks, g.flops(), available_threads()), [&](index_t t) {  // one (co, ci) pair
+    static thread_local AlignedBuffer<T> x_buffer, dy_buffer;
+    const index_t co = t / Cig, ci = t % Cig, gi = co / g.cog();
+    T* xp = x_buffer.get(static_cast<std::size_t>(pp.Hp * pp.Wp));
+    T* dyp = dy_buffer.get(static_cast<std::size_t>(g.OH * OWp));
+    T* acc = dw + t * g.taps();
+    std::fill(acc, acc + g.taps(), T(0));
+    for (index_t n = 0; n < g.N; ++n) {
+      pad_plane(xp, x + (n * g.C_in + gi * Cig + ci) * HW, g, pp);
+      const T* src = dy + (n * g.C_out + co) * P;
+      for (index_t oh = 0; oh < g.OH; ++oh) {
+        std::copy(src + oh * g.OW, src + (oh + 1) * g.OW, dyp + oh * OWp);
+        std::fill(dyp + oh * OWp + g.OW, dyp + (oh + 1) * OWp, T(0));
+      }
+      dk.weight_plane(acc, dyp, OWp, xp, g, pp);
+    }
   });
 }
 
