@@ -608,6 +608,19 @@ IndirectKernel<T> indirect_kernel(int vectors) {
 #undef FASTDL_INDIRECT_TABLE
 }
 
+// The indirect tile shape for C_out/G channels: the widest among the least wasteful.
+template <class T>
+int tile_vectors(index_t Cog, double* waste_out = nullptr) {
+  int best = 0;
+  double best_waste = 0;
+  for (int v : {4, 2, 1}) {
+    const double waste = double(round_up(Cog, indirect_kernel<T>(v).NR)) / Cog;
+    if (best == 0 || waste < best_waste) best = v, best_waste = waste;
+  }
+  if (waste_out) *waste_out = best_waste;
+  return best;
+}
+
 // ---- forward ----------------------------------------------------------------------------------
 
 enum class Path { direct, gemm_1x1, implicit };
@@ -648,10 +661,7 @@ ForwardPlan plan_forward(const Geo& g, int threads) {
   // pack every im2col element, about one move per C_out/G/6. The widest indirect tile among the
   // least wasteful ones.
   double waste_n = 0;
-  for (int v : {4, 2, 1}) {
-    const double waste = double(round_up(Cog, indirect_kernel<T>(v).NR)) / Cog;
-    if (f.vectors == 0 || waste < waste_n) f.vectors = v, waste_n = waste;
-  }
+  f.vectors = tile_vectors<T>(Cog, &waste_n);
   const double waste_m = double(round_up(Cog, b.MR)) / Cog * (1.0 + 6.0 / Cog);
   f.pixels_on_m = waste_n * (1.0 + 8.0 / K) <= waste_m;
   const IndirectKernel<T> ik = indirect_kernel<T>(f.vectors);
@@ -995,137 +1005,91 @@ void backward_input_any(T* dx, const T* dy, const T* w, const Geo& g) {
 
 // ---- backward-weight --------------------------------------------------------------------------
 
-// MR-wide sliver of im2col rows k' = (kh·KW + kw)·C + ci (NHWC order) over kc pixels starting at
-// output pixel (oh, ow) of one image: dst[p·R + r]. `slab` holds input rows ih_lo.. as
-// [ih − ih_lo][iw][ci] with C = C_in/G channels; the rows outside it are outside the input. Per
-// output row, the pixels whose every tap of the sliver is inside the input are a column range
-// copied without checks (one fixed-size copy each when the sliver's rows are adjacent in the slab).
-template <class T, int RC>
-void pack_nhwc_sliver(T* dst, int R_runtime, index_t k0, index_t rows, index_t oh, index_t ow, index_t kc,
-                      const T* slab, index_t ih_lo, const Geo& g) {
-  const index_t R = RC > 0 ? RC : R_runtime;
-  const index_t C = g.cig(), W = g.W, H = g.H, sw = g.sw, rowlen = W * C;
-  index_t off[kMaxSliver], dh_of[kMaxSliver], dw_of[kMaxSliver];
-  index_t dh_min = std::numeric_limits<index_t>::max(), dh_max = -1, dw_min = dh_min, dw_max = -1;
-  bool contiguous = rows == R;
-  for (index_t r = 0; r < rows; ++r) {
-    const index_t k = k0 + r, tap = k / C, ci = k % C, kh = tap / g.KW, kw = tap % g.KW;
-    dh_of[r] = kh * g.dh, dw_of[r] = kw * g.dw;
-    off[r] = dh_of[r] * rowlen + dw_of[r] * C + ci;
-    contiguous = contiguous && off[r] == off[0] + r;
-    dh_min = std::min(dh_min, dh_of[r]), dh_max = std::max(dh_max, dh_of[r]);
-    dw_min = std::min(dw_min, dw_of[r]), dw_max = std::max(dw_max, dw_of[r]);
-  }
-  T* d = dst;
-  for (index_t p = 0; p < kc;) {
-    const index_t seg = std::min(kc - p, g.OW - ow), ih0 = oh * g.sh - g.pt;
-    const T* line = slab + (ih0 - ih_lo) * rowlen;  // output row oh's tap origin, column 0
-    // Columns ow + j (j < seg) with every tap inside: iw0 + dw_min >= 0 and iw0 + dw_max < W.
-    index_t lo = seg, hi = seg;
-    if (ih0 + dh_min >= 0 && ih0 + dh_max < H) {
-      lo = std::min(seg, first_inside(ow * sw - g.pl + dw_min, sw, seg));
-      hi = std::max(lo, end_inside(ow * sw - g.pl + dw_max, sw, W, seg));
-    }
-    for (index_t j = 0; j < seg; ++j, d += R) {
-      const index_t ih = ih0, iw0 = (ow + j) * sw - g.pl;
-      const T* base = line + iw0 * C;
-      if (j >= lo && j < hi) {
-        if (contiguous)
-          std::memcpy(d, base + off[0], sizeof(T) * R);
-        else
-          for (index_t r = 0; r < rows; ++r) d[r] = base[off[r]];
-      } else {
-        for (index_t r = 0; r < rows; ++r) {
-          const index_t h = ih + dh_of[r], w = iw0 + dw_of[r];
-          d[r] = h >= 0 && h < H && w >= 0 && w < W ? base[off[r]] : T(0);
-        }
-      }
-      for (index_t r = rows; r < R; ++r) d[r] = T(0);
-    }
-    p += seg;
-    ow += seg;
-    if (ow == g.OW) ow = 0, ++oh;
-  }
-}
-
-template <class T>
-using NhwcPacker = void (*)(T*, int, index_t, index_t, index_t, index_t, index_t, const T*, index_t, const Geo&);
-
-template <class T>
-NhwcPacker<T> nhwc_packer(int R) {
-  switch (R) {
-    case 4: return pack_nhwc_sliver<T, 4>;
-    case 6: return pack_nhwc_sliver<T, 6>;
-    case 8: return pack_nhwc_sliver<T, 8>;
-    case 12: return pack_nhwc_sliver<T, 12>;
-    case 16: return pack_nhwc_sliver<T, 16>;
-    default: return pack_nhwc_sliver<T, 0>;
-  }
-}
-
-// dWᵀ (K' = KH·KW·C_in/G rows in NHWC order × C_out/G) += im2col(x_n) · dy_nᵀ over the pixels of
-// each task (image, group, band of output rows), into one accumulator per thread; the accumulators
-// are then summed into dw in its (C_out, C_in/G, KH, KW) order.
+// dWᵀ (K' = KH·KW·C_in/G rows in (kh, kw, ci) order × C_out/G) += im2col · dyᵀ over the pixels of
+// each task (image, group, band of output rows), with the indirect tiles: the lanes are rows k'
+// (offsets into a zero-padded NHWC slab of the band's input rows), the reduction runs over the
+// pixels (their tap origins in the slab) and the channels come from dy transposed into [pixel][NR]
+// slivers. One accumulator per thread, summed at the end into dw's (C_out, C_in/G, KH, KW) order.
 template <class T>
 void backward_weight_gemm(T* dw, const T* dy, const T* x, const Geo& g) {
   const GemmBlocking b = gemm_blocking<T>();
-  const index_t Cig = g.cig(), Cog = g.cog(), K = g.K(), P = g.P(), HW = g.H * g.W;
+  const index_t C = g.cig(), Cog = g.cog(), K = g.K(), P = g.P(), HW = g.H * g.W;
+  const IndirectKernel<T> ik = indirect_kernel<T>(tile_vectors<T>(Cog));
+  const index_t Cop = round_up(Cog, ik.NR), chunks = Cop / ik.NR, slivers = ceil_div(K, ik.MR);
+  const index_t Wp = std::max(g.pl + g.W, (g.OW - 1) * g.sw + (g.KW - 1) * g.dw + 1);
+  // Lane offsets of the rows k' in the slab, relative to a pixel's tap origin (padded to whole slivers).
+  AlignedBuffer<index_t> row_buffer;
+  index_t* row_off = row_buffer.get(static_cast<std::size_t>(slivers * ik.MR));
+  for (index_t k = 0; k < slivers * ik.MR; ++k) {
+    const index_t kk = std::min(k, K - 1), tap = kk / C, ci = kk % C;
+    row_off[k] = ((tap / g.KW) * g.dh * Wp + (tap % g.KW) * g.dw) * C + ci;
+  }
   const int threads = available_threads();
   const index_t bands = parts_for_balance(g.N * g.G, threads, g.OH);
   const index_t tasks = g.N * g.G * bands;
   const int team = team_for(tasks, g.flops(), threads);
-  const index_t KCp = b.KC;  // pixels per GEMM block
-  const index_t MB = std::max<index_t>(b.MR, (128 << 10) / sizeof(T) / KCp / b.MR * b.MR);  // rows per A block
-  const std::size_t per_thread = static_cast<std::size_t>(g.G * K * Cog);
+  const index_t KCp = b.KC;  // pixels per reduction block
+  const std::size_t per_thread = static_cast<std::size_t>(g.G * K * Cop);
   AlignedBuffer<T> acc_buffer;
   T* acc = acc_buffer.get(per_thread * team);
   std::fill(acc, acc + per_thread * team, T(0));
-  const NhwcPacker<T> pack = nhwc_packer<T>(b.MR);
   const index_t band_rows = ceil_div(g.OH, bands);
   run_tasks(tasks, team, [&](index_t t) {
-    static thread_local AlignedBuffer<T> slab_buffer, a_buffer, b_buffer;
+    static thread_local AlignedBuffer<T> slab_buffer, b_buffer;
+    static thread_local AlignedBuffer<index_t> pixel_buffer;
     const index_t n = t / (g.G * bands), gi = (t / bands) % g.G, band = t % bands;
     const index_t oh0 = std::min(g.OH, band * band_rows), oh1 = std::min(g.OH, oh0 + band_rows);
     if (oh0 >= oh1) return;
-    T* C = acc + per_thread * (team > 1 ? omp_get_thread_num() : 0) + gi * K * Cog;
-    // The input rows this band reads, as NHWC.
-    const index_t ih_lo = std::max<index_t>(0, oh0 * g.sh - g.pt);
-    const index_t ih_hi = std::min<index_t>(g.H, (oh1 - 1) * g.sh - g.pt + (g.KH - 1) * g.dh + 1);
-    const index_t slab_rows = std::max<index_t>(0, ih_hi - ih_lo);
-    T* slab = slab_buffer.get(static_cast<std::size_t>(std::max<index_t>(1, slab_rows * g.W * Cig)));
-    const T* xg = x + (n * g.C_in + gi * Cig) * HW;
-    for (index_t ih = ih_lo; ih < ih_hi; ++ih)  // (C, W) planes of row ih → (W, C)
-      transpose(xg + ih * g.W, Cig, g.W, HW, slab + (ih - ih_lo) * g.W * Cig, Cig);
-    T* Ap = a_buffer.get(static_cast<std::size_t>(round_up(MB, b.MR) * KCp));
-    T* Bp = b_buffer.get(static_cast<std::size_t>(round_up(Cog, b.NR) * KCp));
+    T* Cacc = acc + per_thread * (team > 1 ? omp_get_thread_num() : 0) + gi * K * Cop;
+    // The padded input rows [pr0, pr1) the band reads (padded row = input row + pt), as NHWC.
+    const index_t pr0 = oh0 * g.sh, pr1 = (oh1 - 1) * g.sh + (g.KH - 1) * g.dh + 1;
+    const index_t rowlen = Wp * C;
+    T* slab = slab_buffer.get(static_cast<std::size_t>((pr1 - pr0) * rowlen));
+    const T* xg = x + (n * g.C_in + gi * C) * HW;
+    for (index_t pr = pr0; pr < pr1; ++pr) {
+      T* row = slab + (pr - pr0) * rowlen;
+      const index_t ih = pr - g.pt;
+      if (ih < 0 || ih >= g.H) {
+        std::fill(row, row + rowlen, T(0));
+        continue;
+      }
+      const index_t c0 = std::max<index_t>(0, g.pl), c1 = std::min(Wp, g.pl + g.W);  // columns from x
+      std::fill(row, row + c0 * C, T(0));
+      transpose(xg + ih * g.W + (c0 - g.pl), C, c1 - c0, HW, row + c0 * C, C);  // (C, W) → (W, C)
+      std::fill(row + c1 * C, row + rowlen, T(0));
+    }
+    T* Bp = b_buffer.get(static_cast<std::size_t>(KCp * Cop));
+    index_t* pix = pixel_buffer.get(static_cast<std::size_t>(KCp));
     const T* dyg = dy + (n * g.C_out + gi * Cog) * P;
     for (index_t q0 = oh0 * g.OW; q0 < oh1 * g.OW; q0 += KCp) {
       const index_t kc = std::min(KCp, oh1 * g.OW - q0);
-      // dy (channels × pixels) → the micro-kernel's NR-wide slivers (pixels × channels), zero-padded.
-      for (index_t j0 = 0; j0 < Cog; j0 += b.NR) {
-        const index_t nr = std::min<index_t>(b.NR, Cog - j0);
-        T* sliver = Bp + j0 * kc;
-        transpose(dyg + j0 * P + q0, nr, kc, P, sliver, b.NR);
-        if (nr < b.NR)
-          for (index_t p = 0; p < kc; ++p) std::fill(sliver + p * b.NR + nr, sliver + (p + 1) * b.NR, T(0));
+      for (index_t p = 0; p < kc; ++p) {
+        const index_t q = q0 + p;
+        pix[p] = ((q / g.OW) * g.sh - pr0) * rowlen + (q % g.OW) * g.sw * C;
       }
-      for (index_t i0 = 0; i0 < K; i0 += MB) {
-        const index_t mb = std::min(MB, K - i0);
-        for (index_t s = 0; s < mb; s += b.MR)
-          pack(Ap + s * kc, b.MR, i0 + s, std::min<index_t>(b.MR, mb - s), q0 / g.OW, q0 % g.OW, kc, slab, ih_lo, g);
-        gemm_packed_block<T>(mb, Cog, kc, T(1), Ap, Bp, T(1), C + i0 * Cog, Cog, 1);
+      // dy (channels × pixels) → [pixel][NR] per chunk of NR channels, zero-padded.
+      for (index_t ch = 0; ch < chunks; ++ch) {
+        const index_t c0 = ch * ik.NR, nr = std::min<index_t>(ik.NR, Cog - c0);
+        T* sliver = Bp + ch * kc * ik.NR;
+        transpose(dyg + c0 * P + q0, nr, kc, P, sliver, ik.NR);
+        if (nr < ik.NR)
+          for (index_t p = 0; p < kc; ++p) std::fill(sliver + p * ik.NR + nr, sliver + (p + 1) * ik.NR, T(0));
       }
+      for (index_t s = 0; s < slivers; ++s)
+        for (index_t ch = 0; ch < chunks; ++ch)
+          ik.tile(kc, slab, pix, row_off + s * ik.MR, Bp + ch * kc * ik.NR, Cacc + s * ik.MR * Cop + ch * ik.NR,
+                  Cop, std::min<index_t>(ik.MR, K - s * ik.MR));
     }
   });
   parallel_for(g.C_out, 1, [&](index_t c0, index_t c1) {
     for (index_t co = c0; co < c1; ++co) {
       const index_t gi = co / Cog, j = co % Cog;
-      for (index_t ci = 0; ci < Cig; ++ci)
+      for (index_t ci = 0; ci < C; ++ci)
         for (index_t tap = 0; tap < g.taps(); ++tap) {
-          const std::size_t at = static_cast<std::size_t>(gi * K * Cog + (tap * Cig + ci) * Cog + j);
-          T s = 0;
-          for (int th = 0; th < team; ++th) s += acc[per_thread * th + at];
-          dw[(co * Cig + ci) * g.taps() + tap] = s;
+          const std::size_t at = static_cast<std::size_t>(gi * K * Cop + (tap * C + ci) * Cop + j);
+          T sum = 0;
+          for (int th = 0; th < team; ++th) sum += acc[per_thread * th + at];
+          dw[(co * C + ci) * g.taps() + tap] = sum;
         }
     }
   });
