@@ -683,9 +683,10 @@ ForwardPlan plan_forward(const Geo& g, int threads) {
   f.KCb = ceil_div(K, f.kblocks);
   f.Cop = f.pixels_on_m ? round_up(Cog, ik.NR) : Cog;
   f.Cog_gemm = round_up(Cog, f.pixels_on_m ? b.NR : b.MR);
-  // Channels × pixels: the im2col panel of a block within 256 KB; pixels × channels: the tile
-  // within 128 KB and the slab of input rows (about C_in/G·(rows + halo)·W) within 384 KB.
-  const index_t tile_limit = (128 << 10) / sizeof(T) / f.Cop;
+  // Channels × pixels: the im2col panel of a block within 256 KB and its tile within 128 KB;
+  // pixels × channels: the tile within 256 KB and the slab of input rows (about
+  // C_in/G·(rows + halo)·W) within 384 KB, together in L2 next to the weights' K block.
+  const index_t tile_limit = ((f.pixels_on_m ? 256 : 128) << 10) / sizeof(T) / f.Cop;
   const index_t slab_limit = (384 << 10) / sizeof(T) / g.cig() / (g.KH * g.dh + 1) * g.OW;
   const index_t panel_limit = (256 << 10) / sizeof(T) / f.KCb;
   const index_t block_limit = std::min(tile_limit, f.pixels_on_m ? slab_limit : panel_limit);
@@ -848,31 +849,35 @@ void forward_implicit(T* y, const T* x, const T* w, const T* bias, const Geo& g,
     for (index_t ci = 0; ci < g.cig(); ++ci)
       for (const Segment& sg : segments)
         for (index_t pr = sg.pr0; pr < sg.pr1; ++pr) {
-          T* dst = slab + ci * plane + (sg.at + pr - sg.pr0) * Wp;
+          T* __restrict dst = slab + ci * plane + (sg.at + pr - sg.pr0) * Wp;
           const index_t ih = pr - g.pt;
           if (ih < 0 || ih >= g.H) {
             std::fill(dst, dst + Wp, T(0));
             continue;
           }
-          const T* src = xg + (sg.n * g.C_in + ci) * HW + ih * g.W;
+          const T* __restrict src = xg + (sg.n * g.C_in + ci) * HW + ih * g.W - g.pl;
           const index_t c0 = std::max<index_t>(0, g.pl), c1 = std::min(Wp, g.pl + g.W);  // columns from x
-          std::fill(dst, dst + c0, T(0));
-          std::copy(src + (c0 - g.pl), src + (c1 - g.pl), dst + c0);
-          std::fill(dst + c1, dst + Wp, T(0));
+          for (index_t c = 0; c < c0; ++c) dst[c] = T(0);
+          for (index_t c = c0; c < c1; ++c) dst[c] = src[c];  // short rows: inline, not a memmove call
+          for (index_t c = c1; c < Wp; ++c) dst[c] = T(0);
         }
     index_t* koff = koff_buffer_for(K);
     for (index_t k = 0; k < K; ++k)
       koff[k] = (k / g.taps()) * plane + ((k / g.KW) % g.KH) * g.dh * Wp + (k % g.KW) * g.dw;
-    // Lane offsets of each sliver (lanes past the block repeat its last pixel).
+    // Lane offsets of each sliver, walking the block's pixels (lanes past it repeat its last pixel).
     const index_t slivers = ceil_div(pb, f.R);
     index_t* lanes = lane_buffer.get(static_cast<std::size_t>(slivers * f.R));
-    for (index_t s = 0, seg = 0; s < slivers; ++s)
-      for (index_t r = 0; r < f.R; ++r) {
-        const index_t m = m0 + std::min(s * f.R + r, pb - 1), n = m / P, q = m % P;
-        while (segments[seg].n != n) ++seg;
+    {
+      std::size_t seg = 0;
+      index_t oh = (m0 % P) / g.OW, ow = m0 % g.OW;
+      for (index_t i = 0; i < pb; ++i) {
         const Segment& sg = segments[seg];
-        lanes[s * f.R + r] = (sg.at + (q / g.OW) * g.sh - sg.pr0) * Wp + (q % g.OW) * g.sw;
+        lanes[i] = (sg.at + oh * g.sh - sg.pr0) * Wp + ow * g.sw;
+        if (++ow == g.OW && ++oh == g.OH) oh = 0, ++seg;
+        if (ow == g.OW) ow = 0;
       }
+      for (index_t i = pb; i < slivers * f.R; ++i) lanes[i] = lanes[pb - 1];
+    }
     for (index_t kb = 0; kb < f.kblocks; ++kb) {
       const index_t pc = kb * f.KCb, kc = std::min(f.KCb, K - pc);
       for (index_t s = 0; s < slivers; ++s) {
