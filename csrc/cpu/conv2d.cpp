@@ -1,20 +1,20 @@
 // conv2d family on the CPU: convolution forward, backward-input, backward-weight; max/avg/adaptive pooling.
 //   y[n,co,oh,ow] = b[co] + Σ_{ci<C_in/G, kh, kw} w[co,ci,kh,kw] · x[n, g·C_in/G + ci, oh·sh − pt + kh·dh, ow·sw − pl + kw·dw]
-// Algorithm: implicit GEMM on the GEMM family's packing formats and micro-kernels (gemm_packed_block).
-// The im2col matrix (K = C_in/G·KH·KW rows × N·OH·OW pixels) is never built: a task packs one pixel
-// block of it (PB pixels × KC rows) into micro-kernel slivers straight from NCHW x and multiplies it
-// with the weights, packed once per call and shared by the threads. Pixels of all images form one
-// index space, so the tasks are pixel blocks whatever the batch and small images fill whole tiles.
-// Orientation: pixels on M (MR pixels × NR channels per tile, transposed on the way out) when
-// C_out/G fills NR-wide slivers better than MR-wide ones, else channels on M (row copies out).
-// Blocking: panel PB·KC·sizeof(T) ≤ 256 KB and tile PB·C_out/G·sizeof(T) ≤ 128 KB (both in L2 next to
-// the weights' KC×NR sliver), K cut into ⌈K/KC⌉ equal blocks. Workspace: the packed weights plus
-// those two per thread, independent of N (conv2d_forward_workspace). 1×1 stride-1 unpadded: a plain
-// GEMM per image. C_in/G == 1 or C_out/G == 1 (depthwise): a direct kernel vectorised along rows.
-// backward-input: stride 1 → the same engine on dy with flipped, transposed weights; stride > 1 →
-// dcol = Wᵀ·dy per pixel block + col2im. backward-weight: rows of x → NHWC slab, dWᵀ += im2col·dyᵀ
-// per thread. Cost floor: 2·N·C_out·K·OH·OW FLOPs per pass; packing moves K·N·OH·OW elements.
-// References: Chellapilla et al. 2006 (im2col GEMM); BLIS (Van Zee & van de Geijn 2015).
+// Algorithm: implicit GEMM with M = the pixels of all images (N·OH·OW: small images still fill tiles,
+// and the tasks are pixel blocks whatever the batch), N = C_out/G, K = C_in/G·KH·KW; im2col is never
+// built. A task copies the input rows its pixel block reads into a zero-padded slab, then runs
+// register tiles of the GEMM micro-kernel's kind (24 accumulators: 6×4, 12×2 or 24×1 vectors of
+// pixels × channels on AVX-512) that broadcast their inputs straight from the slab through per-lane
+// and per-tap offsets (indirect convolution), so nothing is packed but the weights, once per call.
+// Few output channels: channels on M instead, im2col slivers packed for gemm_packed_block.
+// Blocking: the tile (block pixels × C_out/G) ≤ 256 KB and the slab ≤ 384 KB stay in L2 beside the
+// weights' K block; K is cut into ⌈K/KC⌉ blocks. Workspace: packed weights + a tile and a slab per
+// thread, independent of N (conv2d_forward_workspace). 1×1 unpadded: a plain GEMM per image
+// (subsampled when strided). C_in/G or C_out/G == 1 (depthwise): direct kernel on padded planes.
+// backward-input: stride 1 → the forward engine on dy with flipped, transposed weights; else
+// dcol = Wᵀ·dy per pixel block (gemm_packed_block) + col2im. backward-weight: dWᵀ += im2col·dyᵀ on the
+// same tiles over a padded NHWC slab, one accumulator per thread. Cost floor: 2·N·C_out·K·OH·OW FLOPs.
+// References: Chellapilla et al. 2006 (im2col GEMM); Dukhan 2019 (indirect convolution); BLIS 2015.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>

@@ -33,7 +33,7 @@ __all__ = [
 FAMILY_IMPLEMENTATIONS: dict[str, dict[str, str]] = {
     "gemm": {"cpu": "native: BLIS-style packed GEMM, {level} micro-kernel", "cuda": "not yet implemented"},
     "conv2d": {
-        "cpu": "native: implicit GEMM on the {level} GEMM micro-kernel (1x1: plain GEMM; depthwise: direct "
+        "cpu": "native: implicit GEMM, {level} indirect register tiles (1x1: the GEMM; depthwise: direct "
                "{level} kernel); pooling native",
         "cuda": "not yet implemented",
     },
