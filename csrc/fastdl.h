@@ -63,9 +63,9 @@ template <class T>
 void gemm_packed_b(index_t M, index_t N, index_t K, T alpha, const T* A, index_t rsa, index_t csa,
                    const PackBFunction<T>& pack_b, T beta, T* C, index_t rsc, index_t csc);
 
-// Caller-packed operands, for implicit GEMMs that run their own outer loops (conv2d). With MR, NR
-// of gemm_blocking<T>() at the current capability:
-//   gemm_pack_a: op(A) (mc×kc, any strides) → ceil(mc/MR) slivers, Ap[(i/MR)·MR·kc + p·MR + i%MR]
+// Caller-packed operands, for implicit GEMMs that run their own outer loops (conv2d). With MR, NR,
+// KC of gemm_blocking<T>() at the current capability and kc ≤ KC:
+//   gemm_pack_a: op(A) (mc×kc, any strides) → ceil(mc/MR) slivers, Ap[(i/MR)·MR·KC + p·MR + i%MR]
 //   gemm_pack_b: op(B) (kc×nc, any strides) → ceil(nc/NR) slivers, Bp[(j/NR)·NR·kc + p·NR + j%NR]
 //   (edge slivers zero-padded); gemm_packed_block: C (mc×nc) = alpha · Ap · Bp + beta · C with the
 //   micro-kernel, single-threaded (beta == 0 does not read C).
@@ -136,6 +136,64 @@ template <class T>
 void adaptive_avg_pool2d_backward(T* dx, const T* dy, index_t N, index_t C, index_t H, index_t W, index_t OH,
                                   index_t OW);
 
+// ---- lstm.cpp ------------------------------------------------------------------------------
+// One LSTM layer over a whole sequence, PyTorch's gate order (i, f, g, o); every array contiguous.
+//   x (T, B, I), w_ih (4H, I), w_hh (4H, H); h0, c0 (B, H) and b_ih, b_hh (4H) may be null (zero).
+//   Outputs y (T, B, H), h_n, c_n (B, H). gates (T, B, 4H) is workspace that ends holding the
+//   activated gates; cell (T, B, H) receives every c_t. Both are what lstm_backward needs; pass
+//   cell = null when no backward follows.
+// Paths: fused (W_hh packed once, recurrent product and gates in one tile kernel, one thread team
+// for the sequence) or stepwise (per step cpu::gemm, then the gates); automatic = fused for T > 1.
+enum class LstmPath : int { automatic = 0, stepwise = 1, fused = 2 };
+template <class S>
+void lstm_forward(S* y, S* h_n, S* c_n, S* gates, S* cell, const S* x, const S* h0, const S* c0, const S* w_ih,
+                  const S* w_hh, const S* b_ih, const S* b_hh, index_t T, index_t B, index_t I, index_t H,
+                  LstmPath path);
+// Backward through time from the forward's y, gates and cell. dy (T, B, H), dh_n, dc_n (B, H) may
+// be null (zero). Outputs, each null when not wanted: dx (T, B, I), dh0, dc0 (B, H), dw_ih (4H, I),
+// dw_hh (4H, H), db (4H) (the gradient of b_ih and of b_hh alike). dgates (T, B, 4H) is workspace
+// that ends holding dL/dG.
+template <class S>
+void lstm_backward(S* dx, S* dh0, S* dc0, S* dw_ih, S* dw_hh, S* db, S* dgates, const S* dy, const S* dh_n,
+                   const S* dc_n, const S* x, const S* h0, const S* c0, const S* w_ih, const S* w_hh, const S* y,
+                   const S* gates, const S* cell, index_t T, index_t B, index_t I, index_t H, LstmPath path);
+// y[i] = fn(x[i]) for fn "exp" | "sigmoid" | "tanh" with the vectorised maths of simd.h at the
+// current level (what the gate kernels use; for accuracy tests).
+template <class S>
+void lstm_vector_math(const std::string& fn, const S* x, S* y, index_t n);
+
+// ---- optim.cpp -----------------------------------------------------------------------------
+// One optimizer step for every tensor of a parameter group, fused: each element of p, grad and
+// the state is read and written once. Rules and their state slots (nullptr where unused):
+//   sgd      [0] momentum_buffer (momentum != 0)          coef[0] = 1 on the buffer's first step
+//   adagrad  [0] sum                                       coef[0] = clr = lr / (1 + (t−1)·lr_decay)
+//   adadelta [0] square_avg [1] acc_delta
+//   rmsprop  [0] square_avg [1] grad_avg (centered) [2] momentum_buffer (momentum > 0)
+//   adam     [0] exp_avg [1] exp_avg_sq [2] max_exp_avg_sq (amsgrad)
+//                                                          coef[0] = lr/(1−β1ᵗ), coef[1] = √(1−β2ᵗ)
+//   nadam    [0] exp_avg [1] exp_avg_sq                    coef[0] = 1−β2ᵗ, coef[1], coef[2] = the
+//                                                          grad and exp_avg step sizes (μ schedule)
+//   adamax   [0] exp_avg [1] exp_inf                       coef[0] = lr/(1−β1ᵗ)
+// Every tensor is contiguous with n elements; state arrays have the parameter's size.
+enum class OptimRule : int { sgd, adagrad, adadelta, rmsprop, adam, nadam, adamax };
+struct OptimHyper {
+  double lr = 0, beta1 = 0, beta2 = 0, eps = 0, weight_decay = 0, momentum = 0, dampening = 0, alpha = 0,
+         rho = 0;
+  bool nesterov = false, maximize = false, amsgrad = false, decoupled = false, centered = false;
+};
+template <class T>
+struct OptimTensor {
+  index_t n;
+  T* param;
+  const T* grad;
+  T* state[3];
+  double coef[4];
+};
+const char* optim_rule_name(OptimRule rule);
+OptimRule parse_optim_rule(const std::string& name);  // ValueError for an unknown name
+template <class T>
+void optim_step(OptimRule rule, const OptimHyper& h, const OptimTensor<T>* tensors, index_t count);
+
 }  // namespace cpu
 
 namespace cuda {
@@ -152,6 +210,46 @@ bool built();                          // compiled with CUDA
 // Visible devices; on a machine with no driver or no GPU this is empty and `why` says why.
 std::vector<DeviceInfo> devices(std::string* why);
 int runtime_version();                 // e.g. 13000; 0 when built without CUDA
+
+// ---- cuda/gemm.cu --------------------------------------------------------------------------
+// Element types the CUDA GEMM takes. float16/bfloat16 run on tensor cores with float32
+// accumulation; float32 runs on CUDA cores, or on TF32 tensor cores when allow_tf32 is set.
+enum class DType : int { float32 = 0, float64 = 1, float16 = 2, bfloat16 = 3 };
+const char* dtype_name(DType dtype);
+
+// Leading (batch) dimensions of a batched GEMM: matrix z of the batch, with multi-index
+// (i_0, …, i_{ndim-1}) over size[], starts at A + Σ i_d·a[d], B + Σ i_d·b[d], C + Σ i_d·c[d]
+// (elements; a[d] and b[d] may be 0 for broadcast operands). ndim == 0 is a single product.
+constexpr int kMaxBatchDims = 8;
+struct GemmBatch {
+  int ndim = 0;
+  index_t size[kMaxBatchDims] = {};
+  index_t a[kMaxBatchDims] = {}, b[kMaxBatchDims] = {}, c[kMaxBatchDims] = {};
+};
+
+// C (M×N) = alpha · op(A) · op(B) + beta · C on the GPU, with the stride convention of
+// cpu::gemm_strided: element (i, k) of op(A) is A[i*rsa + k*csa], (k, j) of op(B) is
+// B[k*rsb + j*csb], (i, j) of C is C[i*rsc + j*csc]. A, B and C are device pointers of the
+// current device holding `dtype`; C must not overlap A or B; beta == 0 does not read C.
+// Launched on `stream` (a cudaStream_t as an integer, e.g. CuPy's current stream); returns
+// without synchronising. Nothing is allocated.
+void gemm_strided(DType dtype, bool allow_tf32, index_t M, index_t N, index_t K, double alpha, const void* A,
+                  index_t rsa, index_t csa, const void* B, index_t rsb, index_t csb, double beta, void* C,
+                  index_t rsc, index_t csc, std::uintptr_t stream);
+// The same over the batch dimensions of `batch`, one launch for the whole batch.
+void gemm_batched(const GemmBatch& batch, DType dtype, bool allow_tf32, index_t M, index_t N, index_t K,
+                  double alpha, const void* A, index_t rsa, index_t csa, const void* B, index_t rsb, index_t csb,
+                  double beta, void* C, index_t rsc, index_t csc, std::uintptr_t stream);
+// BLAS argument order on row-major matrices, as cpu::gemm.
+void gemm(DType dtype, bool allow_tf32, bool transA, bool transB, index_t M, index_t N, index_t K, double alpha,
+          const void* A, index_t lda, const void* B, index_t ldb, double beta, void* C, index_t ldc,
+          std::uintptr_t stream);
+// Which kernel gemm_strided would run for these arguments ("simt-128x128", "tensor-core tf32", …).
+std::string gemm_path(DType dtype, bool allow_tf32, index_t M, index_t N, index_t batch);
+
+// The CUDA device that holds `ptr` (ValueError naming `op` if it is not device memory).
+int device_of_pointer(const void* ptr, const char* op);
+int current_device();
 
 }  // namespace cuda
 }  // namespace fastdl

@@ -625,3 +625,16 @@ def test_functional_bad_input():
         F.conv_transpose2d(x, fastdl.ones(4, 2, 3, 3), stride=2, output_padding=2)
     with pytest.raises(ValueError, match="max_pool2d: padding"):
         F.max_pool2d(x, 2, padding=3)
+
+
+@pytest.mark.parametrize("name", ["conv2d_forward", "conv2d_backward_input", "conv2d_backward_weight",
+                                  "conv2d_output_size", "max_pool2d_forward", "max_pool2d_backward",
+                                  "avg_pool2d_forward", "avg_pool2d_backward", "adaptive_avg_pool2d_forward",
+                                  "adaptive_avg_pool2d_backward", "pool2d_output_size"])
+def test_kernels_docstring_examples(name):
+    import doctest
+    fn = getattr(kernels, name)
+    runner = doctest.DocTestRunner(optionflags=doctest.NORMALIZE_WHITESPACE)
+    for test in doctest.DocTestFinder().find(fn, name, globs={name: fn}):
+        runner.run(test)
+    assert runner.summarize(verbose=False).failed == 0

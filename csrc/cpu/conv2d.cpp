@@ -644,7 +644,7 @@ struct ForwardPlan {
   int R;             // lanes of a sliver: the indirect tile's MR (pixels_on_m) or the GEMM's NR
   index_t kblocks, KCb;
   index_t Cop;       // tile row length: C_out/G rounded up to whole tiles
-  index_t Cog_gemm;  // C_out/G rounded up to the GEMM's slivers (packed weights)
+  index_t Cog_gemm;  // channels on M: C_out/G rounded up to the GEMM's MR (packed weights)
   index_t PB, nblocks, tasks;
   int team;
 };
@@ -682,7 +682,7 @@ ForwardPlan plan_forward(const Geo& g, int threads) {
   f.kblocks = ceil_div(K, b.KC);
   f.KCb = ceil_div(K, f.kblocks);
   f.Cop = f.pixels_on_m ? round_up(Cog, ik.NR) : Cog;
-  f.Cog_gemm = round_up(Cog, f.pixels_on_m ? b.NR : b.MR);
+  f.Cog_gemm = f.pixels_on_m ? 0 : round_up(Cog, b.MR);
   // Channels × pixels: the im2col panel of a block within 256 KB and its tile within 128 KB;
   // pixels × channels: the tile within 256 KB and the slab of input rows (about
   // C_in/G·(rows + halo)·W) within 384 KB, together in L2 next to the weights' K block.
@@ -759,18 +759,15 @@ void forward_implicit(T* y, const T* x, const T* w, const T* bias, const Geo& g,
   // (slivers that touch the padding, or every sliver when channels are on M), and for the indirect
   // tiles per group and NR-channel chunk as [k][NR].
   const index_t chunks = f.pixels_on_m ? f.Cop / ik.NR : 0;
+  const index_t wg_block = f.Cog_gemm * b.KC;  // one K block of GEMM-packed weights (channels on M)
   AlignedBuffer<T> gemm_weights, tile_weights;
-  T* Wg = gemm_weights.get(static_cast<std::size_t>(g.G * K * f.Cog_gemm));
+  T* Wg = f.pixels_on_m ? nullptr : gemm_weights.get(static_cast<std::size_t>(g.G * f.kblocks * wg_block));
   T* Wi = f.pixels_on_m ? tile_weights.get(static_cast<std::size_t>(g.G * K * f.Cop)) : nullptr;
   parallel_for(g.G * f.kblocks, 1, [&](index_t b0, index_t b1) {
     for (index_t blk = b0; blk < b1; ++blk) {
       const index_t gi = blk / f.kblocks, pc = (blk % f.kblocks) * f.KCb, kc = std::min(f.KCb, K - pc);
       const T* src = w + gi * Cog * K + pc;
-      T* dst = Wg + gi * K * f.Cog_gemm + pc * f.Cog_gemm;
-      if (f.pixels_on_m)
-        gemm_pack_b<T>(kc, Cog, src, 1, K, dst);
-      else
-        gemm_pack_a<T>(Cog, kc, src, K, 1, dst);
+      if (!f.pixels_on_m) gemm_pack_a<T>(Cog, kc, src, K, 1, Wg + blk * wg_block);
       for (index_t ch = 0; ch < chunks; ++ch) {
         const index_t c0 = ch * ik.NR, nr = std::min<index_t>(ik.NR, Cog - c0);
         T* d = Wi + ((gi * chunks + ch) * K + pc) * ik.NR;
@@ -797,7 +794,7 @@ void forward_implicit(T* y, const T* x, const T* w, const T* bias, const Geo& g,
       // Channels × pixels: every sliver of im2col packed into L1 and multiplied at once.
       for (index_t kb = 0; kb < f.kblocks; ++kb) {
         const index_t pc = kb * f.KCb, kc = std::min(f.KCb, K - pc);
-        const T* wp = Wg + gi * K * f.Cog_gemm + pc * f.Cog_gemm;
+        const T* wp = Wg + (gi * f.kblocks + kb) * wg_block;
         prefetch_block_input(xg, g, m0, pb, pc, kc);
         for (index_t s = 0; s < pb; s += f.R) {
           const index_t len = std::min<index_t>(f.R, pb - s);
@@ -964,13 +961,14 @@ void backward_input_col2im(T* dx, const T* dy, const T* w, const Geo& g) {
     const index_t rows = (c1 - c0) * taps;
     T* dxg = dx + (n * g.C_in + gi * Cig) * HW;
     std::fill(dxg + c0 * HW, dxg + c1 * HW, T(0));
-    T* Ap = a_buffer.get(static_cast<std::size_t>(round_up(rows, b.MR) * Cog));
+    const index_t a_block = round_up(rows, b.MR) * b.KC;  // one K block of packed Wᵀ rows
+    T* Ap = a_buffer.get(static_cast<std::size_t>(kblocks * a_block));
     T* Bp = b_buffer.get(static_cast<std::size_t>(round_up(PB, b.NR) * KCb));
     T* col = col_buffer.get(static_cast<std::size_t>(rows * PB));
     const T* wg = w + gi * Cog * K;
     for (index_t kb = 0; kb < kblocks; ++kb) {
       const index_t pc = kb * KCb, kc = std::min(KCb, Cog - pc);
-      gemm_pack_a<T>(rows, kc, wg + pc * K + c0 * taps, 1, K, Ap + pc * round_up(rows, b.MR));
+      gemm_pack_a<T>(rows, kc, wg + pc * K + c0 * taps, 1, K, Ap + kb * a_block);
     }
     const T* dyg = dy + (n * g.C_out + gi * Cog) * P;
     for (index_t q0 = 0; q0 < P; q0 += PB) {
@@ -978,8 +976,7 @@ void backward_input_col2im(T* dx, const T* dy, const T* w, const Geo& g) {
       for (index_t kb = 0; kb < kblocks; ++kb) {
         const index_t pc = kb * KCb, kc = std::min(KCb, Cog - pc);
         gemm_pack_b<T>(kc, pb, dyg + pc * P + q0, P, 1, Bp);
-        gemm_packed_block<T>(rows, pb, kc, T(1), Ap + pc * round_up(rows, b.MR), Bp, kb == 0 ? T(0) : T(1), col,
-                             pb, 1);
+        gemm_packed_block<T>(rows, pb, kc, T(1), Ap + kb * a_block, Bp, kb == 0 ? T(0) : T(1), col, pb, 1);
       }
       for (index_t k = 0; k < rows; ++k) {
         const index_t ci = c0 + k / taps, kh = (k / g.KW) % g.KH, kw = k % g.KW;
@@ -1295,7 +1292,8 @@ std::size_t conv2d_forward_workspace(const Conv2dShape& s, int threads) {
   const Geo g = geo_of(s);
   const ForwardPlan f = plan_forward<T>(g, threads);
   if (f.path != Path::implicit) return 0;
-  const std::size_t weights = static_cast<std::size_t>(g.G * g.K() * (f.Cog_gemm + (f.pixels_on_m ? f.Cop : 0)));
+  const std::size_t weights = static_cast<std::size_t>(
+      f.pixels_on_m ? g.G * g.K() * f.Cop : g.G * f.kblocks * f.Cog_gemm * gemm_blocking<T>().KC);
   const std::size_t per_thread = static_cast<std::size_t>((f.R + 1) * f.KCb + f.PB * f.Cop) +
                                  static_cast<std::size_t>(ceil_div(f.PB, f.R) * (f.R + 1) + g.K()) * sizeof(index_t) / sizeof(T);
   return (weights + per_thread * f.team) * sizeof(T);
