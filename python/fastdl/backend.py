@@ -41,6 +41,11 @@ FAMILY_IMPLEMENTATIONS: dict[str, dict[str, str]] = {
         "cpu": "native: BLIS-style packed GEMM, {level} micro-kernel",
         "cuda": "native: tiled SIMT float32/float64; wmma tensor cores for TF32 (opt-in), float16, bfloat16",
     },
+    "conv2d": {
+        "cpu": "native: implicit GEMM, {level} indirect register tiles (1x1: the GEMM; depthwise: direct "
+               "{level} kernel); pooling native",
+        "cuda": "not yet implemented",
+    },
 }
 _FALLBACKS: dict[tuple[str, str], dict] = {}
 

@@ -373,6 +373,84 @@ PROBLEMS["optim"] = optim_problems
 TIME_FAMILIES = TIME_FAMILIES + ("optim",)
 
 
+# ---- conv2d ---------------------------------------------------------------------------------------
+
+# (name, N, C_in, H, C_out, K, stride, padding, groups): LeNet-5 (MNIST, padded first layer),
+# ResNet-18 layers at batch 8 and 32, a MobileNet-style depthwise 3×3.
+CONV2D_LAYERS = [
+    ("lenet-c1 b64", 64, 1, 28, 6, 5, 1, 2, 1),
+    ("lenet-c2 b64", 64, 6, 14, 16, 5, 1, 0, 1),
+] + [
+    (f"{name} b{n}", n, c_in, h, c_out, k, s, p, 1)
+    for n in (8, 32)
+    for name, c_in, h, c_out, k, s, p in (
+        ("stem7x7s2", 3, 224, 64, 7, 2, 3),
+        ("3x3s1-64", 64, 56, 64, 3, 1, 1),
+        ("3x3s2-128", 64, 56, 128, 3, 2, 1),
+        ("1x1s2-128", 64, 56, 128, 1, 2, 0),
+    )
+] + [
+    ("dw3x3-128 b8", 8, 128, 56, 128, 3, 1, 1, 128),
+]
+# --full adds the deeper ResNet-18 bodies.
+CONV2D_LAYERS_FULL = [
+    (f"{name} b{n}", n, c, h, c, 3, 1, 1, 1)
+    for n in (8, 32)
+    for name, c, h in (("3x3s1-128", 128, 28), ("3x3s1-256", 256, 14), ("3x3s1-512", 512, 7))
+]
+
+
+def conv2d_problems(full: bool = False) -> list[Problem]:
+    """Each layer forward, and forward + backward (grad of input, weight and bias: 3× the FLOPs),
+    float32, against torch.nn.functional.conv2d (oneDNN) when installed."""
+    layers = CONV2D_LAYERS + (CONV2D_LAYERS_FULL if full else [])
+    return [_conv2d_problem(layer, backward) for layer in layers for backward in (False, True)]
+
+
+def _conv2d_problem(layer, backward: bool) -> Problem:
+    name, N, C_in, H, C_out, K, stride, padding, groups = layer
+    OH = kernels.conv2d_output_size(H, K, stride, padding)
+    flops = 2.0 * N * C_out * (C_in // groups) * K * K * OH * OH * (3 if backward else 1)
+
+    def make():
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal((N, C_in, H, H)).astype(np.float32)
+        w = (rng.standard_normal((C_out, C_in // groups, K, K)) * 0.1).astype(np.float32)
+        b = rng.standard_normal(C_out).astype(np.float32)
+        dy = rng.standard_normal((N, C_out, OH, OH)).astype(np.float32)
+        args = (stride, padding, 1, groups)
+
+        def fastdl_fwd():
+            return kernels.conv2d_forward(x, w, b, *args)
+
+        def fastdl_fwd_bwd():
+            kernels.conv2d_forward(x, w, b, *args)
+            kernels.conv2d_backward_input(dy, w, x.shape, *args)
+            return kernels.conv2d_backward_weight(dy, x, w.shape, *args)
+
+        impls = {"fastdl": fastdl_fwd_bwd if backward else fastdl_fwd}
+        torch = _torch()
+        if torch is not None:
+            conv = torch.nn.functional.conv2d
+            tx, tw, tb, tdy = (torch.from_numpy(a) for a in (x, w, b, dy))
+            if backward:
+                tx, tw, tb = (t.clone().requires_grad_() for t in (tx, tw, tb))
+
+                def torch_fwd_bwd():
+                    conv(tx, tw, tb, stride, padding, 1, groups).backward(tdy)
+                    tx.grad = tw.grad = tb.grad = None
+
+                impls["torch"] = torch_fwd_bwd
+            else:
+                impls["torch"] = lambda: conv(tx, tw, tb, stride, padding, 1, groups)
+        return impls
+
+    return Problem("conv2d", f"{name} {'fwd+bwd' if backward else 'fwd'}", flops, make)
+
+
+PROBLEMS["conv2d"] = conv2d_problems
+
+
 def peak_gflops(dtype: str, threads: int) -> float:
     """The measured FMA peak for the ISA in use, in GFLOP/s, on ``threads`` cores."""
     return _C.measure_peak_gflops(cpu_capability(), dtype == "float64", threads, 0.1)
