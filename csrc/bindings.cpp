@@ -389,13 +389,14 @@ PYBIND11_MODULE(_C, m) {
         py::arg("grad_mask"), py::arg("causal"), py::arg("scale"), py::arg("dropout_p"), py::arg("seed"),
         "gradients of attention_forward (P recomputed from lse) into contiguous grad arrays");
   m.def("attention_exp2", &attention_exp2, py::arg("x"), "2^x by the attention kernels' vectorised exp2");
-  m.def("attention_blocking", [](const std::string& dtype) {
+  m.def("attention_blocking", [](const std::string& dtype, index_t D, index_t Dv) {
     FASTDL_CHECK(dtype == "float32" || dtype == "float64", "attention_blocking: dtype must be float32 or float64");
-    const auto b = dtype == "float32" ? fastdl::cpu::attention_blocking<float>() : fastdl::cpu::attention_blocking<double>();
+    const auto b = dtype == "float32" ? fastdl::cpu::attention_blocking<float>(D, Dv)
+                                      : fastdl::cpu::attention_blocking<double>(D, Dv);
     py::dict d;
     d["MR"] = b.MR, d["W"] = b.W, d["Br"] = b.Br, d["Bc"] = b.Bc;
     return d;
-  });
+  }, py::arg("dtype"), py::arg("D") = 64, py::arg("Dv") = 64);
 
   m.def("cuda_info", &cuda_info);
 }

@@ -112,13 +112,14 @@ void attention_backward(const AttentionProblem<T>& p, const T* O, const T* dO, c
 // y = 2^x with the kernels' vectorised exp2 at the current level (for tests).
 template <class T>
 void attention_exp2(const T* x, T* y, index_t n);
-// Micro-tile rows MR, vector width W, query tile Br and key block Bc at the current level.
+// Micro-tile rows MR, vector width W, query tile Br and key block Bc at the current level for
+// head dimensions D (queries/keys) and Dv (values).
 struct AttentionBlocking {
   int MR, W;
   index_t Br, Bc;
 };
 template <class T>
-AttentionBlocking attention_blocking();
+AttentionBlocking attention_blocking(index_t D, index_t Dv);
 
 }  // namespace cpu
 

@@ -11,9 +11,11 @@
 // Bc-key block) owning its dK, dV rows; it sweeps the query tiles of every query head of its group,
 // recomputes P from the LSE and adds its dQ tile under a per-tile lock. Causal: blocks above the
 // diagonal are skipped, only diagonal blocks are masked element by element.
-// Blocking: Br = Bc = 64 (48 on avx2): Q tile, S tile, O accumulator and one K/V block ≈ 50–250 KB per
-// thread (L2). Micro-kernel: MR rows × NV vectors of C in registers (avx512 8×2, avx2 6×2, portable
-// 4×2), A broadcast, B rows vector-loaded. exp2 is a vectorised polynomial (≤ 2 ulp, tested).
+// Blocking: Br = 64 query rows × Bc = 256 keys (avx2 48 × 192; Bc halved for D + Dv > 256 and in
+// float64): the Q tile, S tile and O accumulator (≈ 100–200 KB) stay in L2 while K/V blocks stream
+// through it; long key blocks amortise the per-row softmax work. Micro-kernel: MR rows × NV vectors of
+// C in registers (avx512 8×2, avx2 6×2, portable 4×2), A broadcast, B rows vector-loaded; all five
+// products of the backward use it too. exp2 is a vectorised polynomial (≤ 2 ulp, tested).
 // Cost floor: forward 4·Lq·Lk·D FLOPs per head for Dv = D (half with causal), backward 2.5× that;
 // extra memory O((Lq + Lk)·D) per head plus ≤ 16 MB of packed K/V.
 #include <algorithm>
@@ -187,28 +189,26 @@ inline void tile_gemm(index_t M, index_t N, index_t K, const typename V::T* a, i
 }
 
 // ---- scores of one row of one key block --------------------------------------------------------
-// s[j] = c·s[j] + log2(e)·M_ij for j < valid (−inf where a boolean mask is false), −inf for
-// valid ≤ j < n: the base-2 logits the softmax exponentiates.
+// The Q tile is packed pre-multiplied by scale·log2(e), so S already holds base-2 logits; this adds
+// log2(e)·M_ij for j < valid (−inf where a boolean mask is false) and sets −inf for valid ≤ j < n.
 template <class T>
-inline void scores_row(const AttentionProblem<T>& p, index_t b, index_t h, index_t i, index_t j0, index_t valid,
-                       index_t n, T c, T* __restrict s) {
+inline void mask_row(const AttentionProblem<T>& p, index_t b, index_t h, index_t i, index_t j0, index_t valid,
+                     index_t n, T* __restrict s) {
   const index_t off = b * p.mask_strides[0] + h * p.mask_strides[1] + i * p.mask_strides[2] + j0 * p.mask_strides[3];
   const index_t cs = p.mask_strides[3];
   if (p.mask_kind == AttentionMask::additive) {
     const T* m = static_cast<const T*>(p.mask) + off;
     const T l2e = static_cast<T>(kLog2e);
     if (cs == 1)
-      for (index_t j = 0; j < valid; ++j) s[j] = s[j] * c + m[j] * l2e;
+      for (index_t j = 0; j < valid; ++j) s[j] += m[j] * l2e;
     else
-      for (index_t j = 0; j < valid; ++j) s[j] = s[j] * c + m[j * cs] * l2e;
+      for (index_t j = 0; j < valid; ++j) s[j] += m[j * cs] * l2e;
   } else if (p.mask_kind == AttentionMask::boolean) {
     const std::uint8_t* m = static_cast<const std::uint8_t*>(p.mask) + off;
     if (cs == 1)
-      for (index_t j = 0; j < valid; ++j) s[j] = m[j] ? s[j] * c : kNegInf<T>;
+      for (index_t j = 0; j < valid; ++j) s[j] = m[j] ? s[j] : kNegInf<T>;
     else
-      for (index_t j = 0; j < valid; ++j) s[j] = m[j * cs] ? s[j] * c : kNegInf<T>;
-  } else {
-    for (index_t j = 0; j < valid; ++j) s[j] *= c;
+      for (index_t j = 0; j < valid; ++j) s[j] = m[j * cs] ? s[j] : kNegInf<T>;
   }
   for (index_t j = std::max<index_t>(valid, 0); j < n; ++j) s[j] = kNegInf<T>;
 }
@@ -250,7 +250,7 @@ struct BackwardTask {
 constexpr index_t pad16(index_t n) { return round_up(n, 16); }
 
 index_t forward_workspace(index_t Br, index_t Bc, index_t D, index_t Dvp) {
-  return pad16(D * Br) + pad16(Br * Bc) + pad16(Br * Dvp) + 2 * pad16(Br);
+  return pad16(D * Br) + pad16(Br * Bc) + pad16(Br * Dvp) + pad16(Br) + pad16(Br * 16);
 }
 
 index_t backward_workspace(index_t Br, index_t Bc, index_t D, index_t Dp, index_t Dv, index_t Dvp) {
@@ -270,36 +270,42 @@ struct Attention {
     const index_t Br = t.Br, Bc = t.Bc, D = p.D, Dv = p.Dv, Dvp = round_up(Dv, W);
     const index_t rows = std::min(Br, p.Lq - t.i0), Mr = round_up(rows, MR);
     const index_t bh = t.b * p.NH + t.h;
-    T* QT = t.ws;                     // D × Br: the Q tile transposed, rows ≥ `rows` zero
-    T* S = QT + pad16(D * Br);        // Br × Bc: scores, then probabilities
+    T* Qs = t.ws;                     // Br × D: c·(Q tile), rows ≥ `rows` zero
+    T* S = Qs + pad16(Br * D);        // Br × Bc: base-2 logits, then probabilities
     T* Oacc = S + pad16(Br * Bc);     // Br × Dvp: unnormalised output
-    T* m = Oacc + pad16(Br * Dvp);    // running max (base-2 logits)
-    T* l = m + pad16(Br);             // running sum
+    T* m = Oacc + pad16(Br * Dvp);    // Br: running max of the logits
+    T* l = m + pad16(Br);             // Br × W: running sums, one vector per row
 
+    const T c = static_cast<T>(p.scale * kLog2e);
     const T* Q = p.Q + t.b * p.q_strides[0] + t.h * p.q_strides[1] + t.i0 * p.q_strides[2];
-    for (index_t d = 0; d < D; ++d) {
-      T* dst = QT + d * Br;
-      for (index_t i = 0; i < rows; ++i) dst[i] = Q[i * p.q_strides[2] + d * p.q_strides[3]];
-      std::fill(dst + rows, dst + Mr, T(0));
+    const index_t rsq = p.q_strides[2], csq = p.q_strides[3];
+    for (index_t i = 0; i < rows; ++i) {
+      T* dst = Qs + i * D;
+      const T* src = Q + i * rsq;
+      if (csq == 1)
+        for (index_t d = 0; d < D; ++d) dst[d] = c * src[d];
+      else
+        for (index_t d = 0; d < D; ++d) dst[d] = c * src[d * csq];
     }
+    std::fill(Qs + rows * D, Qs + Mr * D, T(0));
     std::fill(Oacc, Oacc + Mr * Dvp, T(0));
     std::fill(m, m + Mr, kNegInf<T>);
-    std::fill(l, l + Mr, T(0));
+    std::fill(l, l + Mr * W, T(0));
 
     const Dropout<T> drop(p.dropout_p, p.seed);
-    const T c = static_cast<T>(p.scale * kLog2e);
+    const bool masked = p.mask_kind != AttentionMask::none;
     index_t nkb = ceil_div(p.Lk, Bc);
     if (p.causal) nkb = std::min(nkb, ceil_div(t.i0 + rows, Bc));
     for (index_t kb = 0; kb < nkb; ++kb) {
       const index_t j0 = kb * Bc, nk = std::min(Bc, p.Lk - j0), Nk = round_up(nk, W);
-      tile_gemm<V, MR, NV, false>(Mr, Nk, D, QT, Br, t.KT + kb * D * Bc, Bc, S, Bc, false);
+      tile_gemm<V, MR, NV, true>(Mr, Nk, D, Qs, D, t.KT + kb * D * Bc, Bc, S, Bc, false);
       for (index_t i = 0; i < rows; ++i) {
         T* s = S + i * Bc;
         const index_t gi = t.i0 + i, valid = visible_keys(p.causal, gi, j0, nk);
-        scores_row(p, t.b, t.h, gi, j0, valid, Nk, c, s);
-        reg mx = V::set1(kNegInf<T>);
-        for (index_t j = 0; j < Nk; j += W) mx = V::max(mx, V::load(s + j));
-        const T m_new = std::max(m[i], reduce_max<V>(mx));
+        if (masked || valid < Nk) mask_row(p, t.b, t.h, gi, j0, valid, Nk, s);
+        reg mx = V::load(s);
+        for (index_t j = W; j < Nk; j += W) mx = V::max(mx, V::load(s + j));
+        const T m_old = m[i], m_new = std::max(m_old, reduce_max<V>(mx));
         if (m_new == kNegInf<T>) {  // no key of this row takes part so far
           std::fill(s, s + Nk, T(0));
           continue;
@@ -311,15 +317,17 @@ struct Attention {
           V::store(s + j, e);
           sum = V::add(sum, e);
         }
-        const T alpha = std::exp2(m[i] - m_new);
-        l[i] = l[i] * alpha + V::reduce_add(sum);
-        m[i] = m_new;
         if (drop.on) drop.apply(drop.row_key(bh, gi), j0, valid, s, s);
-        if (alpha != T(1)) {
-          const reg av = V::set1(alpha);
-          T* o = Oacc + i * Dvp;
-          for (index_t d = 0; d < Dvp; d += W) V::store(o + d, V::mul(av, V::load(o + d)));
+        if (m_new == m_old) {
+          V::store(l + i * W, V::add(V::load(l + i * W), sum));
+          continue;
         }
+        const T alpha = std::exp2(m_old - m_new);  // 0 while the row was empty
+        const reg av = V::set1(alpha);
+        V::store(l + i * W, V::fmadd(V::load(l + i * W), av, sum));
+        m[i] = m_new;
+        T* o = Oacc + i * Dvp;
+        for (index_t d = 0; d < Dvp; d += W) V::store(o + d, V::mul(av, V::load(o + d)));
       }
       tile_gemm<V, MR, NV, true>(Mr, Dvp, nk, S, Bc, t.Vp + j0 * Dvp, Dvp, Oacc, Dvp, true);
     }
@@ -327,9 +335,10 @@ struct Attention {
     T* O = t.O + (bh * p.Lq + t.i0) * Dv;
     T* LSE = t.LSE + bh * p.Lq + t.i0;
     for (index_t i = 0; i < rows; ++i) {
-      const T inv = l[i] > T(0) ? T(1) / l[i] : T(0);
+      const T li = V::reduce_add(V::load(l + i * W));
+      const T inv = li > T(0) ? T(1) / li : T(0);
       for (index_t d = 0; d < Dv; ++d) O[i * Dv + d] = Oacc[i * Dvp + d] * inv;
-      LSE[i] = l[i] > T(0) ? static_cast<T>((m[i] + std::log2(l[i])) * kLn2) : kNegInf<T>;
+      LSE[i] = li > T(0) ? static_cast<T>((m[i] + std::log2(li)) * kLn2) : kNegInf<T>;
     }
   }
 
@@ -343,7 +352,7 @@ struct Attention {
     T* VT = Kr + pad16(Bc * Dp);       // Dv × Bc: the V block transposed
     T* dKacc = VT + pad16(Dv * Bc);    // Bc × Dp
     T* dVacc = dKacc + pad16(Bc * Dp); // Bc × Dvp
-    T* Qr = dVacc + pad16(Bc * Dvp);   // Br × Dp: a Q tile
+    T* Qr = dVacc + pad16(Bc * Dvp);   // Br × Dp: c·(a Q tile)
     T* dOr = Qr + pad16(Br * Dp);      // Br × Dvp: its dO tile
     T* P = dOr + pad16(Br * Dvp);      // Br × Bc: scores, then P
     T* Pd = P + pad16(Br * Bc);        // Br × Bc: P ⊙ Z (P itself without dropout)
@@ -371,6 +380,7 @@ struct Attention {
 
     const Dropout<T> drop(p.dropout_p, p.seed);
     const T c = static_cast<T>(p.scale * kLog2e), l2e = static_cast<T>(kLog2e), scale = static_cast<T>(p.scale);
+    const bool masked = p.mask_kind != AttentionMask::none;
     const index_t qt_begin = p.causal ? j0 / Br : 0;
     for (index_t h = t.g * group; h < (t.g + 1) * group; ++h) {
       const index_t bh = t.b * p.NH + h;
@@ -382,7 +392,7 @@ struct Attention {
           T* q = Qr + i * Dp;
           T* g = dOr + i * Dvp;
           if (i < rows) {
-            for (index_t d = 0; d < D; ++d) q[d] = Q[i * p.q_strides[2] + d * p.q_strides[3]];
+            for (index_t d = 0; d < D; ++d) q[d] = c * Q[i * p.q_strides[2] + d * p.q_strides[3]];
             std::copy(dO + i * Dv, dO + (i + 1) * Dv, g);
             std::fill(q + D, q + Dp, T(0));
             std::fill(g + Dv, g + Dvp, T(0));
@@ -404,7 +414,7 @@ struct Attention {
             if (Pd != P) std::fill(Pd + i * Bc, Pd + i * Bc + Nk, T(0));
             continue;
           }
-          scores_row(p, t.b, h, gi, j0, valid, Nk, c, s);
+          if (masked || valid < Nk) mask_row(p, t.b, h, gi, j0, valid, Nk, s);
           const reg lv = V::set1(lse[i] * l2e);
           for (index_t j = 0; j < Nk; j += W) V::store(s + j, exp2_vec<V>(V::sub(V::load(s + j), lv)));
           if (Pd != P) {
@@ -443,7 +453,7 @@ struct Attention {
     T* dK = t.dK + ((t.b * p.NHK + t.g) * p.Lk + j0) * D;
     T* dV = t.dV + ((t.b * p.NHK + t.g) * p.Lk + j0) * Dv;
     for (index_t j = 0; j < nk; ++j) {
-      for (index_t d = 0; d < D; ++d) dK[j * D + d] = scale * dKacc[j * Dp + d];
+      for (index_t d = 0; d < D; ++d) dK[j * D + d] = T(kLn2) * dKacc[j * Dp + d];  // Qr holds c·Q, scale/c = ln 2
       std::copy(dVacc + j * Dvp, dVacc + j * Dvp + Dv, dV + j * Dv);
     }
   }
@@ -495,22 +505,27 @@ struct Config {
   void (*exp2)(const T*, T*, index_t);
 };
 
-// Tile sizes per level and dtype, all in one place (see the header for the cache budget).
+// Tile sizes per level and dtype, all in one place (see the header for the cache budget). Key
+// blocks are long (Bc = 4·Br) so the per-row softmax work is amortised over many keys; they are
+// halved when D + Dv > 256 (or in float64) so one K/V block and the dK/dV accumulators stay in L2.
 template <class T>
-Config<T> config_for(CpuCapability level) {
+Config<T> config_for(CpuCapability level, index_t D, index_t Dv) {
+  Config<T> c;
   if constexpr (sizeof(T) == 4) {
     switch (level) {
-      case CpuCapability::avx512: return {8, 16, 64, 64, forward_avx512_f32, backward_avx512_f32, exp2_avx512_f32};
-      case CpuCapability::avx2: return {6, 8, 48, 48, forward_avx2_f32, backward_avx2_f32, exp2_avx2_f32};
-      default: return {4, 4, 64, 64, forward_portable_f32, backward_portable_f32, exp2_portable_f32};
+      case CpuCapability::avx512: c = {8, 16, 64, 256, forward_avx512_f32, backward_avx512_f32, exp2_avx512_f32}; break;
+      case CpuCapability::avx2: c = {6, 8, 48, 192, forward_avx2_f32, backward_avx2_f32, exp2_avx2_f32}; break;
+      default: c = {4, 4, 64, 256, forward_portable_f32, backward_portable_f32, exp2_portable_f32}; break;
     }
   } else {
     switch (level) {
-      case CpuCapability::avx512: return {8, 8, 64, 64, forward_avx512_f64, backward_avx512_f64, exp2_avx512_f64};
-      case CpuCapability::avx2: return {6, 4, 48, 48, forward_avx2_f64, backward_avx2_f64, exp2_avx2_f64};
-      default: return {4, 2, 64, 64, forward_portable_f64, backward_portable_f64, exp2_portable_f64};
+      case CpuCapability::avx512: c = {8, 8, 64, 128, forward_avx512_f64, backward_avx512_f64, exp2_avx512_f64}; break;
+      case CpuCapability::avx2: c = {6, 4, 48, 96, forward_avx2_f64, backward_avx2_f64, exp2_avx2_f64}; break;
+      default: c = {4, 2, 64, 128, forward_portable_f64, backward_portable_f64, exp2_portable_f64}; break;
     }
   }
+  if (D + Dv > 256) c.Bc /= 2;
+  return c;
 }
 
 template <class T>
@@ -564,7 +579,7 @@ template <class T>
 void attention_forward(const AttentionProblem<T>& p, T* O, T* LSE) {
   check_problem(p, "attention_forward");
   if (p.B == 0 || p.NH == 0 || p.Lq == 0) return;
-  const Config<T> cfg = config_for<T>(capability());
+  const Config<T> cfg = config_for<T>(capability(), p.D, p.Dv);
   const index_t Br = cfg.Br, Bc = cfg.Bc, group = p.NH / p.NHK;
   const index_t nqt = ceil_div(p.Lq, Br), nkb = ceil_div(p.Lk, Bc), Dvp = round_up(p.Dv, cfg.W);
   const index_t kt_size = pad16(nkb * Bc * p.D), per_kv = kt_size + pad16(nkb * Bc * Dvp);
@@ -599,7 +614,7 @@ template <class T>
 void attention_backward(const AttentionProblem<T>& p, const T* O, const T* dO, const T* LSE, T* dQ, T* dK, T* dV,
                         T* dM) {
   check_problem(p, "attention_backward");
-  const Config<T> cfg = config_for<T>(capability());
+  const Config<T> cfg = config_for<T>(capability(), p.D, p.Dv);
   const index_t Br = cfg.Br, Bc = cfg.Bc;
   const index_t nqt = ceil_div(p.Lq, Br), nkb = ceil_div(p.Lk, Bc);
   fill_parallel(dQ, p.B * p.NH * p.Lq * p.D);
@@ -639,12 +654,12 @@ void attention_backward(const AttentionProblem<T>& p, const T* O, const T* dO, c
 template <class T>
 void attention_exp2(const T* x, T* y, index_t n) {
   FASTDL_CHECK(n >= 0, "attention_exp2: negative size ", n);
-  config_for<T>(capability()).exp2(x, y, n);
+  config_for<T>(capability(), 0, 0).exp2(x, y, n);
 }
 
 template <class T>
-AttentionBlocking attention_blocking() {
-  const Config<T> cfg = config_for<T>(capability());
+AttentionBlocking attention_blocking(index_t D, index_t Dv) {
+  const Config<T> cfg = config_for<T>(capability(), D, Dv);
   return {cfg.MR, cfg.W, cfg.Br, cfg.Bc};
 }
 
@@ -653,7 +668,7 @@ AttentionBlocking attention_blocking() {
   template void attention_backward<T>(const AttentionProblem<T>&, const T*, const T*, const T*, T*, T*, T*, \
                                       T*);                                                              \
   template void attention_exp2<T>(const T*, T*, index_t);                                               \
-  template AttentionBlocking attention_blocking<T>();
+  template AttentionBlocking attention_blocking<T>(index_t, index_t);
 FASTDL_INSTANTIATE_ATTENTION(float)
 FASTDL_INSTANTIATE_ATTENTION(double)
 #undef FASTDL_INSTANTIATE_ATTENTION
