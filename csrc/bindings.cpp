@@ -140,6 +140,7 @@ void matmul_batched(const py::array& a, const py::array& b, py::array out) {
 
 // ---- attention ---------------------------------------------------------------------------------
 bool c_contiguous(const py::array& a) {
+  if (a.size() == 0) return true;
   py::ssize_t expected = a.itemsize();
   for (py::ssize_t d = a.ndim() - 1; d >= 0; --d) {
     if (a.shape(d) != 1 && a.strides(d) != expected) return false;

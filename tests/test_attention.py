@@ -1,0 +1,540 @@
+"""Attention family: fastdl.kernels.attention_forward / attention_backward (fused flash attention)
+against a float64 NumPy reference and PyTorch, on every CPU level; F.scaled_dot_product_attention
+and nn.MultiheadAttention on top of them."""
+import math
+
+import numpy as np
+import pytest
+
+import fastdl
+from fastdl import kernels
+from fastdl.backend import _C
+
+from .helpers import assert_close, randn
+
+try:
+    import torch
+except ImportError:  # pragma: no cover - torch is the optional second reference
+    torch = None
+
+DTYPES = (np.float32, np.float64)
+HEAD_DIMS = (1, 3, 16, 17, 64, 80, 128, 256)
+LENGTHS = (1, 2, 7, 63, 64, 65, 257, 1000)
+
+
+# ---- the float64 reference ------------------------------------------------------------------------
+
+def _expand_gqa(q, x):
+    if x.ndim >= 3 and q.ndim >= 3 and q.shape[-3] != x.shape[-3]:
+        return np.repeat(x, q.shape[-3] // x.shape[-3], axis=-3)
+    return x
+
+
+def _scores(q, k, mask, causal, scale):
+    q, k = q.astype(np.float64), k.astype(np.float64)
+    k = _expand_gqa(q, k)
+    scale = 1 / math.sqrt(q.shape[-1]) if scale is None else scale
+    s = q @ np.swapaxes(k, -1, -2) * scale
+    L, S = s.shape[-2:]
+    if causal:
+        s = np.where(np.tril(np.ones((L, S), bool)), s, -np.inf)
+    if mask is not None:
+        s = np.where(mask, s, -np.inf) if mask.dtype == np.bool_ else s + mask.astype(np.float64)
+    return s
+
+
+def _softmax(s):
+    m = s.max(-1, keepdims=True)
+    m = np.where(np.isfinite(m), m, 0.0)
+    e = np.exp(s - m)
+    l = e.sum(-1, keepdims=True)
+    p = np.where(l > 0, e / np.where(l > 0, l, 1), 0.0)
+    lse = np.where(l[..., 0] > 0, np.log(np.where(l[..., 0] > 0, l[..., 0], 1)) + m[..., 0], -np.inf)
+    return p, lse
+
+
+def reference(q, k, v, mask=None, causal=False, scale=None):
+    """out, lse, P in float64: softmax over keys, fully masked rows → 0 (lse −inf)."""
+    p, lse = _softmax(_scores(q, k, mask, causal, scale))
+    return p @ _expand_gqa(q, v).astype(np.float64), lse, p
+
+
+def _sum_to(g, shape):
+    lead = g.ndim - len(shape)
+    g = g.sum(axis=tuple(range(lead))) if lead else g
+    axes = tuple(i for i, n in enumerate(shape) if n == 1 and g.shape[i] != 1)
+    return g.sum(axis=axes, keepdims=True) if axes else g
+
+
+def _sum_gqa(g, x):
+    if g.shape[-3:] != x.shape[-3:] and x.ndim >= 3 and g.shape[-3] != x.shape[-3]:
+        g = g.reshape(g.shape[:-3] + (x.shape[-3], -1) + g.shape[-2:]).sum(-3)
+    return _sum_to(g, x.shape)
+
+
+def reference_grads(grad_out, q, k, v, mask=None, causal=False, scale=None):
+    """dq, dk, dv, dmask of sum(grad_out · out) in float64 (analytic softmax backward)."""
+    scale = 1 / math.sqrt(q.shape[-1]) if scale is None else scale
+    _, _, p = reference(q, k, v, mask, causal, scale)
+    g = grad_out.astype(np.float64)
+    kk, vv = _expand_gqa(q, k).astype(np.float64), _expand_gqa(q, v).astype(np.float64)
+    dv = np.swapaxes(p, -1, -2) @ g
+    dp = g @ np.swapaxes(vv, -1, -2)
+    ds = p * (dp - (dp * p).sum(-1, keepdims=True))
+    dq = ds @ kk * scale
+    dk = np.swapaxes(ds, -1, -2) @ q.astype(np.float64) * scale
+    dmask = None if mask is None or mask.dtype == np.bool_ else _sum_to(ds, mask.shape)
+    return _sum_to(dq, q.shape), _sum_gqa(dk, k), _sum_gqa(dv, v), dmask
+
+
+def make(rng, dtype, qshape, kshape, vshape):
+    return randn(rng, qshape, dtype), randn(rng, kshape, dtype), randn(rng, vshape, dtype)
+
+
+def check_forward(q, k, v, mask=None, causal=False, scale=None, enable_gqa=False):
+    out, lse = kernels.attention_forward(q, k, v, mask, is_causal=causal, scale=scale, enable_gqa=enable_gqa)
+    ref, ref_lse, _ = reference(q, k, v, mask, causal, scale)
+    assert out.shape == ref.shape and out.dtype == q.dtype and lse.shape == ref_lse.shape
+    assert_close(out, ref, q.dtype, k.shape[-2] + q.shape[-1])
+    finite = np.isfinite(ref_lse)
+    assert np.array_equal(np.isfinite(lse), finite)
+    assert_close(lse[finite], ref_lse[finite], q.dtype, k.shape[-2] + q.shape[-1],
+                 scale=max(1.0, float(np.abs(ref_lse[finite]).max(initial=0))))
+    return out, lse
+
+
+def check_backward(rng, q, k, v, mask=None, causal=False, scale=None, enable_gqa=False):
+    out, lse = kernels.attention_forward(q, k, v, mask, is_causal=causal, scale=scale, enable_gqa=enable_gqa)
+    grad_out = randn(rng, out.shape, q.dtype)
+    mask_grad = mask is not None and mask.dtype != np.bool_
+    grads = kernels.attention_backward(grad_out, q, k, v, out, lse, mask, is_causal=causal, scale=scale,
+                                       enable_gqa=enable_gqa, mask_grad=mask_grad)
+    refs = reference_grads(grad_out, q, k, v, mask, causal, scale)
+    k_len = k.shape[-2] + q.shape[-1] + v.shape[-1]
+    for name, got, want, like in zip(("q", "k", "v", "mask"), grads, refs, (q, k, v, mask)):
+        assert got.shape == like.shape and got.dtype == q.dtype, name
+        assert_close(got, want, q.dtype, k_len, scale=max(1.0, float(np.abs(want).max())))
+    return grads
+
+
+# ---- the vectorised exp2 -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_exp2_accuracy(cpu_level, dtype):
+    # ≤ 2 ulp over the softmax's range (x ≤ 0, plus the small positive rounding slack), exactly 0
+    # below the smallest normal exponent and for −inf.
+    lo = -126.0 if dtype == np.float32 else -1022.0
+    x = np.concatenate([np.linspace(lo, 1.0, 200_001), np.random.default_rng(0).uniform(-20, 0, 10_000)]).astype(dtype)
+    y = _C.attention_exp2(x)
+    exact = np.exp2(x.astype(np.float64))
+    rel = np.abs(y.astype(np.float64) - exact) / exact
+    assert rel.max() <= 2 * np.finfo(dtype).eps, rel.max()
+    below = np.array([lo - 1.0, lo * 2, -np.inf], dtype)
+    assert np.all(_C.attention_exp2(below) == 0)
+    assert np.all(_C.attention_exp2(np.zeros(37, dtype)) == 1)
+
+
+# ---- forward and backward against the reference ----------------------------------------------------
+
+SHAPE_PAIRS = [(1, 1), (2, 7), (7, 2), (63, 64), (64, 65), (65, 63), (257, 1000), (1000, 257), (1, 1000), (1000, 1)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("D", HEAD_DIMS)
+def test_forward_head_dims_and_lengths(cpu_level, dtype, D):
+    rng = np.random.default_rng(D)
+    for n, (L, S) in enumerate(SHAPE_PAIRS):
+        if D >= 128 and L * S > 70_000 and cpu_level == "portable":
+            continue  # the portable path covers these sizes at D ≤ 80
+        q, k, v = make(rng, dtype, (1, 2, L, D), (1, 2, S, D), (1, 2, S, D))
+        check_forward(q, k, v, causal=n % 2 == 1)
+
+
+def test_every_length_both_sides():
+    rng = np.random.default_rng(1)
+    for L in LENGTHS:
+        for S in LENGTHS:
+            q, k, v = make(rng, np.float32, (1, 1, L, 17), (1, 1, S, 17), (1, 1, S, 9))
+            check_forward(q, k, v, causal=(L + S) % 2 == 0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("D,Dv", [(1, 1), (3, 5), (17, 16), (64, 64), (80, 80), (128, 128), (256, 256)])
+def test_backward_head_dims(cpu_level, dtype, D, Dv):
+    rng = np.random.default_rng(D + 1000)
+    for n, (L, S) in enumerate([(1, 1), (7, 2), (65, 63), (64, 257), (130, 65)]):
+        q, k, v = make(rng, dtype, (2, 1, L, D), (2, 1, S, D), (2, 1, S, Dv))
+        check_backward(rng, q, k, v, causal=n % 2 == 0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_backward_long_sequences(dtype):
+    rng = np.random.default_rng(3)
+    for causal in (False, True):
+        q, k, v = make(rng, dtype, (1, 2, 1000, 64), (1, 2, 1000, 64), (1, 2, 1000, 64))
+        check_backward(rng, q, k, v, causal=causal)
+    q, k, v = make(rng, dtype, (1, 1, 257, 64), (1, 1, 1000, 64), (1, 1, 1000, 32))
+    check_backward(rng, q, k, v, causal=True)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_causal_with_l_not_s_is_top_left_aligned(cpu_level, dtype):
+    # PyTorch's is_causal: key j takes part for query i when j ≤ i, whatever L and S.
+    rng = np.random.default_rng(4)
+    for L, S in [(5, 9), (9, 5), (1, 300), (300, 1), (70, 300), (300, 70)]:
+        q, k, v = make(rng, dtype, (3, L, 8), (3, S, 8), (3, S, 4))
+        out, _ = check_forward(q, k, v, causal=True)
+        assert_close(out[:, 0], v[:, 0].astype(np.float64), dtype, 1)   # query 0 sees key 0 only
+        check_backward(rng, q, k, v, causal=True)
+
+
+# ---- masks ---------------------------------------------------------------------------------------------
+
+MASK_SHAPES = [(33, 70), (2, 3, 33, 70), (2, 1, 33, 70), (1, 3, 1, 70), (33, 1), (3, 33, 70)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind", ["bool", "additive"])
+@pytest.mark.parametrize("mask_shape", MASK_SHAPES)
+def test_masks_broadcast(cpu_level, dtype, kind, mask_shape):
+    rng = np.random.default_rng(5)
+    q, k, v = make(rng, dtype, (2, 3, 33, 24), (2, 3, 70, 24), (2, 3, 70, 16))
+    if kind == "bool":
+        mask = rng.random(mask_shape) > 0.4
+    else:
+        mask = (rng.standard_normal(mask_shape) * 2).astype(dtype)
+        mask[rng.random(mask_shape) < 0.2] = -np.inf
+    for causal in (False, True):
+        check_forward(q, k, v, mask, causal=causal)
+    check_backward(rng, q, k, v, mask, causal=True)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind", ["bool", "additive"])
+def test_fully_masked_rows_give_zeros_and_zero_gradients(cpu_level, dtype, kind):
+    rng = np.random.default_rng(6)
+    L, S = 70, 300
+    q, k, v = make(rng, dtype, (2, 2, L, 32), (2, 2, S, 32), (2, 2, S, 32))
+    keep = rng.random((2, 2, L, S)) > 0.5
+    keep[:, :, [0, 5, 64, 69]] = False              # rows with no key at all
+    keep[0, 1, 33, 299] = True                        # a row with a single key, the last one
+    keep[0, 1, 33, :299] = False
+    mask = keep if kind == "bool" else np.where(keep, 0.0, -np.inf).astype(dtype)
+    out, lse = check_forward(q, k, v, mask)
+    assert np.all(out[:, :, [0, 5, 64, 69]] == 0) and np.all(np.isneginf(lse[:, :, [0, 5, 64, 69]]))
+    assert_close(out[0, 1, 33], v[0, 1, 299].astype(np.float64), dtype, 1)
+    gq, gk, gv, *rest = check_backward(rng, q, k, v, mask)
+    assert np.all(np.isfinite(gq)) and np.all(np.isfinite(gk)) and np.all(np.isfinite(gv))
+    assert np.all(gq[:, :, [0, 5, 64, 69]] == 0)
+    # a row masked out only by the causal mask and a key-padding mask together
+    pad = np.ones((2, 1, 1, S), bool)
+    pad[..., 0] = False
+    out, _ = check_forward(q, k, v, pad, causal=True)
+    assert np.all(out[:, :, 0] == 0)
+
+
+def test_mask_broadcast_along_keys_zero_column_stride():
+    rng = np.random.default_rng(7)
+    q, k, v = make(rng, np.float64, (1, 2, 9, 8), (1, 2, 11, 8), (1, 2, 11, 8))
+    check_forward(q, k, v, randn(rng, (1, 2, 9, 1), np.float64))
+    check_backward(rng, q, k, v, randn(rng, (9, 1), np.float64))
+
+
+# ---- heads, batches, layouts ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("hq,hk", [(8, 2), (6, 3), (4, 1), (5, 5)])
+def test_grouped_query_attention(cpu_level, dtype, hq, hk):
+    rng = np.random.default_rng(8)
+    q, k, v = make(rng, dtype, (2, hq, 65, 16), (2, hk, 130, 16), (2, hk, 130, 24))
+    mask = rng.random((65, 130)) > 0.3
+    check_forward(q, k, v, enable_gqa=True)
+    check_forward(q, k, v, mask, causal=True, enable_gqa=True)
+    check_backward(rng, q, k, v, causal=True, enable_gqa=True)
+    check_backward(rng, q, k, v, randn(rng, (2, hq, 65, 130), dtype), enable_gqa=True)
+
+
+@pytest.mark.parametrize("qs,ks,vs", [
+    ((2, 3, 10, 8), (1, 3, 12, 8), (2, 1, 12, 5)),     # batch and head broadcasting
+    ((10, 8), (12, 8), (12, 5)),                      # unbatched
+    ((4, 10, 8), (1, 12, 8), (4, 12, 5)),             # 3-D
+    ((2, 2, 3, 10, 8), (2, 1, 3, 12, 8), (1, 2, 3, 12, 5)),  # 5-D, broadcasting that needs a copy
+    ((3, 10, 8), (2, 1, 12, 8), (12, 5)),             # the batch grows from key
+])
+def test_batch_and_head_broadcasting(cpu_level, qs, ks, vs):
+    rng = np.random.default_rng(9)
+    q, k, v = make(rng, np.float64, qs, ks, vs)
+    check_forward(q, k, v, causal=True)
+    check_backward(rng, q, k, v)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_noncontiguous_inputs(cpu_level, dtype):
+    rng = np.random.default_rng(10)
+    # (B, L, H, E) projections viewed as (B, H, L, E), as multi-head attention produces them
+    q = randn(rng, (2, 40, 3, 20), dtype).transpose(0, 2, 1, 3)
+    k = randn(rng, (2, 50, 3, 20), dtype).transpose(0, 2, 1, 3)
+    v = randn(rng, (2, 50, 3, 12), dtype).transpose(0, 2, 1, 3)
+    check_forward(q, k, v)
+    check_backward(rng, q, k, v, causal=True)
+    # sliced, reversed and column-strided views
+    big = randn(rng, (3, 90, 40), dtype)
+    q, k, v = big[:, ::2, ::2], big[::-1, 10:80, 1::2], big[:, ::-1, :7][:, :70]
+    mask = (rng.random((2, 3, 45, 140)) > 0.2)[1, :, :, ::2]
+    check_forward(q, k, v, mask, causal=True)
+    check_backward(rng, q, k, v, mask)
+
+
+def test_scale_argument_and_zero_sizes():
+    rng = np.random.default_rng(11)
+    q, k, v = make(rng, np.float64, (2, 9, 6), (2, 13, 6), (2, 13, 4))
+    check_forward(q, k, v, scale=0.3)
+    check_backward(rng, q, k, v, scale=2.5)
+    check_forward(q, k, v, scale=0.0)               # uniform attention
+    out, lse = kernels.attention_forward(np.ones((2, 0, 6)), np.ones((2, 5, 6)), np.ones((2, 5, 4)))
+    assert out.shape == (2, 0, 4) and lse.shape == (2, 0)
+    out, lse = kernels.attention_forward(np.ones((2, 3, 6)), np.ones((2, 0, 6)), np.ones((2, 0, 4)))
+    assert np.all(out == 0) and np.all(np.isneginf(lse))
+    gq, gk, gv = kernels.attention_backward(np.ones((2, 3, 4)), np.ones((2, 3, 6)), np.ones((2, 0, 6)),
+                                            np.ones((2, 0, 4)), out, lse)
+    assert np.all(gq == 0) and gk.shape == (2, 0, 6)
+    out, _ = kernels.attention_forward(np.ones((0, 3, 6)), np.ones((0, 5, 6)), np.ones((0, 5, 4)))
+    assert out.shape == (0, 3, 4)
+
+
+def test_threads_agree(threads):
+    rng = np.random.default_rng(12)
+    q, k, v = make(rng, np.float32, (3, 4, 300, 64), (3, 2, 500, 64), (3, 2, 500, 64))
+    results = []
+    for n in (1, 2):
+        fastdl.set_num_threads(n)
+        out, lse = kernels.attention_forward(q, k, v, is_causal=True, enable_gqa=True)
+        grads = kernels.attention_backward(np.ones_like(out), q, k, v, out, lse, is_causal=True, enable_gqa=True)
+        results.append((out, lse) + grads)
+    # The forward's tasks are independent: bitwise equal. dQ sums key blocks in thread order.
+    np.testing.assert_array_equal(results[0][0], results[1][0])
+    np.testing.assert_array_equal(results[0][1], results[1][1])
+    for a, b in zip(results[0][2:], results[1][2:]):
+        assert_close(a, b, np.float32, 500, scale=float(np.abs(b).max()))
+
+
+def test_levels_agree():
+    rng = np.random.default_rng(13)
+    q, k, v = make(rng, np.float64, (2, 2, 100, 40), (2, 2, 150, 40), (2, 2, 150, 40))
+    previous = fastdl.cpu_capability()
+    outs = []
+    try:
+        for level in ("portable", "avx2", "avx512")[: ("portable", "avx2", "avx512").index(_C.detected_cpu_capability()) + 1]:
+            fastdl.set_cpu_capability(level)
+            outs.append(kernels.attention_forward(q, k, v, is_causal=True)[0])
+    finally:
+        fastdl.set_cpu_capability(previous)
+    for o in outs:
+        assert_close(o, outs[0], np.float64, 150)
+
+
+def test_blocking_is_consistent():
+    for dtype in ("float32", "float64"):
+        for D in (64, 256):
+            b = _C.attention_blocking(dtype, D, D)
+            assert b["Br"] % b["MR"] == 0 and b["Bc"] % b["MR"] == 0 and b["Bc"] % b["W"] == 0
+
+
+# ---- float64 finite-difference gradient checks ----------------------------------------------------------
+
+def _numeric_grad(f, x, eps=1e-6):
+    g = np.zeros_like(x)
+    it = np.nditer(x, flags=["multi_index"])
+    for _ in it:
+        i = it.multi_index
+        old = x[i]
+        x[i] = old + eps
+        fp = f()
+        x[i] = old - eps
+        fm = f()
+        x[i] = old
+        g[i] = (fp - fm) / (2 * eps)
+    return g
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("gqa", [False, True])
+def test_gradcheck_float64(causal, gqa):
+    rng = np.random.default_rng(14)
+    q = rng.standard_normal((1, 4, 5, 3))
+    k = rng.standard_normal((1, 2 if gqa else 4, 6, 3))
+    v = rng.standard_normal((1, 2 if gqa else 4, 6, 2))
+    mask = rng.standard_normal((5, 6))
+    mask[1, 2] = -np.inf
+    w = rng.standard_normal((1, 4, 5, 2))
+
+    def loss():
+        out, _ = kernels.attention_forward(q, k, v, mask, is_causal=causal, enable_gqa=gqa)
+        return float((out * w).sum())
+
+    out, lse = kernels.attention_forward(q, k, v, mask, is_causal=causal, enable_gqa=gqa)
+    grads = kernels.attention_backward(w, q, k, v, out, lse, mask, is_causal=causal, enable_gqa=gqa, mask_grad=True)
+    for x, g in zip((q, k, v, mask), grads):
+        numeric = _numeric_grad(loss, x)
+        finite = np.isfinite(x)
+        np.testing.assert_allclose(g[finite], numeric[finite], rtol=1e-5, atol=1e-7)
+        assert np.all(g[~finite] == 0)
+
+
+def test_gradcheck_with_dropout_fixed_seed():
+    # With a fixed seed the dropout mask is a constant, so the backward is the exact gradient.
+    rng = np.random.default_rng(15)
+    q, k, v = rng.standard_normal((2, 7, 4)), rng.standard_normal((2, 9, 4)), rng.standard_normal((2, 9, 3))
+    w = rng.standard_normal((2, 7, 3))
+
+    def loss():
+        return float((kernels.attention_forward(q, k, v, dropout_p=0.4, seed=1234)[0] * w).sum())
+
+    out, lse = kernels.attention_forward(q, k, v, dropout_p=0.4, seed=1234)
+    grads = kernels.attention_backward(w, q, k, v, out, lse, dropout_p=0.4, seed=1234)
+    for x, g in zip((q, k, v), grads):
+        np.testing.assert_allclose(g, _numeric_grad(loss, x), rtol=1e-5, atol=1e-7)
+
+
+# ---- dropout --------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_dropout_keeps_one_minus_p_scaled(cpu_level, dtype):
+    # With V = I (Ev = S) the output rows are the dropped-out probabilities themselves.
+    rng = np.random.default_rng(16)
+    L, S, p = 300, 260, 0.3
+    q, k = randn(rng, (2, L, 16), dtype), randn(rng, (2, S, 16), dtype)
+    v = np.broadcast_to(np.eye(S, dtype=dtype), (2, S, S))
+    out, _ = kernels.attention_forward(q, k, v, dropout_p=p, seed=99)
+    _, _, probs = reference(q, k, v)
+    kept = out != 0
+    assert abs(kept.mean() - (1 - p)) < 0.01
+    assert_close(out[kept], probs[kept] / (1 - p), dtype, S, scale=float(probs.max() / (1 - p)))
+    again, _ = kernels.attention_forward(q, k, v, dropout_p=p, seed=99)
+    np.testing.assert_array_equal(out, again)
+    other, _ = kernels.attention_forward(q, k, v, dropout_p=p, seed=100)
+    assert 0.5 < ((other != 0) == kept).mean() < 0.7       # independent masks agree ≈ p² + (1−p)²
+    # rows and heads do not share a pattern
+    assert not np.array_equal(kept[0, 0], kept[0, 1]) and not np.array_equal(kept[0], kept[1])
+
+
+def test_dropout_mask_independent_of_level_and_threads(threads):
+    rng = np.random.default_rng(17)
+    q, k, v = make(rng, np.float64, (2, 2, 100, 8), (2, 2, 120, 8), (2, 2, 120, 8))
+    ref = kernels.attention_forward(q, k, v, dropout_p=0.5, seed=7)[0]
+    previous = fastdl.cpu_capability()
+    try:
+        for level in ("portable", "avx2", "avx512")[: ("portable", "avx2", "avx512").index(_C.detected_cpu_capability()) + 1]:
+            fastdl.set_cpu_capability(level)
+            for n in (1, 2):
+                fastdl.set_num_threads(n)
+                out = kernels.attention_forward(q, k, v, dropout_p=0.5, seed=7)[0]
+                assert np.array_equal(out != 0, ref != 0)
+                assert_close(out, ref, np.float64, 120)
+    finally:
+        fastdl.set_cpu_capability(previous)
+
+
+# ---- PyTorch as a second reference ---------------------------------------------------------------------
+
+needs_torch = pytest.mark.skipif(torch is None, reason="PyTorch is not installed")
+
+
+@needs_torch
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", [
+    dict(q=(2, 4, 65, 64), k=(2, 4, 63, 64), v=(2, 4, 63, 64)),
+    dict(q=(2, 4, 65, 80), k=(2, 4, 257, 80), v=(2, 4, 257, 80), causal=True),
+    dict(q=(2, 4, 257, 17), k=(2, 4, 65, 17), v=(2, 4, 65, 3), causal=True),
+    dict(q=(1, 8, 64, 32), k=(1, 2, 100, 32), v=(1, 2, 100, 32), gqa=True, causal=True),
+    dict(q=(3, 2, 40, 16), k=(3, 2, 50, 16), v=(3, 2, 50, 16), mask="bool"),
+    dict(q=(3, 2, 40, 16), k=(3, 2, 50, 16), v=(3, 2, 50, 16), mask="additive", scale=0.7),
+    dict(q=(3, 2, 40, 16), k=(3, 2, 50, 16), v=(3, 2, 50, 16), mask="bool", causal=True),
+])
+def test_matches_torch(cpu_level, dtype, case):
+    rng = np.random.default_rng(18)
+    q, k, v = make(rng, dtype, case["q"], case["k"], case["v"])
+    L, S = case["q"][-2], case["k"][-2]
+    mask = None
+    if case.get("mask") == "bool":
+        mask = rng.random((L, S)) > 0.3
+    elif case.get("mask") == "additive":
+        mask = randn(rng, (1, 1, L, S), dtype)
+    kw = dict(is_causal=case.get("causal", False), scale=case.get("scale"), enable_gqa=case.get("gqa", False))
+    out, lse = kernels.attention_forward(q, k, v, mask, **kw)
+    grad = randn(rng, out.shape, dtype)
+    grads = kernels.attention_backward(grad, q, k, v, out, lse, mask, **kw)
+    tq, tk, tv = (torch.tensor(x, dtype=torch.float64, requires_grad=True) for x in (q, k, v))
+    tmask = None if mask is None else torch.from_numpy(mask if mask.dtype == np.bool_ else mask.astype(np.float64))
+    tout = torch.nn.functional.scaled_dot_product_attention(tq, tk, tv, attn_mask=tmask, **kw)
+    tout.backward(torch.from_numpy(grad.astype(np.float64)))
+    k_len = S + case["q"][-1] + case["v"][-1]
+    assert_close(out, tout.detach().numpy(), dtype, k_len)
+    for got, t in zip(grads, (tq, tk, tv)):
+        assert_close(got, t.grad.numpy(), dtype, k_len, scale=max(1.0, float(t.grad.abs().max())))
+
+
+# ---- bad input -------------------------------------------------------------------------------------------
+
+def _a(*shape, dtype=np.float32):
+    return np.ones(shape, dtype)
+
+
+BAD_ATTENTION = [
+    (lambda: kernels.attention_forward(_a(2, 4, 8), _a(2, 5, 7), _a(2, 5, 8)), ValueError, "(2, 5, 7)"),
+    (lambda: kernels.attention_forward(_a(2, 4, 8), _a(2, 5, 8), _a(2, 6, 8)), ValueError, "lengths differ"),
+    (lambda: kernels.attention_forward(_a(2, 4, 8), _a(3, 5, 8), _a(3, 5, 8)), ValueError, "do not broadcast"),
+    (lambda: kernels.attention_forward(_a(1, 6, 4, 8), _a(1, 4, 5, 8), _a(1, 4, 5, 8), enable_gqa=True),
+     ValueError, "enable_gqa"),
+    (lambda: kernels.attention_forward(_a(1, 6, 4, 8), _a(1, 3, 5, 8), _a(1, 2, 5, 8), enable_gqa=True),
+     ValueError, "(1, 2, 5, 8)"),
+    (lambda: kernels.attention_forward(_a(1, 6, 4, 8), _a(1, 3, 5, 8), _a(1, 3, 5, 8)), ValueError, "broadcast"),
+    (lambda: kernels.attention_forward(_a(8), _a(5, 8), _a(5, 8)), ValueError, "at least 2 dimensions"),
+    (lambda: kernels.attention_forward(_a(4, 8), _a(5, 8), _a(5, 8, dtype=np.float64)), TypeError, "dtypes differ"),
+    (lambda: kernels.attention_forward(_a(4, 8, dtype=np.int64), _a(5, 8), _a(5, 8)), TypeError, "int64"),
+    (lambda: kernels.attention_forward(_a(4, 8), _a(5, 8), _a(5, 8), _a(4, 6)), ValueError, "(4, 6)"),
+    (lambda: kernels.attention_forward(_a(4, 8), _a(5, 8), _a(5, 8), _a(2, 4, 5)), ValueError, "does not broadcast"),
+    (lambda: kernels.attention_forward(_a(4, 8), _a(5, 8), _a(5, 8), _a(4, 5, dtype=np.float64)), TypeError,
+     "attn_mask must be bool or float32"),
+    (lambda: kernels.attention_forward(_a(4, 8), _a(5, 8), _a(5, 8), _a(4, 5, dtype=np.int32)), TypeError, "int32"),
+    (lambda: kernels.attention_forward(_a(4, 8), _a(5, 8), _a(5, 8), dropout_p=1.0), ValueError, "dropout_p"),
+    (lambda: kernels.attention_backward(_a(4, 3), _a(4, 8), _a(5, 8), _a(5, 8), _a(4, 8), _a(4)), ValueError,
+     "grad_out must be float32 of shape (4, 8)"),
+    (lambda: kernels.attention_backward(_a(4, 8), _a(4, 8), _a(5, 8), _a(5, 8), _a(4, 8), _a(4), _a(4, 5, dtype=bool),
+                                        mask_grad=True), ValueError, "mask_grad"),
+]
+
+
+@pytest.mark.parametrize("call,exc,words", BAD_ATTENTION)
+def test_attention_bad_input(call, exc, words):
+    with pytest.raises(exc) as info:
+        call()
+    assert words in str(info.value)
+    assert "attention" in str(info.value)
+
+
+def test_native_attention_checks_shapes_itself():
+    q, k, v = _a(1, 2, 4, 8), _a(1, 2, 5, 8), _a(1, 2, 5, 8)
+    out, lse = np.empty((1, 2, 4, 8), np.float32), np.empty((1, 2, 4), np.float32)
+    with pytest.raises(ValueError, match="4-D"):
+        _C.attention_forward(q[0], k, v, None, out, lse, False, 1.0, 0.0, 0)
+    with pytest.raises(ValueError, match="shapes do not match"):
+        _C.attention_forward(q, _a(1, 2, 5, 7), v, None, out, lse, False, 1.0, 0.0, 0)
+    with pytest.raises(ValueError, match="heads"):
+        _C.attention_forward(_a(1, 3, 4, 8), k, v, None, np.empty((1, 3, 4, 8), np.float32),
+                             np.empty((1, 3, 4), np.float32), False, 1.0, 0.0, 0)
+    with pytest.raises(ValueError, match="out must have shape"):
+        _C.attention_forward(q, k, v, None, np.empty((1, 2, 4, 7), np.float32), lse, False, 1.0, 0.0, 0)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        _C.attention_forward(q, k, v, None, np.empty((1, 2, 8, 4), np.float32).swapaxes(2, 3), lse, False, 1.0, 0.0, 0)
+    with pytest.raises(ValueError, match="mask"):
+        _C.attention_forward(q, k, v, _a(1, 2, 4, 4, dtype=bool), out, lse, False, 1.0, 0.0, 0)
+    with pytest.raises(TypeError, match="mask must be bool or float32"):
+        _C.attention_forward(q, k, v, _a(1, 2, 4, 5, dtype=np.float64), out, lse, False, 1.0, 0.0, 0)
+    with pytest.raises(ValueError, match="dropout_p"):
+        _C.attention_forward(q, k, v, None, out, lse, False, 1.0, 1.5, 0)
+    with pytest.raises(ValueError, match="read-only"):
+        ro = np.empty((1, 2, 4, 8), np.float32)
+        ro.flags.writeable = False
+        _C.attention_forward(q, k, v, None, ro, lse, False, 1.0, 0.0, 0)
+
