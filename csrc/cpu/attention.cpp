@@ -1,23 +1,17 @@
-// Attention: O = dropout(softmax(scale·Q·Kᵀ + M))·V per (batch, head), fused (FlashAttention-2).
-//
-// Formula: S = scale·Q·Kᵀ + M (M additive, or 0/−inf from a boolean and/or causal mask), P = softmax
-// over keys, O = (P ⊙ Z)·V with Z ∈ {0, 1/(1−p)} the dropout mask, LSE_i = log Σ_j exp S_ij.
-// Backward: dV = (P⊙Z)ᵀ·dO, dP = dO·Vᵀ, dS = (P⊙Z) ⊙ dP − P·rowsum(dO ⊙ O), dQ = scale·dS·K,
-// dK = scale·dSᵀ·Q, dM = dS. Rows whose mask removes every key give O = 0, LSE = −inf, zero gradients.
-// Algorithm (Dao, "FlashAttention-2", 2023). Forward: one task per (batch·head, Br query rows); per
-// Bc-key block S_blk = Q_tile·K_blkᵀ, online softmax (running max m and sum l; O rescaled by
-// 2^(m_old − m_new)), O += P·V_blk; the Lq×Lk matrix never exists; LSE is saved. K (transposed) and V
-// are packed once per kv head, a few MB of kv heads at a time. Backward: one task per (batch·kv head,
-// Bc-key block) owning its dK, dV rows; it sweeps the query tiles of every query head of its group,
-// recomputes P from the LSE and adds its dQ tile under a per-tile lock. Causal: blocks above the
-// diagonal are skipped, only diagonal blocks are masked element by element.
-// Blocking: Br = 64 query rows × Bc = 256 keys (avx2 48 × 192; Bc halved for D + Dv > 256 and in
-// float64): the Q tile, S tile and O accumulator (≈ 100–200 KB) stay in L2 while K/V blocks stream
-// through it; long key blocks amortise the per-row softmax work. Micro-kernel: MR rows × NV vectors of
-// C in registers (avx512 8×2, avx2 6×2, portable 4×2), A broadcast, B rows vector-loaded; all five
-// products of the backward use it too. exp2 is a vectorised polynomial (≤ 2 ulp, tested).
-// Cost floor: forward 4·Lq·Lk·D FLOPs per head for Dv = D (half with causal), backward 2.5× that;
-// extra memory O((Lq + Lk)·D) per head plus ≤ 16 MB of packed K/V.
+// Attention: O = dropout(softmax(S))·V with S = scale·Q·Kᵀ + M per (batch, head), fused (FlashAttention-2).
+// M is additive, or 0/−inf from a boolean and/or causal mask; LSE_i = log Σ_j exp S_ij. Backward:
+// dV = (P⊙Z)ᵀdO, dS = (P⊙Z)⊙(dO·Vᵀ) − P·rowsum(dO⊙O), dQ = scale·dS·K, dK = scale·dSᵀQ, dM = dS
+// (Z the dropout mask). Rows no key takes part in give O = 0, LSE = −inf and zero gradients.
+// Forward (Dao, "FlashAttention-2", 2023): a task per (batch·head, Br query rows); per Bc-key block
+// S = Q_tile·K_blkᵀ, online softmax (running max and sum, O rescaled by 2^(m_old − m_new)), O += P·V_blk;
+// the Lq×Lk matrix never exists. K (transposed) and V are packed once per kv head, ≤ 8 MB at a time.
+// Backward: a task per (batch·kv head, key block) owns its dK/dV rows, sweeps the query tiles of its
+// query heads, recomputes P from the LSE and adds its dQ tile under a per-tile lock. Causal blocks
+// above the diagonal are skipped. Blocking: Br = 64 × Bc = 256 (avx2 48 × 192; Bc halved in float64 or
+// for D + Dv > 256): Q, S and O tiles (≈ 100–200 KB) stay in L2; long key blocks amortise the per-row
+// softmax. One register-tiled product (MR×NV vectors: avx512 8×2, avx2 6×2, portable 4×2) serves all
+// seven block products; exp2 is a vectorised polynomial (≤ 2 ulp). Cost floor: forward 2·Lq·Lk·(D + Dv)
+// FLOPs per head (half causal), backward 2.5×; extra memory O((Lq + Lk)·D) per head, no Lq×Lk buffer.
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -35,8 +29,8 @@ namespace {
 
 constexpr double kLog2e = 1.4426950408889634074;
 constexpr double kLn2 = 0.6931471805599453094;
-// Packed K/V of this many bytes are built at a time (a few L2s' worth of kv heads, not all of them).
-constexpr index_t kPackBytes = index_t{16} << 20;
+// Packed K/V of at most this many bytes (or one kv head) are built at a time, not all of them.
+constexpr index_t kPackBytes = index_t{8} << 20;
 // Below this many FLOPs per thread a second thread costs more than it saves.
 constexpr double kMinFlopsPerThread = 2.0 * 64 * 64 * 64;
 
@@ -297,7 +291,9 @@ struct Attention {
     index_t nkb = ceil_div(p.Lk, Bc);
     if (p.causal) nkb = std::min(nkb, ceil_div(t.i0 + rows, Bc));
     for (index_t kb = 0; kb < nkb; ++kb) {
-      const index_t j0 = kb * Bc, nk = std::min(Bc, p.Lk - j0), Nk = round_up(nk, W);
+      const index_t j0 = kb * Bc;
+      // With a causal mask the tile sees no key past its last row: trim the block there.
+      const index_t nk = std::min(p.causal ? t.i0 + rows - j0 : Bc, std::min(Bc, p.Lk - j0)), Nk = round_up(nk, W);
       tile_gemm<V, MR, NV, true>(Mr, Nk, D, Qs, D, t.KT + kb * D * Bc, Bc, S, Bc, false);
       for (index_t i = 0; i < rows; ++i) {
         T* s = S + i * Bc;
@@ -345,7 +341,7 @@ struct Attention {
   static void backward(const BackwardTask<T>& t) {
     const AttentionProblem<T>& p = *t.p;
     const index_t Br = t.Br, Bc = t.Bc, D = p.D, Dv = p.Dv, Dp = round_up(D, W), Dvp = round_up(Dv, W);
-    const index_t j0 = t.kb * Bc, nk = std::min(Bc, p.Lk - j0), Nk = round_up(nk, W), Mk = round_up(nk, MR);
+    const index_t j0 = t.kb * Bc, nk = std::min(Bc, p.Lk - j0);
     const index_t group = p.NH / p.NHK, nqt = ceil_div(p.Lq, Br);
     T* KT = t.ws;                      // D × Bc: the K block transposed
     T* Kr = KT + pad16(D * Bc);        // Bc × Dp: the K block
@@ -375,8 +371,6 @@ struct Attention {
     }
     std::fill(dKacc, dKacc + Bc * Dp, T(0));
     std::fill(dVacc, dVacc + Bc * Dvp, T(0));
-    // Columns ≥ Nk of P, Pd and dS are never written below and must read as zero.
-    std::fill(P, P + 3 * pad16(Br * Bc), T(0));
 
     const Dropout<T> drop(p.dropout_p, p.seed);
     const T c = static_cast<T>(p.scale * kLog2e), l2e = static_cast<T>(kLog2e), scale = static_cast<T>(p.scale);
@@ -386,6 +380,11 @@ struct Attention {
       const index_t bh = t.b * p.NH + h;
       for (index_t qt = qt_begin; qt < nqt; ++qt) {
         const index_t i0 = qt * Br, rows = std::min(Br, p.Lq - i0), Mr = round_up(rows, MR);
+        // Keys of the block this tile sees (causal: none past its last row). Nk covers Mk, so every
+        // column the dKᵀ/dVᵀ products read is recomputed for this tile.
+        const index_t nkt = p.causal ? std::min(nk, i0 + rows - j0) : nk;
+        if (nkt <= 0) continue;
+        const index_t Mk = round_up(nkt, MR), Nk = round_up(Mk, W);
         const T* Q = p.Q + t.b * p.q_strides[0] + h * p.q_strides[1] + i0 * p.q_strides[2];
         const T* dO = t.dO + (bh * p.Lq + i0) * Dv;
         for (index_t i = 0; i < Mr; ++i) {
@@ -408,7 +407,7 @@ struct Attention {
         tile_gemm<V, MR, NV, true>(Mr, Nk, D, Qr, Dp, KT, Bc, P, Bc, false);
         for (index_t i = 0; i < Mr; ++i) {
           T* s = P + i * Bc;
-          const index_t gi = i0 + i, valid = i < rows ? visible_keys(p.causal, gi, j0, nk) : 0;
+          const index_t gi = i0 + i, valid = i < rows ? visible_keys(p.causal, gi, j0, nkt) : 0;
           if (valid == 0 || lse[i] == kNegInf<T>) {
             std::fill(s, s + Nk, T(0));
             if (Pd != P) std::fill(Pd + i * Bc, Pd + i * Bc + Nk, T(0));
@@ -435,10 +434,10 @@ struct Attention {
           const reg di = V::set1(Di[i]);
           for (index_t j = 0; j < Nk; j += W)
             V::store(ds + j, V::sub(V::mul(V::load(pd + j), V::load(ds + j)), V::mul(V::load(pr + j), di)));
-          if (t.dM) std::copy(ds, ds + nk, t.dM + (bh * p.Lq + i0 + i) * p.Lk + j0);
+          if (t.dM) std::copy(ds, ds + nkt, t.dM + (bh * p.Lq + i0 + i) * p.Lk + j0);
         }
         tile_gemm<V, MR, NV, false>(Mk, Dp, Mr, dS, Bc, Qr, Dp, dKacc, Dp, true);  // dK += dSᵀ Q
-        tile_gemm<V, MR, NV, true>(Mr, Dp, nk, dS, Bc, Kr, Dp, dQt, Dp, false);     // dQ tile = dS K
+        tile_gemm<V, MR, NV, true>(Mr, Dp, nkt, dS, Bc, Kr, Dp, dQt, Dp, false);    // dQ tile = dS K
 
         std::atomic<bool>& lock = t.locks[bh * nqt + qt];
         while (lock.exchange(true, std::memory_order_acquire))

@@ -61,7 +61,7 @@ def _bench(args) -> int:
     rows = []
     for family in families:
         print(f"\n## {family}: GFLOP/s, best of {args.repeats} interleaved repeats")
-        print(bench.format_header())
+        print(bench.FORMATS.get(family, (bench.format_header, bench.format_row))[0]())
         rows += bench.run(family, threads_list=threads, full=args.full, repeats=args.repeats)
     if args.json:
         with open(args.json, "w") as fh:
