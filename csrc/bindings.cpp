@@ -5,7 +5,10 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <cstdint>
+#include <initializer_list>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "fastdl.h"
@@ -136,6 +139,176 @@ void matmul_batched(const py::array& a, const py::array& b, py::array out) {
     matmul_batched_typed<float>(a, b, out);
   else
     matmul_batched_typed<double>(a, b, out);
+}
+
+// ---- lstm ----------------------------------------------------------------------------------------
+// Arrays arrive as py::object so that None means "absent" (zero state, no bias, gradient not wanted).
+// Every array must be C-contiguous with the shape derived from x (T, B, I) and w_hh (4H, H).
+struct LstmArrays {
+  std::string op;
+  DType dtype;
+  index_t T = 0, B = 0, I = 0, H = 0;
+  std::vector<py::array> keep;  // holds the checked arrays while the kernel runs
+
+  // The data pointer of `obj` (null for None) after checking dtype, shape, layout and writability.
+  void* get(const py::object& obj, const char* name, std::vector<index_t> shape, bool writable, bool optional) {
+    if (obj.is_none()) {
+      if (optional) return nullptr;
+      throw py::value_error(op + ": " + name + " is required");
+    }
+    if (!py::isinstance<py::array>(obj))
+      throw py::type_error(op + ": " + name + " must be a NumPy array, got " +
+                           py::str(py::type::of(obj).attr("__name__")).cast<std::string>());
+    py::array a = py::reinterpret_borrow<py::array>(obj);
+    if (float_dtype(a, op.c_str(), name) != dtype)
+      throw py::type_error(op + ": " + name + " " + py::str(a.dtype()).cast<std::string>() + " " + shape_of(a) +
+                           " does not match x's dtype");
+    bool ok = a.ndim() == static_cast<py::ssize_t>(shape.size());
+    for (std::size_t d = 0; ok && d < shape.size(); ++d) ok = a.shape(d) == shape[d];
+    if (!ok) {
+      std::string want = "(";
+      for (std::size_t d = 0; d < shape.size(); ++d) want += (d ? ", " : "") + std::to_string(shape[d]);
+      want += shape.size() == 1 ? ",)" : ")";
+      throw py::value_error(op + ": " + name + " must have shape " + want + " for T=" + std::to_string(T) + " B=" +
+                            std::to_string(B) + " I=" + std::to_string(I) + " H=" + std::to_string(H) + ", got " +
+                            shape_of(a));
+    }
+    if (!(a.flags() & py::array::c_style))
+      throw py::value_error(op + ": " + name + " " + shape_of(a) + " must be C-contiguous (copy it first)");
+    if (writable) check_writable(a, op.c_str());
+    keep.push_back(a);
+    return writable ? a.mutable_data() : const_cast<void*>(a.data());
+  }
+
+  // Sizes from x (T, B, I) and w_hh (4H, H).
+  LstmArrays(const char* name, const py::array& x, const py::array& w_hh) : op(name), dtype(float_dtype(x, name, "x")) {
+    if (x.ndim() != 3 || w_hh.ndim() != 2 || w_hh.shape(0) != 4 * w_hh.shape(1))
+      throw py::value_error(op + ": x must be (T, B, I) and w_hh (4H, H), got x " + shape_of(x) + ", w_hh " +
+                            shape_of(w_hh));
+    T = x.shape(0), B = x.shape(1), I = x.shape(2), H = w_hh.shape(1);
+    if (T < 1 || B < 1 || I < 1 || H < 1)
+      throw py::value_error(op + ": sizes must be positive, got x " + shape_of(x) + ", w_hh " + shape_of(w_hh));
+  }
+};
+
+fastdl::cpu::LstmPath lstm_path(const std::string& path) {
+  if (path == "auto") return fastdl::cpu::LstmPath::automatic;
+  if (path == "fused") return fastdl::cpu::LstmPath::fused;
+  if (path == "stepwise") return fastdl::cpu::LstmPath::stepwise;
+  throw py::value_error("lstm: path must be 'auto', 'fused' or 'stepwise', got '" + path + "'");
+}
+
+template <class S>
+void lstm_forward_typed(LstmArrays& a, const py::array& x, const py::array& w_ih, const py::array& w_hh,
+                        const py::object& b_ih, const py::object& b_hh, const py::object& h0, const py::object& c0,
+                        const py::object& y, const py::object& h_n, const py::object& c_n, const py::object& gates,
+                        const py::object& cell, fastdl::cpu::LstmPath path) {
+  const index_t T = a.T, B = a.B, I = a.I, H = a.H;
+  auto in = [&](const py::object& o, const char* n, std::vector<index_t> s, bool opt) {
+    return static_cast<const S*>(a.get(o, n, std::move(s), false, opt));
+  };
+  auto out = [&](const py::object& o, const char* n, std::vector<index_t> s, bool opt) {
+    return static_cast<S*>(a.get(o, n, std::move(s), true, opt));
+  };
+  const S* px = in(x, "x", {T, B, I}, false);
+  const S* pw_ih = in(w_ih, "w_ih", {4 * H, I}, false);
+  const S* pw_hh = in(w_hh, "w_hh", {4 * H, H}, false);
+  const S* pb_ih = in(b_ih, "b_ih", {4 * H}, true);
+  const S* pb_hh = in(b_hh, "b_hh", {4 * H}, true);
+  const S* ph0 = in(h0, "h0", {B, H}, true);
+  const S* pc0 = in(c0, "c0", {B, H}, true);
+  S* py_ = out(y, "y", {T, B, H}, false);
+  S* ph_n = out(h_n, "h_n", {B, H}, false);
+  S* pc_n = out(c_n, "c_n", {B, H}, false);
+  S* pgates = out(gates, "gates", {T, B, 4 * H}, false);
+  S* pcell = out(cell, "cell", {T, B, H}, true);
+  py::gil_scoped_release release;
+  fastdl::cpu::lstm_forward<S>(py_, ph_n, pc_n, pgates, pcell, px, ph0, pc0, pw_ih, pw_hh, pb_ih, pb_hh, T, B, I, H,
+                               path);
+}
+
+void lstm_forward(const py::array& x, const py::array& w_ih, const py::array& w_hh, const py::object& b_ih,
+                  const py::object& b_hh, const py::object& h0, const py::object& c0, const py::object& y,
+                  const py::object& h_n, const py::object& c_n, const py::object& gates, const py::object& cell,
+                  const std::string& path) {
+  LstmArrays a("lstm_forward", x, w_hh);
+  const auto p = lstm_path(path);
+  if (a.dtype == DType::f32)
+    lstm_forward_typed<float>(a, x, w_ih, w_hh, b_ih, b_hh, h0, c0, y, h_n, c_n, gates, cell, p);
+  else
+    lstm_forward_typed<double>(a, x, w_ih, w_hh, b_ih, b_hh, h0, c0, y, h_n, c_n, gates, cell, p);
+}
+
+template <class S>
+void lstm_backward_typed(LstmArrays& a, const py::object& dy, const py::object& dh_n, const py::object& dc_n,
+                         const py::array& x, const py::array& w_ih, const py::array& w_hh, const py::object& h0,
+                         const py::object& c0, const py::object& y, const py::object& gates, const py::object& cell,
+                         const py::object& dx, const py::object& dh0, const py::object& dc0, const py::object& dw_ih,
+                         const py::object& dw_hh, const py::object& db, const py::object& dgates,
+                         fastdl::cpu::LstmPath path) {
+  const index_t T = a.T, B = a.B, I = a.I, H = a.H;
+  auto in = [&](const py::object& o, const char* n, std::vector<index_t> s, bool opt) {
+    return static_cast<const S*>(a.get(o, n, std::move(s), false, opt));
+  };
+  auto out = [&](const py::object& o, const char* n, std::vector<index_t> s, bool opt) {
+    return static_cast<S*>(a.get(o, n, std::move(s), true, opt));
+  };
+  const S* pdy = in(dy, "dy", {T, B, H}, true);
+  const S* pdh_n = in(dh_n, "dh_n", {B, H}, true);
+  const S* pdc_n = in(dc_n, "dc_n", {B, H}, true);
+  const S* px = in(x, "x", {T, B, I}, false);
+  const S* pw_ih = in(w_ih, "w_ih", {4 * H, I}, false);
+  const S* pw_hh = in(w_hh, "w_hh", {4 * H, H}, false);
+  const S* ph0 = in(h0, "h0", {B, H}, true);
+  const S* pc0 = in(c0, "c0", {B, H}, true);
+  const S* py_ = in(y, "y", {T, B, H}, false);
+  const S* pgates = in(gates, "gates", {T, B, 4 * H}, false);
+  const S* pcell = in(cell, "cell", {T, B, H}, false);
+  S* pdx = out(dx, "dx", {T, B, I}, true);
+  S* pdh0 = out(dh0, "dh0", {B, H}, true);
+  S* pdc0 = out(dc0, "dc0", {B, H}, true);
+  S* pdw_ih = out(dw_ih, "dw_ih", {4 * H, I}, true);
+  S* pdw_hh = out(dw_hh, "dw_hh", {4 * H, H}, true);
+  S* pdb = out(db, "db", {4 * H}, true);
+  S* pdgates = out(dgates, "dgates", {T, B, 4 * H}, false);
+  py::gil_scoped_release release;
+  fastdl::cpu::lstm_backward<S>(pdx, pdh0, pdc0, pdw_ih, pdw_hh, pdb, pdgates, pdy, pdh_n, pdc_n, px, ph0, pc0, pw_ih,
+                                pw_hh, py_, pgates, pcell, T, B, I, H, path);
+}
+
+void lstm_backward(const py::object& dy, const py::object& dh_n, const py::object& dc_n, const py::array& x,
+                   const py::array& w_ih, const py::array& w_hh, const py::object& h0, const py::object& c0,
+                   const py::object& y, const py::object& gates, const py::object& cell, const py::object& dx,
+                   const py::object& dh0, const py::object& dc0, const py::object& dw_ih, const py::object& dw_hh,
+                   const py::object& db, const py::object& dgates, const std::string& path) {
+  LstmArrays a("lstm_backward", x, w_hh);
+  const auto p = lstm_path(path);
+  if (a.dtype == DType::f32)
+    lstm_backward_typed<float>(a, dy, dh_n, dc_n, x, w_ih, w_hh, h0, c0, y, gates, cell, dx, dh0, dc0, dw_ih, dw_hh,
+                               db, dgates, p);
+  else
+    lstm_backward_typed<double>(a, dy, dh_n, dc_n, x, w_ih, w_hh, h0, c0, y, gates, cell, dx, dh0, dc0, dw_ih, dw_hh,
+                                db, dgates, p);
+}
+
+py::array lstm_vector_math(const std::string& fn, const py::array& x) {
+  const DType t = float_dtype(x, "lstm_vector_math", "x");
+  if (!(x.flags() & py::array::c_style))
+    throw py::value_error("lstm_vector_math: x " + shape_of(x) + " must be C-contiguous");
+  py::array y(x.dtype(), std::vector<py::ssize_t>(x.shape(), x.shape() + x.ndim()));
+  const index_t n = static_cast<index_t>(x.size());
+  if (t == DType::f32) {
+    const float* px = static_cast<const float*>(x.data());
+    float* py_ = static_cast<float*>(y.mutable_data());
+    py::gil_scoped_release release;
+    fastdl::cpu::lstm_vector_math<float>(fn, px, py_, n);
+  } else {
+    const double* px = static_cast<const double*>(x.data());
+    double* py_ = static_cast<double*>(y.mutable_data());
+    py::gil_scoped_release release;
+    fastdl::cpu::lstm_vector_math<double>(fn, px, py_, n);
+  }
+  return y;
 }
 
 // ---- attention ---------------------------------------------------------------------------------
@@ -314,6 +487,183 @@ py::array attention_exp2(const py::array& x) {
   return y;
 }
 
+// ---- CUDA arrays: CuPy (or any producer) through __cuda_array_interface__ ---------------------
+
+// A device array as the interface describes it: pointer, shape, strides in elements, dtype.
+struct CudaView {
+  void* ptr = nullptr;
+  bool readonly = false;
+  std::vector<index_t> shape, strides;
+  fastdl::cuda::DType dtype = fastdl::cuda::DType::float32;
+  std::string dtype_name;
+  index_t size = 1;
+
+  std::string shape_str() const {
+    std::string s = "(";
+    for (std::size_t d = 0; d < shape.size(); ++d) s += (d ? ", " : "") + std::to_string(shape[d]);
+    return s + (shape.size() == 1 ? ",)" : ")");
+  }
+};
+
+bool is_cuda_array(const py::handle& obj) {
+  return !py::isinstance<py::array>(obj) && py::hasattr(obj, "__cuda_array_interface__");
+}
+
+// Reads and checks the interface dict (version 2 or 3): typestr float32/float64/float16, or a
+// 2-byte void type whose dtype is named bfloat16 (ml_dtypes, as CuPy exports it); strides must be
+// whole elements; a mask is refused.
+CudaView cuda_view(const py::handle& obj, const char* op, const char* name) {
+  if (!is_cuda_array(obj))
+    throw py::type_error(std::string(op) + ": " + name + " must be a CUDA array (CuPy), got " +
+                         py::str(py::type::of(obj).attr("__name__")).cast<std::string>() +
+                         "; do not mix CPU and CUDA arrays");
+  const py::dict cai = obj.attr("__cuda_array_interface__");
+  CudaView v;
+  const py::tuple data = cai["data"];
+  v.ptr = reinterpret_cast<void*>(data[0].cast<std::uintptr_t>());
+  v.readonly = data[1].cast<bool>();
+  for (const auto& d : cai["shape"].cast<py::tuple>()) v.shape.push_back(d.cast<index_t>());
+  if (cai.contains("mask") && !cai["mask"].is_none())
+    throw py::value_error(std::string(op) + ": " + name + " has a mask; masked arrays are not supported");
+  const std::string typestr = cai["typestr"].cast<std::string>();
+  const std::string kind = typestr.substr(1);
+  std::size_t itemsize = 0;
+  if (kind == "f4") {
+    v.dtype = fastdl::cuda::DType::float32, v.dtype_name = "float32", itemsize = 4;
+  } else if (kind == "f8") {
+    v.dtype = fastdl::cuda::DType::float64, v.dtype_name = "float64", itemsize = 8;
+  } else if (kind == "f2") {
+    v.dtype = fastdl::cuda::DType::float16, v.dtype_name = "float16", itemsize = 2;
+  } else if (kind == "V2" && py::hasattr(obj, "dtype") &&
+             py::str(obj.attr("dtype").attr("name")).cast<std::string>() == "bfloat16") {
+    v.dtype = fastdl::cuda::DType::bfloat16, v.dtype_name = "bfloat16", itemsize = 2;
+  } else {
+    const std::string shown = py::hasattr(obj, "dtype") ? py::str(obj.attr("dtype")).cast<std::string>() : typestr;
+    throw py::type_error(std::string(op) + ": " + name + " must be float32, float64, float16 or bfloat16, got " +
+                         shown);
+  }
+  for (const auto n : v.shape) v.size *= n;
+  if (!cai.contains("strides") || cai["strides"].is_none()) {  // C-contiguous
+    v.strides.assign(v.shape.size(), 1);
+    for (int d = static_cast<int>(v.shape.size()) - 2; d >= 0; --d)
+      v.strides[d] = v.strides[d + 1] * (v.shape[d + 1] > 1 ? v.shape[d + 1] : 1);
+  } else {
+    for (const auto& st : cai["strides"].cast<py::tuple>()) {
+      const auto bytes = st.cast<index_t>();
+      FASTDL_CHECK(bytes % static_cast<index_t>(itemsize) == 0, op, ": ", name,
+                   " strides must be multiples of the item size, got ", bytes, " bytes");
+      v.strides.push_back(bytes / static_cast<index_t>(itemsize));
+    }
+    FASTDL_CHECK(v.strides.size() == v.shape.size(), op, ": ", name, " has ", v.strides.size(), " strides for ",
+                 v.shape.size(), " dimensions");
+  }
+  return v;
+}
+
+#ifdef FASTDL_WITH_CUDA
+// Every non-empty operand must live on the current device (the one the stream belongs to).
+void check_same_device(const char* op, std::initializer_list<std::pair<const char*, const CudaView*>> views) {
+  const int current = fastdl::cuda::current_device();
+  for (const auto& [name, v] : views) {
+    if (v->size == 0) continue;
+    const int dev = fastdl::cuda::device_of_pointer(v->ptr, op);
+    FASTDL_CHECK(dev == current, op, ": ", name, " ", v->shape_str(), " is on cuda:", dev,
+                 " but the current device is cuda:", current, " (use `with cupy.cuda.Device(", dev, "):`)");
+  }
+}
+#endif
+
+#ifndef FASTDL_WITH_CUDA
+[[noreturn]] void cuda_not_built(const char* op) {
+  throw py::value_error(std::string(op) +
+                        ": fastdl was built without CUDA (no nvcc at build time, or FASTDL_CUDA=OFF); reinstall "
+                        "from source on a machine with the CUDA toolkit: FASTDL_CUDA=ON pip install .");
+}
+#endif
+
+void check_cuda_dtypes(const char* op, const CudaView& a, const CudaView& b, const CudaView& out) {
+  if (a.dtype != b.dtype || a.dtype != out.dtype)
+    throw py::type_error(std::string(op) + ": dtypes differ: a " + a.dtype_name + " " + a.shape_str() + ", b " +
+                         b.dtype_name + " " + b.shape_str() + ", out " + out.dtype_name + " " + out.shape_str());
+  if (out.readonly) throw py::value_error(std::string(op) + ": out " + out.shape_str() + " is read-only");
+}
+
+// out = alpha · op(a) · op(b) + beta · out for 2-D CUDA arrays, on `stream`.
+void gemm_cuda(const py::object& a_obj, const py::object& b_obj, const py::object& out_obj, bool trans_a,
+               bool trans_b, double alpha, double beta, bool allow_tf32, std::uintptr_t stream) {
+  const CudaView a = cuda_view(a_obj, "gemm", "a"), b = cuda_view(b_obj, "gemm", "b");
+  const CudaView out = cuda_view(out_obj, "gemm", "out");
+  check_cuda_dtypes("gemm", a, b, out);
+  if (a.shape.size() != 2 || b.shape.size() != 2 || out.shape.size() != 2)
+    throw py::value_error("gemm: a, b and out must be 2-D, got a " + a.shape_str() + ", b " + b.shape_str() +
+                          ", out " + out.shape_str());
+  const index_t M = trans_a ? a.shape[1] : a.shape[0], K = trans_a ? a.shape[0] : a.shape[1];
+  const index_t Kb = trans_b ? b.shape[1] : b.shape[0], N = trans_b ? b.shape[0] : b.shape[1];
+  if (K != Kb)
+    throw py::value_error("gemm: inner dimensions differ: op(a) is (" + std::to_string(M) + ", " + std::to_string(K) +
+                          ") and op(b) is (" + std::to_string(Kb) + ", " + std::to_string(N) + ") for a " +
+                          a.shape_str() + ", b " + b.shape_str());
+  if (out.shape[0] != M || out.shape[1] != N)
+    throw py::value_error("gemm: out must have shape (" + std::to_string(M) + ", " + std::to_string(N) + "), got " +
+                          out.shape_str());
+#ifdef FASTDL_WITH_CUDA
+  check_same_device("gemm", {{"a", &a}, {"b", &b}, {"out", &out}});
+  const index_t rsa = a.strides[trans_a ? 1 : 0], csa = a.strides[trans_a ? 0 : 1];
+  const index_t rsb = b.strides[trans_b ? 1 : 0], csb = b.strides[trans_b ? 0 : 1];
+  py::gil_scoped_release release;
+  fastdl::cuda::gemm_strided(a.dtype, allow_tf32, M, N, K, alpha, a.ptr, rsa, csa, b.ptr, rsb, csb, beta, out.ptr,
+                             out.strides[0], out.strides[1], stream);
+#else
+  cuda_not_built("gemm");
+#endif
+}
+
+// out[...] = a[...] @ b[...] over equal batch shapes (zero strides broadcast), on `stream`.
+void matmul_batched_cuda(const py::object& a_obj, const py::object& b_obj, const py::object& out_obj,
+                         bool allow_tf32, std::uintptr_t stream) {
+  const CudaView a = cuda_view(a_obj, "matmul", "a"), b = cuda_view(b_obj, "matmul", "b");
+  const CudaView out = cuda_view(out_obj, "matmul", "out");
+  check_cuda_dtypes("matmul", a, b, out);
+  const std::size_t nd = out.shape.size();
+  bool ok = nd >= 2 && a.shape.size() == nd && b.shape.size() == nd && a.shape[nd - 1] == b.shape[nd - 2] &&
+            out.shape[nd - 2] == a.shape[nd - 2] && out.shape[nd - 1] == b.shape[nd - 1];
+  for (std::size_t d = 0; ok && d + 2 < nd; ++d) ok = a.shape[d] == out.shape[d] && b.shape[d] == out.shape[d];
+  if (!ok)
+    throw py::value_error("matmul: shapes do not match: a " + a.shape_str() + ", b " + b.shape_str() + ", out " +
+                          out.shape_str());
+  if (nd - 2 > static_cast<std::size_t>(fastdl::cuda::kMaxBatchDims))
+    throw py::value_error("matmul: at most " + std::to_string(fastdl::cuda::kMaxBatchDims) +
+                          " batch dimensions on CUDA, got out " + out.shape_str());
+#ifdef FASTDL_WITH_CUDA
+  check_same_device("matmul", {{"a", &a}, {"b", &b}, {"out", &out}});
+  fastdl::cuda::GemmBatch batch;
+  batch.ndim = static_cast<int>(nd - 2);
+  for (int d = 0; d < batch.ndim; ++d)
+    batch.size[d] = out.shape[d], batch.a[d] = a.strides[d], batch.b[d] = b.strides[d], batch.c[d] = out.strides[d];
+  py::gil_scoped_release release;
+  fastdl::cuda::gemm_batched(batch, a.dtype, allow_tf32, out.shape[nd - 2], out.shape[nd - 1], a.shape[nd - 1], 1.0,
+                             a.ptr, a.strides[nd - 2], a.strides[nd - 1], b.ptr, b.strides[nd - 2],
+                             b.strides[nd - 1], 0.0, out.ptr, out.strides[nd - 2], out.strides[nd - 1], stream);
+#else
+  cuda_not_built("matmul");
+#endif
+}
+
+std::string cuda_gemm_path(const std::string& dtype, bool allow_tf32, index_t M, index_t N, index_t batch) {
+#ifdef FASTDL_WITH_CUDA
+  using fastdl::cuda::DType;
+  const DType d = dtype == "float64" ? DType::float64
+                  : dtype == "float16" ? DType::float16
+                  : dtype == "bfloat16" ? DType::bfloat16
+                  : DType::float32;
+  FASTDL_CHECK(dtype == "float32" || dtype == "float64" || dtype == "float16" || dtype == "bfloat16",
+               "cuda_gemm_path: unknown dtype ", dtype);
+  return fastdl::cuda::gemm_path(d, allow_tf32, M, N, batch);
+#else
+  cuda_not_built("gemm");
+#endif
+}
+
 py::dict cuda_info() {
   py::dict info;
 #ifdef FASTDL_WITH_CUDA
@@ -382,6 +732,18 @@ PYBIND11_MODULE(_C, m) {
   m.def("matmul_batched", &matmul_batched, py::arg("a"), py::arg("b"), py::arg("out"),
         "out[...] = a[...] @ b[...] over equal batch shapes (broadcast with zero strides)");
 
+  m.def("lstm_forward", &lstm_forward, py::arg("x"), py::arg("w_ih"), py::arg("w_hh"), py::arg("b_ih"),
+        py::arg("b_hh"), py::arg("h0"), py::arg("c0"), py::arg("y"), py::arg("h_n"), py::arg("c_n"),
+        py::arg("gates"), py::arg("cell"), py::arg("path") = "auto",
+        "one LSTM layer over a sequence into y, h_n, c_n; gates/cell are saved for lstm_backward (None: optional)");
+  m.def("lstm_backward", &lstm_backward, py::arg("dy"), py::arg("dh_n"), py::arg("dc_n"), py::arg("x"),
+        py::arg("w_ih"), py::arg("w_hh"), py::arg("h0"), py::arg("c0"), py::arg("y"), py::arg("gates"),
+        py::arg("cell"), py::arg("dx"), py::arg("dh0"), py::arg("dc0"), py::arg("dw_ih"), py::arg("dw_hh"),
+        py::arg("db"), py::arg("dgates"), py::arg("path") = "auto",
+        "LSTM backward through time into the given gradient arrays (None: not wanted)");
+  m.def("lstm_vector_math", &lstm_vector_math, py::arg("fn"), py::arg("x"),
+        "the gate kernels' vectorised exp/sigmoid/tanh at the current CPU level (accuracy tests)");
+
   m.def("attention_forward", &attention_forward, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("mask"),
         py::arg("out"), py::arg("lse"), py::arg("causal"), py::arg("scale"), py::arg("dropout_p"), py::arg("seed"),
         "fused attention on 4-D (B, heads, L, D) arrays of any strides into contiguous out and lse");
@@ -400,4 +762,13 @@ PYBIND11_MODULE(_C, m) {
   }, py::arg("dtype"), py::arg("D") = 64, py::arg("Dv") = 64);
 
   m.def("cuda_info", &cuda_info);
+  m.def("gemm_cuda", &gemm_cuda, py::arg("a"), py::arg("b"), py::arg("out"), py::arg("trans_a") = false,
+        py::arg("trans_b") = false, py::arg("alpha") = 1.0, py::arg("beta") = 0.0, py::arg("allow_tf32") = false,
+        py::arg("stream") = 0,
+        "gemm on CUDA arrays (__cuda_array_interface__), launched on the stream handle `stream`");
+  m.def("matmul_batched_cuda", &matmul_batched_cuda, py::arg("a"), py::arg("b"), py::arg("out"),
+        py::arg("allow_tf32") = false, py::arg("stream") = 0,
+        "matmul_batched on CUDA arrays, launched on the stream handle `stream`");
+  m.def("cuda_gemm_path", &cuda_gemm_path, py::arg("dtype"), py::arg("allow_tf32"), py::arg("M"), py::arg("N"),
+        py::arg("batch") = 1, "which CUDA GEMM kernel runs for these arguments on the current device");
 }

@@ -71,6 +71,31 @@ struct GemmBlocking {
 template <class T>
 GemmBlocking gemm_blocking();
 
+// ---- lstm.cpp ------------------------------------------------------------------------------
+// One LSTM layer over a whole sequence, PyTorch's gate order (i, f, g, o); every array contiguous.
+//   x (T, B, I), w_ih (4H, I), w_hh (4H, H); h0, c0 (B, H) and b_ih, b_hh (4H) may be null (zero).
+//   Outputs y (T, B, H), h_n, c_n (B, H). gates (T, B, 4H) is workspace that ends holding the
+//   activated gates; cell (T, B, H) receives every c_t. Both are what lstm_backward needs; pass
+//   cell = null when no backward follows.
+// Paths: fused (W_hh packed once, recurrent product and gates in one tile kernel, one thread team
+// for the sequence) or stepwise (per step cpu::gemm, then the gates); automatic = fused for T > 1.
+enum class LstmPath : int { automatic = 0, stepwise = 1, fused = 2 };
+template <class S>
+void lstm_forward(S* y, S* h_n, S* c_n, S* gates, S* cell, const S* x, const S* h0, const S* c0, const S* w_ih,
+                  const S* w_hh, const S* b_ih, const S* b_hh, index_t T, index_t B, index_t I, index_t H,
+                  LstmPath path);
+// Backward through time from the forward's y, gates and cell. dy (T, B, H), dh_n, dc_n (B, H) may
+// be null (zero). Outputs, each null when not wanted: dx (T, B, I), dh0, dc0 (B, H), dw_ih (4H, I),
+// dw_hh (4H, H), db (4H) (the gradient of b_ih and of b_hh alike). dgates (T, B, 4H) is workspace
+// that ends holding dL/dG.
+template <class S>
+void lstm_backward(S* dx, S* dh0, S* dc0, S* dw_ih, S* dw_hh, S* db, S* dgates, const S* dy, const S* dh_n,
+                   const S* dc_n, const S* x, const S* h0, const S* c0, const S* w_ih, const S* w_hh, const S* y,
+                   const S* gates, const S* cell, index_t T, index_t B, index_t I, index_t H, LstmPath path);
+// y[i] = fn(x[i]) for fn "exp" | "sigmoid" | "tanh" with the vectorised maths of simd.h at the
+// current level (what the gate kernels use; for accuracy tests).
+template <class S>
+void lstm_vector_math(const std::string& fn, const S* x, S* y, index_t n);
 
 // ---- attention.cpp -------------------------------------------------------------------------
 // Fused scaled-dot-product attention (FlashAttention-2), per (batch b, query head h):
@@ -137,6 +162,46 @@ bool built();                          // compiled with CUDA
 // Visible devices; on a machine with no driver or no GPU this is empty and `why` says why.
 std::vector<DeviceInfo> devices(std::string* why);
 int runtime_version();                 // e.g. 13000; 0 when built without CUDA
+
+// ---- cuda/gemm.cu --------------------------------------------------------------------------
+// Element types the CUDA GEMM takes. float16/bfloat16 run on tensor cores with float32
+// accumulation; float32 runs on CUDA cores, or on TF32 tensor cores when allow_tf32 is set.
+enum class DType : int { float32 = 0, float64 = 1, float16 = 2, bfloat16 = 3 };
+const char* dtype_name(DType dtype);
+
+// Leading (batch) dimensions of a batched GEMM: matrix z of the batch, with multi-index
+// (i_0, …, i_{ndim-1}) over size[], starts at A + Σ i_d·a[d], B + Σ i_d·b[d], C + Σ i_d·c[d]
+// (elements; a[d] and b[d] may be 0 for broadcast operands). ndim == 0 is a single product.
+constexpr int kMaxBatchDims = 8;
+struct GemmBatch {
+  int ndim = 0;
+  index_t size[kMaxBatchDims] = {};
+  index_t a[kMaxBatchDims] = {}, b[kMaxBatchDims] = {}, c[kMaxBatchDims] = {};
+};
+
+// C (M×N) = alpha · op(A) · op(B) + beta · C on the GPU, with the stride convention of
+// cpu::gemm_strided: element (i, k) of op(A) is A[i*rsa + k*csa], (k, j) of op(B) is
+// B[k*rsb + j*csb], (i, j) of C is C[i*rsc + j*csc]. A, B and C are device pointers of the
+// current device holding `dtype`; C must not overlap A or B; beta == 0 does not read C.
+// Launched on `stream` (a cudaStream_t as an integer, e.g. CuPy's current stream); returns
+// without synchronising. Nothing is allocated.
+void gemm_strided(DType dtype, bool allow_tf32, index_t M, index_t N, index_t K, double alpha, const void* A,
+                  index_t rsa, index_t csa, const void* B, index_t rsb, index_t csb, double beta, void* C,
+                  index_t rsc, index_t csc, std::uintptr_t stream);
+// The same over the batch dimensions of `batch`, one launch for the whole batch.
+void gemm_batched(const GemmBatch& batch, DType dtype, bool allow_tf32, index_t M, index_t N, index_t K,
+                  double alpha, const void* A, index_t rsa, index_t csa, const void* B, index_t rsb, index_t csb,
+                  double beta, void* C, index_t rsc, index_t csc, std::uintptr_t stream);
+// BLAS argument order on row-major matrices, as cpu::gemm.
+void gemm(DType dtype, bool allow_tf32, bool transA, bool transB, index_t M, index_t N, index_t K, double alpha,
+          const void* A, index_t lda, const void* B, index_t ldb, double beta, void* C, index_t ldc,
+          std::uintptr_t stream);
+// Which kernel gemm_strided would run for these arguments ("simt-128x128", "tensor-core tf32", …).
+std::string gemm_path(DType dtype, bool allow_tf32, index_t M, index_t N, index_t batch);
+
+// The CUDA device that holds `ptr` (ValueError naming `op` if it is not device memory).
+int device_of_pointer(const void* ptr, const char* op);
+int current_device();
 
 }  // namespace cuda
 }  // namespace fastdl

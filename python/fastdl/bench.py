@@ -25,6 +25,8 @@ class Problem:
     # Each builds the callables to time: name -> zero-argument function (inputs already made).
     make: Callable[[], dict[str, Callable[[], object]]]
     dtype: str = "float32"
+    # Sequence problems (lstm): time steps per call; rows then also show µs per step.
+    steps: int = 0
     measure_memory: bool = False  # also record each implementation's peak extra memory
 
 
@@ -94,6 +96,126 @@ def _gemm_problem(M: int, N: int, K: int, batch: int, dtype: str) -> Problem:
         return impls
 
     return Problem("gemm", name, 2.0 * M * N * K * batch, make, dtype)
+
+
+PROBLEMS: dict[str, Callable[..., list[Problem]]] = {"gemm": gemm_problems}
+
+
+# ---- LSTM ----------------------------------------------------------------------------------------
+
+# (T, B, I, H): a mid-size training shape, PTB "medium" (Zaremba et al. 2014), batch-1 inference.
+LSTM_SHAPES = [(100, 32, 128, 256), (35, 20, 650, 650), (50, 1, 64, 128)]
+# nn.LSTMCell steps called from Python, (B, I, H).
+LSTM_CELL_SHAPES = [(1, 64, 128), (32, 128, 256)]
+
+
+def lstm_problems(full: bool = False) -> list[Problem]:
+    """One LSTM layer over a sequence, forward (inference) and forward+backward (all gradients),
+    against ``torch.nn.LSTM`` (oneDNN); and one ``nn.LSTMCell`` step called from Python against
+    ``torch.nn.LSTMCell``. float32, plus float64 with ``full``. FLOPs: forward 2·T·B·4H·(I+H), the
+    backward twice that."""
+    dtypes = ("float32", "float64") if full else ("float32",)
+    problems = [_lstm_problem(*shape, phase, dtype) for dtype in dtypes for shape in LSTM_SHAPES
+                for phase in ("fwd", "fwd+bwd")]
+    if _has_lstm_cell():
+        problems += [_lstm_cell_problem(*shape) for shape in LSTM_CELL_SHAPES]
+    return problems
+
+
+def _has_lstm_cell() -> bool:
+    try:
+        from .nn import LSTMCell  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _lstm_problem(T: int, B: int, I: int, H: int, phase: str, dtype: str) -> Problem:
+    def make():
+        rng = np.random.default_rng(0)
+        k = 1 / np.sqrt(H)
+        x = rng.standard_normal((T, B, I)).astype(dtype)
+        w_ih, w_hh = (rng.uniform(-k, k, (4 * H, n)).astype(dtype) for n in (I, H))
+        b_ih, b_hh = (rng.uniform(-k, k, 4 * H).astype(dtype) for _ in range(2))
+        grad_y = rng.standard_normal((T, B, H)).astype(dtype)
+
+        def fastdl_fwd():
+            return kernels.lstm_forward(x, w_ih, w_hh, b_ih, b_hh)
+
+        def fastdl_fwd_bwd():
+            y, _, _, saved = kernels.lstm_forward(x, w_ih, w_hh, b_ih, b_hh, training=True)
+            return kernels.lstm_backward(grad_y, None, None, x, w_ih, w_hh, None, None, y, saved)
+
+        impls = {"fastdl": fastdl_fwd if phase == "fwd" else fastdl_fwd_bwd}
+        torch = _torch()
+        if torch is not None:
+            lstm = torch.nn.LSTM(I, H).to(getattr(torch, dtype))
+            with torch.no_grad():
+                for name, a in (("weight_ih_l0", w_ih), ("weight_hh_l0", w_hh), ("bias_ih_l0", b_ih),
+                                ("bias_hh_l0", b_hh)):
+                    getattr(lstm, name).copy_(torch.from_numpy(a))
+            tx, tgy = torch.from_numpy(x), torch.from_numpy(grad_y)
+            tx_grad = tx.clone().requires_grad_()
+
+            def torch_fwd():
+                with torch.no_grad():
+                    return lstm(tx)
+
+            def torch_fwd_bwd():
+                lstm.zero_grad(set_to_none=True)
+                tx_grad.grad = None
+                y, _ = lstm(tx_grad)
+                y.backward(tgy)
+
+            impls["torch"] = torch_fwd if phase == "fwd" else torch_fwd_bwd
+        return impls
+
+    flops = 2.0 * T * B * 4 * H * (I + H) * (1 if phase == "fwd" else 3)
+    return Problem("lstm", f"{phase} {T}x{B}x{I}x{H}", flops, make, dtype, steps=T)
+
+
+def _lstm_cell_problem(B: int, I: int, H: int, dtype: str = "float32") -> Problem:
+    def make():
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal((B, I)).astype(dtype)
+        h = rng.standard_normal((B, H)).astype(dtype)
+        c = rng.standard_normal((B, H)).astype(dtype)
+        from . import nn
+        from .tensor import Tensor, no_grad
+
+        cell = nn.LSTMCell(I, H)
+        state = (Tensor(h), Tensor(c))
+        fx = Tensor(x)
+
+        def fastdl_step():
+            with no_grad():
+                return cell(fx, state)
+
+        impls = {"fastdl": fastdl_step}
+        torch = _torch()
+        if torch is not None:
+            tcell = torch.nn.LSTMCell(I, H)
+            tstate = (torch.from_numpy(h), torch.from_numpy(c))
+            tx = torch.from_numpy(x)
+
+            def torch_step():
+                with torch.no_grad():
+                    return tcell(tx, tstate)
+
+            impls["torch"] = torch_step
+        return impls
+
+    return Problem("lstm", f"LSTMCell step {B}x{I}x{H}", 2.0 * B * 4 * H * (I + H), make, dtype, steps=1)
+
+
+def _per_step(row: dict) -> str:
+    """µs per time step of fastdl and torch, appended to a sequence problem's row."""
+    us = {k: t / row["steps"] * 1e6 for k, t in row["seconds"].items()}
+    cells = " ".join(f"{name} {us[name]:.1f}" for name in ("fastdl", "torch") if name in us)
+    return f"   µs/step: {cells}"
+
+
+PROBLEMS["lstm"] = lstm_problems
 
 
 # ---- attention ----------------------------------------------------------------------------------
@@ -228,7 +350,7 @@ def format_attention_row(row: dict) -> str:
     )
 
 
-PROBLEMS: dict[str, Callable[..., list[Problem]]] = {"gemm": gemm_problems, "attention": attention_problems}
+PROBLEMS["attention"] = attention_problems
 # Families whose table differs from GEMM's: family -> (header, row formatter).
 FORMATS: dict[str, tuple[Callable[[], str], Callable[[dict], str]]] = {
     "attention": (format_attention_header, format_attention_row),
@@ -267,6 +389,7 @@ def run(family: str, threads_list=(1, 2), full: bool = False, repeats: int = 5, 
                         "gflops": {k: problem.flops / t / 1e9 for k, t in times.items()},
                         "seconds": times,
                         "peak_gflops": peaks[problem.dtype],
+                        "steps": problem.steps,
                     }
                     if problem.measure_memory:
                         row["peak_mb"] = {name: peak_extra_memory_mb(fn) for name, fn in impls.items()}
@@ -295,6 +418,7 @@ def format_row(row: dict) -> str:
         f"{row['problem']:>22} {row['dtype']:>7} {row['threads']:>3} {cell(fd)} {cell(npy)} {cell(tch)} "
         f"{cell(fd / npy if npy else None, 8, '{:.2f}')} {cell(fd / tch if tch else None, 8, '{:.2f}')} "
         f"{cell(100 * fd / row['peak_gflops'], 7, '{:.0f}')}"
+        + (_per_step(row) if row.get("steps") else "")
     )
 
 
@@ -306,3 +430,145 @@ def openblas_description() -> str:
         if lib.get("internal_api") == "openblas":
             return f"OpenBLAS {lib.get('version')} ({lib.get('architecture')} kernel)"
     return "NumPy BLAS: " + ", ".join(lib.get("internal_api", "?") for lib in threadpoolctl.threadpool_info())
+
+
+# ---- GEMM on the GPU (cuda branch) ------------------------------------------------------------------
+# fastdl's CUDA GEMM next to cuBLAS (through cupy.matmul) and PyTorch when it has CUDA, timed with
+# CUDA events after a warm-up, as TFLOP/s, ratios, and % of the GPU's dense peak for the format.
+
+# Dense peaks of the H100 SXM (TFLOP/s): CUDA-core float32/float64, tensor-core TF32/BF16/FP16.
+_GPU_PEAKS = {
+    "H100": {"float32": 67.0, "float64": 34.0, "tf32": 494.7, "bfloat16": 989.4, "float16": 989.4},
+}
+
+
+def gpu_peak_tflops(name: str, kind: str) -> float | None:
+    """The GPU's dense peak for ``kind`` (float32, float64, tf32, bfloat16, float16), if known."""
+    for key, peaks in _GPU_PEAKS.items():
+        if key in name:
+            return peaks.get(kind)
+    return None
+
+
+def cuda_best_times(impls: dict[str, Callable[[], object]], repeats: int = 5, min_ms: float = 20.0) -> dict[str, float]:
+    """Seconds per call of each implementation on the GPU: CUDA events on the current stream around
+    a batch of calls lasting ``min_ms``, after a warm-up; implementations interleaved, best repeat."""
+    from .backend import require_cuda
+
+    cp = require_cuda("bench")
+    start, end = cp.cuda.Event(), cp.cuda.Event()
+
+    def timed(fn, n):
+        start.record()
+        for _ in range(n):
+            fn()
+        end.record()
+        end.synchronize()
+        return cp.cuda.get_elapsed_time(start, end)  # milliseconds
+
+    loops = {}
+    for name, fn in impls.items():
+        fn()
+        cp.cuda.Device().synchronize()
+        loops[name] = max(1, int(min_ms / max(timed(fn, 1), 1e-3)))
+    best = {name: float("inf") for name in impls}
+    for _ in range(repeats):
+        for name, fn in impls.items():
+            best[name] = min(best[name], timed(fn, loops[name]) / loops[name] / 1e3)
+    return best
+
+
+def _cupy_tf32(cp, enabled: bool) -> bool:
+    """Switch cupy.matmul's float32 compute type to TF32 (or back); False where CuPy cannot."""
+    try:
+        from cupy._core import _routines_linalg as linalg
+
+        linalg.set_compute_type(np.float32, linalg.COMPUTE_TYPE_TF32 if enabled else linalg.COMPUTE_TYPE_DEFAULT)
+        return True
+    except Exception:
+        return False
+
+
+def cuda_gemm_problems(full: bool = False) -> list[tuple[int, int, int, str]]:
+    """(M, N, K, kind) for kind in float32 (CUDA cores), tf32, bfloat16, float16, float64: square
+    1024…4096 (…8192 with ``full``) and skinny shapes."""
+    squares = (1024, 2048, 4096) + ((8192,) if full else ())
+    skinny = [(4096, 64, 4096), (64, 4096, 4096), (1, 4096, 4096), (16384, 1024, 256)]
+    problems = []
+    for kind in ("float32", "tf32", "bfloat16", "float16"):
+        problems += [(n, n, n, kind) for n in squares] + [(m, n, k, kind) for m, n, k in skinny]
+    problems += [(n, n, n, "float64") for n in (1024, 2048)]
+    return problems
+
+
+def run_cuda(full: bool = False, repeats: int = 5, printer=print) -> list[dict]:
+    """Time the CUDA GEMM problems; print and return the rows."""
+    from . import backend
+    from .backend import require_cuda
+
+    cp = require_cuda("bench")
+    torch = _torch()
+    torch_cuda = torch is not None and torch.cuda.is_available()
+    name = _C.cuda_info()["devices"][cp.cuda.runtime.getDevice()]["name"]
+    rows = []
+    saved_tf32 = backend.allow_tf32
+    try:
+        for M, N, K, kind in cuda_gemm_problems(full):
+            dtype = {"tf32": "float32"}.get(kind, kind)
+            if dtype == "bfloat16":
+                try:
+                    import ml_dtypes
+
+                    np_dtype = np.dtype(ml_dtypes.bfloat16)
+                    cp.zeros(1, np_dtype)
+                except Exception:
+                    printer(f"{M}x{N}x{K} bfloat16: skipped (CuPy here has no bfloat16; pip install ml_dtypes)")
+                    continue
+            else:
+                np_dtype = np.dtype(dtype)
+            rng = cp.random.default_rng(0)
+            a = rng.standard_normal((M, K), dtype=cp.float32).astype(np_dtype)
+            b = rng.standard_normal((K, N), dtype=cp.float32).astype(np_dtype)
+            backend.allow_tf32 = kind == "tf32"
+            cupy_tf32 = _cupy_tf32(cp, kind == "tf32")
+            impls = {"fastdl": lambda: kernels.matmul(a, b), "cublas": lambda: cp.matmul(a, b)}
+            if torch_cuda:
+                ta = torch.as_tensor(a.astype(cp.float32), device="cuda").to(getattr(torch, dtype))
+                tb = torch.as_tensor(b.astype(cp.float32), device="cuda").to(getattr(torch, dtype))
+                torch.backends.cuda.matmul.allow_tf32 = kind == "tf32"
+                impls["torch"] = lambda: torch.matmul(ta, tb)
+            times = cuda_best_times(impls, repeats=repeats)
+            _cupy_tf32(cp, False)
+            flops = 2.0 * M * N * K
+            row = {
+                "family": "gemm", "device": name, "problem": f"{M}x{N}x{K}", "kind": kind,
+                "tflops": {k: flops / t / 1e12 for k, t in times.items()}, "seconds": times,
+                "peak_tflops": gpu_peak_tflops(name, kind),
+                "cublas_tf32": cupy_tf32 if kind == "tf32" else None,
+                "path": _C.cuda_gemm_path(dtype, kind == "tf32", M, N, 1),
+            }
+            rows.append(row)
+            printer(format_cuda_row(row))
+    finally:
+        backend.allow_tf32 = saved_tf32
+        _cupy_tf32(cp, False)
+    return rows
+
+
+def format_cuda_header() -> str:
+    return (f"{'problem':>18} {'kind':>8} {'fastdl':>8} {'cuBLAS':>8} {'torch':>8} {'x cuBLAS':>8} {'x torch':>8} "
+            f"{'% peak':>7}  kernel")
+
+
+def format_cuda_row(row: dict) -> str:
+    t = row["tflops"]
+    fd, cb, tch = t.get("fastdl"), t.get("cublas"), t.get("torch")
+
+    def cell(v, width=8, fmt="{:.1f}"):
+        return f"{fmt.format(v) if v is not None else '-':>{width}}"
+
+    peak = row["peak_tflops"]
+    note = " (cuBLAS ran float32: CuPy could not switch it to TF32)" if row["cublas_tf32"] is False else ""
+    return (f"{row['problem']:>18} {row['kind']:>8} {cell(fd)} {cell(cb)} {cell(tch)} "
+            f"{cell(fd / cb if cb else None, 8, '{:.2f}')} {cell(fd / tch if tch else None, 8, '{:.2f}')} "
+            f"{cell(100 * fd / peak if peak else None, 7, '{:.0f}')}  {row['path']}{note}")
