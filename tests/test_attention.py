@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 
 import fastdl
+import fastdl.functional as F
 from fastdl import kernels
 from fastdl.backend import _C
 
-from .helpers import assert_close, randn
+from .helpers import assert_close, check_op, gradcheck, randn
 
 try:
     import torch
@@ -538,3 +539,152 @@ def test_native_attention_checks_shapes_itself():
         ro.flags.writeable = False
         _C.attention_forward(q, k, v, None, ro, lse, False, 1.0, 0.0, 0)
 
+
+# ---- F.scaled_dot_product_attention: the autodiff layer -------------------------------------------------
+
+def _sdpa_torch(**kw):
+    def fn(q, k, v, *mask):
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, *mask, **kw)
+    return fn
+
+
+def _sdpa_numpy(**kw):
+    def fn(q, k, v, *mask):
+        return reference(q, k, v, mask[0] if mask else None, kw.get("is_causal", False), kw.get("scale"))[0]
+    return fn
+
+
+SDPA_CASES = [
+    dict(shapes=[(2, 3, 17, 16), (2, 3, 33, 16), (2, 3, 33, 8)]),
+    dict(shapes=[(2, 3, 33, 16), (2, 3, 17, 16), (2, 3, 17, 8)], kw=dict(is_causal=True, scale=0.4)),
+    dict(shapes=[(1, 4, 20, 8), (1, 2, 30, 8), (1, 2, 30, 8)], kw=dict(enable_gqa=True, is_causal=True)),
+    dict(shapes=[(2, 1, 9, 8), (3, 11, 8), (11, 5)], kw=dict()),
+    dict(shapes=[(2, 3, 9, 8), (2, 3, 11, 8), (2, 3, 11, 8), (3, 9, 11)], mask="additive"),
+    dict(shapes=[(2, 3, 9, 8), (2, 3, 11, 8), (2, 3, 11, 8), (2, 1, 9, 11)], mask="bool", kw=dict(is_causal=True)),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", SDPA_CASES)
+def test_sdpa_matches_reference_with_gradients(dtype, case):
+    rng = np.random.default_rng(19)
+    arrays = [rng.standard_normal(s) for s in case["shapes"]]
+    if case.get("mask") == "bool":
+        arrays[3] = rng.random(case["shapes"][3]) > 0.3
+    kw = case.get("kw", {})
+    check_op(lambda *t: F.scaled_dot_product_attention(*t, **kw), arrays, torch_fn=_sdpa_torch(**kw),
+             numpy_fn=_sdpa_numpy(**kw), dtype=dtype, k=case["shapes"][1][-2] + case["shapes"][0][-1])
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_sdpa_gradcheck_float64(causal):
+    rng = np.random.default_rng(20)
+    q, k, v = rng.standard_normal((2, 2, 5, 4)), rng.standard_normal((2, 2, 6, 4)), rng.standard_normal((2, 2, 6, 3))
+    mask = rng.standard_normal((5, 6))
+    gradcheck(lambda q, k, v, m: F.scaled_dot_product_attention(q, k, v, m, is_causal=causal), [q, k, v, mask])
+    keep = rng.random((2, 1, 5, 6)) > 0.3
+    keep[0, 0, 2] = False                              # a row with no key: zero output, zero gradient
+    gradcheck(lambda q, k, v, m: F.scaled_dot_product_attention(q, k, v, m, is_causal=causal), [q, k, v, keep])
+    q3, k3, v3 = rng.standard_normal((1, 4, 5, 3)), rng.standard_normal((1, 2, 7, 3)), rng.standard_normal((1, 2, 7, 2))
+    gradcheck(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=True), [q3, k3, v3])
+
+
+def test_sdpa_fully_masked_rows_in_autodiff():
+    rng = np.random.default_rng(21)
+    q, k, v = (fastdl.tensor(rng.standard_normal(s), requires_grad=True) for s in ((1, 4, 8), (1, 6, 8), (1, 6, 8)))
+    keep = np.ones((4, 6), bool)
+    keep[2] = False
+    out = F.scaled_dot_product_attention(q, k, v, fastdl.tensor(keep))
+    out.sum().backward()
+    assert np.all(out.numpy()[0, 2] == 0) and np.all(q.grad.numpy()[0, 2] == 0)
+    assert all(np.all(np.isfinite(t.grad.numpy())) for t in (q, k, v))
+
+
+def test_sdpa_without_grad_records_nothing():
+    rng = np.random.default_rng(22)
+    q, k, v = (fastdl.tensor(rng.standard_normal((2, 5, 4)), requires_grad=True) for _ in range(3))
+    with fastdl.no_grad():
+        out = F.scaled_dot_product_attention(q, k, v)
+    assert out.grad_fn is None and not out.requires_grad
+    assert_close(out.numpy(), reference(q.numpy(), k.numpy(), v.numpy())[0], np.float64, 9)
+
+
+def test_sdpa_dropout_is_seeded_by_fastdl_generator():
+    rng = np.random.default_rng(23)
+    q, k, v = (fastdl.tensor(rng.standard_normal((2, 40, 8)), requires_grad=True) for _ in range(3))
+    fastdl.manual_seed(5)
+    a = F.scaled_dot_product_attention(q, k, v, dropout_p=0.5)
+    fastdl.manual_seed(5)
+    b = F.scaled_dot_product_attention(q, k, v, dropout_p=0.5)
+    c = F.scaled_dot_product_attention(q, k, v, dropout_p=0.5)
+    assert np.array_equal(a.numpy(), b.numpy()) and not np.array_equal(a.numpy(), c.numpy())
+    # The backward regenerates the forward's mask: the same gradients as the kernels with that seed.
+    fastdl.manual_seed(5)
+    seed = int(fastdl.random.generator().integers(0, 2**63))
+    grad = rng.standard_normal(a.shape)
+    a.backward(fastdl.tensor(grad))
+    out, lse = kernels.attention_forward(q.numpy(), k.numpy(), v.numpy(), dropout_p=0.5, seed=seed)
+    np.testing.assert_array_equal(out, a.numpy())
+    expected = kernels.attention_backward(grad, q.numpy(), k.numpy(), v.numpy(), out, lse, dropout_p=0.5, seed=seed)
+    for t, g in zip((q, k, v), expected):
+        np.testing.assert_allclose(t.grad.numpy(), g, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(is_causal=True), dict(enable_gqa=True, scale=0.3)])
+def test_composed_path_matches_fused(kw):
+    # The composed formula serves CUDA tensors and need_weights; on the CPU it must agree with the kernel.
+    rng = np.random.default_rng(24)
+    shapes = ((2, 4, 7, 5), (2, 2 if kw.get("enable_gqa") else 4, 9, 5), (2, 2 if kw.get("enable_gqa") else 4, 9, 3))
+    keep = rng.random((7, 9)) > 0.3
+    keep[3] = False
+    for mask in (None, fastdl.tensor(keep), fastdl.tensor(rng.standard_normal((1, 1, 7, 9)), requires_grad=True)):
+        fused = [fastdl.tensor(rng.standard_normal(s), requires_grad=True) for s in shapes]
+        composed = [fastdl.tensor(t.numpy(), requires_grad=True) for t in fused]
+        out = F.scaled_dot_product_attention(*fused, mask, **kw)
+        ref, weights = F._attention_composed("test", *composed, mask, 0.0, kw.get("is_causal", False),
+                                             kw.get("scale"), kw.get("enable_gqa", False))
+        assert_close(out.numpy(), ref.numpy(), np.float64, 9)
+        assert np.all(np.isfinite(weights.numpy()))
+        grad = rng.standard_normal(out.shape)
+        out.backward(fastdl.tensor(grad))
+        ref.backward(fastdl.tensor(grad))
+        for a, b in zip(fused, composed):
+            assert_close(a.grad.numpy(), b.grad.numpy(), np.float64, 9)
+
+
+BAD_SDPA = [
+    (lambda: F.scaled_dot_product_attention(np.ones((2, 3)), fastdl.ones(2, 3), fastdl.ones(2, 3)), TypeError, "query"),
+    (lambda: F.scaled_dot_product_attention(fastdl.ones(2, 4, 8), fastdl.ones(2, 5, 7), fastdl.ones(2, 5, 8)),
+     ValueError, "(2, 5, 7)"),
+    (lambda: F.scaled_dot_product_attention(fastdl.ones(2, 4, 8), fastdl.ones(3, 5, 8), fastdl.ones(3, 5, 8)),
+     ValueError, "do not broadcast"),
+    (lambda: F.scaled_dot_product_attention(fastdl.ones(8), fastdl.ones(5, 8), fastdl.ones(5, 8)), ValueError,
+     "at least 2 dimensions"),
+    (lambda: F.scaled_dot_product_attention(fastdl.ones(1, 6, 4, 8), fastdl.ones(1, 4, 5, 8), fastdl.ones(1, 4, 5, 8),
+                                            enable_gqa=True), ValueError, "enable_gqa"),
+    (lambda: F.scaled_dot_product_attention(fastdl.ones(4, 8), fastdl.ones(5, 8), fastdl.ones(5, 8),
+                                            fastdl.ones(4, 6)), ValueError, "(4, 6)"),
+    (lambda: F.scaled_dot_product_attention(fastdl.ones(4, 8), fastdl.ones(5, 8), fastdl.ones(5, 8),
+                                            fastdl.ones(4, 5, dtype=fastdl.int64)), TypeError, "int64"),
+    (lambda: F.scaled_dot_product_attention(fastdl.ones(4, 8), fastdl.ones(5, 8), fastdl.ones(5, 8),
+                                            fastdl.ones(4, 5, dtype=fastdl.float64)), TypeError, "float64"),
+    (lambda: F.scaled_dot_product_attention(fastdl.ones(4, 8), fastdl.ones(5, 8, dtype=fastdl.float64),
+                                            fastdl.ones(5, 8)), TypeError, "dtypes differ"),
+    (lambda: F.scaled_dot_product_attention(fastdl.ones(4, 8), fastdl.ones(5, 8), fastdl.ones(5, 8), dropout_p=1.5),
+     ValueError, "dropout_p"),
+]
+
+
+@pytest.mark.parametrize("call,exc,words", BAD_SDPA)
+def test_sdpa_bad_input(call, exc, words):
+    with pytest.raises(exc) as info:
+        call()
+    assert words in str(info.value)
+    assert "scaled_dot_product_attention" in str(info.value)
+
+
+def test_backend_info_reports_attention():
+    info = fastdl.backend_info()
+    assert info["families"]["attention"]["cpu"].startswith("native: fused flash attention")
+    cases = {(f["family"], f["case"]) for f in info["fallbacks"]}
+    assert ("attention", "cuda") in cases and ("attention", "need_weights") in cases

@@ -234,5 +234,8 @@ declare_fallback("lstm", "GRU/RNN", "composed from linear, sigmoid, tanh/relu an
 FAMILY_IMPLEMENTATIONS["attention"] = {
     "cpu": "native: fused flash attention (FlashAttention-2 tiles, online softmax; masks, causal, GQA and dropout "
            "inside the kernel), {level} micro-kernel",
-    "cuda": "not yet implemented",
+    "cuda": "composed from ops (declared fallback 'cuda'); no CUDA attention kernel yet",
 }
+declare_fallback("attention", "cuda", "softmax(Q·Kᵀ·scale + mask)·V composed from fastdl ops (stores the L×S scores)")
+declare_fallback("attention", "need_weights",
+                 "MultiheadAttention(need_weights=True): the composed formula, which returns the L×S weights")
