@@ -8,7 +8,7 @@ import pytest
 
 import fastdl
 import fastdl.functional as F
-from fastdl import kernels
+from fastdl import kernels, nn
 from fastdl.backend import _C
 
 from .helpers import assert_close, check_op, gradcheck, randn
@@ -688,3 +688,150 @@ def test_backend_info_reports_attention():
     assert info["families"]["attention"]["cpu"].startswith("native: fused flash attention")
     cases = {(f["family"], f["case"]) for f in info["fallbacks"]}
     assert ("attention", "cuda") in cases and ("attention", "need_weights") in cases
+
+
+# ---- nn.MultiheadAttention ---------------------------------------------------------------------------------
+
+def _mha_pair(dtype, **kw):
+    """A fastdl MultiheadAttention and PyTorch's with the same (copied) parameters."""
+    tm = torch.nn.MultiheadAttention(dtype=torch.float64, **kw)
+    m = nn.MultiheadAttention(dtype=dtype, **kw)
+    assert list(m.state_dict()) == list(tm.state_dict())
+    m.load_state_dict({name: fastdl.tensor(p.detach().numpy().astype(dtype)) for name, p in tm.state_dict().items()})
+    return m, tm
+
+
+MHA_CONFIGS = [
+    dict(embed_dim=16, num_heads=4),
+    dict(embed_dim=16, num_heads=2, batch_first=True),
+    dict(embed_dim=12, num_heads=3, kdim=5, vdim=7),
+    dict(embed_dim=8, num_heads=1, bias=False),
+    dict(embed_dim=8, num_heads=2, add_bias_kv=True, add_zero_attn=True),
+]
+
+
+@needs_torch
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("config", MHA_CONFIGS)
+@pytest.mark.parametrize("need_weights", [False, True])
+def test_multihead_attention_matches_torch(dtype, config, need_weights):
+    rng = np.random.default_rng(25)
+    m, tm = _mha_pair(dtype, **config)
+    E, N, L, S = config["embed_dim"], 3, 5, 9
+    bf = config.get("batch_first", False)
+
+    def shape(n, length, e):
+        return (n, length, e) if bf else (length, n, e)
+    q = rng.standard_normal(shape(N, L, E))
+    k = rng.standard_normal(shape(N, S, config.get("kdim", E)))
+    v = rng.standard_normal(shape(N, S, config.get("vdim", E)))
+    kpm = rng.random((N, S)) > 0.7
+    kpm[:, 0] = False                                  # PyTorch gives NaN for rows without keys
+    mask_sets = [{}, dict(key_padding_mask=kpm), dict(attn_mask=rng.standard_normal((L, S))),
+                 dict(attn_mask=rng.random((N * config["num_heads"], L, S)) > 0.8, key_padding_mask=kpm),
+                 dict(attn_mask=np.triu(np.ones((L, S), bool), 1), is_causal=True)]
+    for masks in mask_sets:
+        kw = {a: b for a, b in masks.items() if a != "is_causal"}
+        causal = masks.get("is_causal", False)
+        tq, tk, tv = (torch.tensor(x, requires_grad=True) for x in (q, k, v))
+        t_out, t_w = tm(tq, tk, tv, need_weights=need_weights, is_causal=causal,
+                        **{a: torch.from_numpy(b.astype(np.float64) if b.dtype != bool else b) for a, b in kw.items()})
+        fq, fk, fv = (fastdl.tensor(x.astype(dtype), requires_grad=True) for x in (q, k, v))
+        f_out, f_w = m(fq, fk, fv, need_weights=need_weights, is_causal=causal,
+                       **{a: fastdl.tensor(b.astype(dtype) if b.dtype != bool else b) for a, b in kw.items()})
+        assert f_out.shape == tuple(t_out.shape) and f_out.dtype == dtype
+        assert_close(f_out.numpy(), t_out.detach().numpy(), dtype, S + E)
+        if need_weights:
+            assert_close(f_w.numpy(), t_w.detach().numpy(), dtype, S + E)
+        else:
+            assert f_w is None
+        grad = rng.standard_normal(f_out.shape)
+        t_out.backward(torch.from_numpy(grad))
+        f_out.backward(fastdl.tensor(grad.astype(dtype)))
+        for ft, tt in zip((fq, fk, fv), (tq, tk, tv)):
+            assert_close(ft.grad.numpy(), tt.grad.numpy(), dtype, S + E)
+        for (name, p), (_, tp) in zip(m.named_parameters(), tm.named_parameters()):
+            assert_close(p.grad.numpy(), tp.grad.numpy(), dtype, N * (S + E)), name
+            p.grad, tp.grad = None, None
+
+
+@needs_torch
+def test_multihead_attention_unbatched_and_head_weights():
+    rng = np.random.default_rng(26)
+    m, tm = _mha_pair(np.float64, embed_dim=8, num_heads=2)
+    q, kv = rng.standard_normal((4, 8)), rng.standard_normal((6, 8))
+    kpm = np.array([False, True, False, False, True, False])
+    t_out, t_w = tm(torch.from_numpy(q), torch.from_numpy(kv), torch.from_numpy(kv), key_padding_mask=torch.from_numpy(kpm),
+                    average_attn_weights=False)
+    f_out, f_w = m(fastdl.tensor(q), fastdl.tensor(kv), fastdl.tensor(kv), key_padding_mask=fastdl.tensor(kpm),
+                   average_attn_weights=False)
+    assert f_out.shape == (4, 8) and f_w.shape == (2, 4, 6)
+    assert_close(f_out.numpy(), t_out.detach().numpy(), np.float64, 14)
+    assert_close(f_w.numpy(), t_w.detach().numpy(), np.float64, 14)
+
+
+def test_multihead_attention_self_attention_uses_fused_kernel_and_matches_weights_path():
+    rng = np.random.default_rng(27)
+    m = nn.MultiheadAttention(32, 4, batch_first=True, dtype=np.float64)
+    x = fastdl.tensor(rng.standard_normal((2, 70, 32)))
+    causal = fastdl.tensor(np.triu(np.ones((70, 70), bool), 1))
+    runs = {f["case"]: f["runs"] for f in fastdl.backend_info()["fallbacks"] if f["family"] == "attention"}
+    fused, none = m(x, x, x, attn_mask=causal, is_causal=True, need_weights=False)
+    after = {f["case"]: f["runs"] for f in fastdl.backend_info()["fallbacks"] if f["family"] == "attention"}
+    assert none is None and after["need_weights"] == runs["need_weights"]
+    composed, w = m(x, x, x, attn_mask=causal)
+    assert {f["case"]: f["runs"] for f in fastdl.backend_info()["fallbacks"]}["need_weights"] == runs["need_weights"] + 1
+    assert_close(fused.numpy(), composed.numpy(), np.float64, 100)
+    assert np.all(np.triu(w.numpy()[0], 1) == 0)
+
+
+def test_multihead_attention_fully_masked_rows_and_dropout():
+    rng = np.random.default_rng(28)
+    m = nn.MultiheadAttention(8, 2, dropout=0.5, batch_first=True, dtype=np.float64)
+    x = fastdl.tensor(rng.standard_normal((2, 5, 8)), requires_grad=True)
+    all_padded = fastdl.tensor(np.array([[True] * 5, [False] * 5]))
+    m.eval()
+    out, _ = m(x, x, x, key_padding_mask=all_padded, need_weights=False)
+    assert np.all(np.isfinite(out.numpy()))
+    bias = m.out_proj.bias.numpy()
+    np.testing.assert_allclose(out.numpy()[0], np.broadcast_to(bias, (5, 8)))   # no key: only the output bias
+    a, _ = m(x, x, x, need_weights=False)
+    b, _ = m(x, x, x, need_weights=False)
+    np.testing.assert_array_equal(a.numpy(), b.numpy())                        # eval: no dropout
+    m.train()
+    c, _ = m(x, x, x, need_weights=False)
+    d, _ = m(x, x, x, need_weights=False)
+    assert not np.array_equal(c.numpy(), d.numpy())
+    c.sum().backward()
+    assert np.all(np.isfinite(x.grad.numpy()))
+
+
+BAD_MHA = [
+    (lambda m: m(fastdl.ones(5, 8), fastdl.ones(2, 6, 8), fastdl.ones(2, 6, 8)), ValueError, "3-D (batched) or 2-D"),
+    (lambda m: m(fastdl.ones(5, 2, 7), fastdl.ones(6, 2, 8), fastdl.ones(6, 2, 8)), ValueError, "query (5, 2, 7)"),
+    (lambda m: m(fastdl.ones(5, 2, 8), fastdl.ones(6, 3, 8), fastdl.ones(6, 3, 8)), ValueError, "equal batch"),
+    (lambda m: m(fastdl.ones(5, 2, 8), fastdl.ones(6, 2, 8), fastdl.ones(7, 2, 8)), ValueError, "value (7, 2, 8)"),
+    (lambda m: m(fastdl.ones(5, 2, 8), fastdl.ones(6, 2, 8), fastdl.ones(6, 2, 8),
+                 key_padding_mask=fastdl.ones(2, 5, dtype=fastdl.bool)), ValueError, "key_padding_mask of shape (2, 5)"),
+    (lambda m: m(fastdl.ones(5, 2, 8), fastdl.ones(6, 2, 8), fastdl.ones(6, 2, 8),
+                 attn_mask=fastdl.ones(5, 5, dtype=fastdl.bool)), ValueError, "(5, 6) or (4, 5, 6)"),
+    (lambda m: m(fastdl.ones(5, 2, 8), fastdl.ones(6, 2, 8), fastdl.ones(6, 2, 8),
+                 attn_mask=fastdl.ones(5, 6, dtype=fastdl.int64)), TypeError, "int64"),
+    (lambda m: m(fastdl.ones(5, 2, 8), fastdl.ones(6, 2, 8), fastdl.ones(6, 2, 8), is_causal=True), ValueError,
+     "is_causal"),
+]
+
+
+@pytest.mark.parametrize("call,exc,words", BAD_MHA)
+def test_multihead_attention_bad_input(call, exc, words):
+    m = nn.MultiheadAttention(8, 2)
+    with pytest.raises(exc) as info:
+        call(m)
+    assert words in str(info.value) and "MultiheadAttention" in str(info.value)
+
+
+def test_multihead_attention_bad_configuration():
+    with pytest.raises(ValueError, match="divisible"):
+        nn.MultiheadAttention(10, 3)
+    with pytest.raises(ValueError, match="positive"):
+        nn.MultiheadAttention(0, 1)
