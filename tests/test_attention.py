@@ -652,6 +652,24 @@ def test_composed_path_matches_fused(kw):
             assert_close(a.grad.numpy(), b.grad.numpy(), np.float64, 9)
 
 
+def test_sdpa_on_each_device(device):
+    # CPU: the fused kernel. CUDA: the composed formula (a declared fallback) until attention.cu exists.
+    rng = np.random.default_rng(29)
+    arrays = [rng.standard_normal(s) for s in ((2, 4, 33, 16), (2, 2, 40, 16), (2, 2, 40, 8))]
+    keep = rng.random((33, 40)) > 0.3
+    keep[5] = False
+    q, k, v = (fastdl.tensor(a, device=device, requires_grad=True) for a in arrays)
+    out = F.scaled_dot_product_attention(q, k, v, fastdl.tensor(keep, device=device), is_causal=True, enable_gqa=True)
+    assert out.device == q.device
+    grad = rng.standard_normal(out.shape)
+    out.backward(fastdl.tensor(grad, device=device))
+    ref = reference(*arrays[:1], np.repeat(arrays[1], 2, 1), np.repeat(arrays[2], 2, 1), keep, True)[0]
+    assert_close(out.cpu().numpy(), ref, np.float64, 40)
+    refs = reference_grads(grad, arrays[0], arrays[1], arrays[2], keep, True)
+    for t, r in zip((q, k, v), refs):
+        assert_close(t.grad.cpu().numpy(), r, np.float64, 64, scale=max(1.0, float(np.abs(r).max())))
+
+
 BAD_SDPA = [
     (lambda: F.scaled_dot_product_attention(np.ones((2, 3)), fastdl.ones(2, 3), fastdl.ones(2, 3)), TypeError, "query"),
     (lambda: F.scaled_dot_product_attention(fastdl.ones(2, 4, 8), fastdl.ones(2, 5, 7), fastdl.ones(2, 5, 8)),
