@@ -1836,6 +1836,80 @@ def rnn(input, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None, nonlinearit
     return stack(outputs), h
 
 
+# ---- attention: fused scaled-dot-product attention (native); composed on CUDA ---------------------
+
+from . import backend as _backend  # noqa: E402
+from .ops import attention as _attention  # noqa: E402
+
+__all__ += ["scaled_dot_product_attention"]
+
+
+def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
+                                 enable_gqa=False) -> Tensor:
+    """softmax(query·keyᵀ·scale + mask)·value on fastdl's fused attention kernel (PyTorch's semantics).
+
+    query (..., L, E), key (..., S, E), value (..., S, Ev) → (..., L, Ev); batch dimensions broadcast.
+    ``attn_mask`` broadcasts to (..., L, S): bool (True takes part) or additive in query's dtype (its
+    gradient flows when it requires grad). ``is_causal`` keeps key j for query i when j ≤ i
+    (top-left aligned when L ≠ S, as PyTorch; combined with ``attn_mask`` if both are given).
+    ``scale`` defaults to 1/sqrt(E). ``enable_gqa`` lets query have a multiple of key/value's heads
+    (dimension -3), each group of queries sharing one key/value head. ``dropout_p`` drops attention
+    probabilities (with fastdl's seeded generator); pass 0.0 when not training.
+
+    Rows whose mask removes every key give zeros (and zero gradients), never NaN. The L×S score
+    matrix is never stored: memory is linear in L and S. On CUDA tensors this runs the composed
+    formula (a declared fallback) until the CUDA attention kernel exists.
+
+    >>> import fastdl
+    >>> q = fastdl.ones(2, 4, 8)
+    >>> v = fastdl.arange(2 * 4 * 3, dtype=fastdl.float32).reshape(2, 4, 3)
+    >>> out = fastdl.functional.scaled_dot_product_attention(q, q, v, is_causal=True)
+    >>> out.shape, out[0, 1].tolist()
+    ((2, 4, 3), [1.5, 2.5, 3.5])
+    """
+    op = "scaled_dot_product_attention"
+    q, k, v = _tensor(query, op, "query"), _tensor(key, op, "key"), _tensor(value, op, "value")
+    m = None if attn_mask is None else _tensor(attn_mask, op, "attn_mask")
+    if not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"{op}: dropout_p must be in [0, 1), got {dropout_p}")
+    if builtins.any(t.is_cuda for t in (q, k, v, m) if t is not None):
+        _backend.note_fallback("attention", "cuda")
+        return _attention_composed(op, q, k, v, m, dropout_p, is_causal, scale, enable_gqa)[0]
+    seed = int(_random.generator().integers(0, 2**63)) if dropout_p > 0 else 0
+    options = (bool(is_causal), scale, float(dropout_p), seed, bool(enable_gqa))
+    if _record(q, k, v, m):
+        return _attention.ScaledDotProductAttentionFn.apply(q, k, v, m, *options)
+    return Tensor(_attention.ScaledDotProductAttentionFn.forward(
+        _NULL_CTX, q.data, k.data, v.data, None if m is None else m.data, *options))
+
+
+def _attention_composed(op, q, k, v, m, dropout_p, is_causal, scale, enable_gqa):
+    """(out, weights) of scaled-dot-product attention composed from fastdl ops, storing the L×S
+    weights: the path for CUDA tensors and for callers that need the weights themselves
+    (``nn.MultiheadAttention(need_weights=True)``). Rows with no key give zero weights."""
+    L, S, E = q.shape[-2], k.shape[-2], q.shape[-1]
+    if enable_gqa and q.data.ndim >= 3 and k.data.ndim >= 3 and q.shape[-3] != k.shape[-3]:
+        group = q.shape[-3] // builtins.max(k.shape[-3], 1)
+        if k.shape[-3] * group != q.shape[-3] or v.shape[-3] != k.shape[-3]:
+            raise ValueError(f"{op}: enable_gqa needs equal key/value heads that divide the query heads "
+                             f"(dimension -3): query {q.shape}, key {k.shape}, value {v.shape}")
+        k, v = (x.unsqueeze(-3).expand(*x.shape[:-2], group, *x.shape[-2:]).reshape(
+            *x.shape[:-3], q.shape[-3], *x.shape[-2:]) for x in (k, v))
+    if scale is None:
+        scale = 1.0 / math.sqrt(E) if E > 0 else 1.0
+    scores = matmul(q, k.transpose(-2, -1)) * scale
+    xp = array_module(q.data)
+    if is_causal:
+        scores = masked_fill(scores, Tensor(~xp.tril(xp.ones((L, S), dtype=bool))), float("-inf"))
+    if m is not None:
+        scores = masked_fill(scores, logical_not(m), float("-inf")) if m.dtype == np.bool_ else scores + m
+    some_key = Tensor((scores.data > -xp.inf).any(axis=-1, keepdims=True))
+    weights = softmax(where(some_key, scores, 0.0), dim=-1) * some_key.to(scores.dtype)
+    if dropout_p > 0:
+        weights = dropout(weights, dropout_p)
+    return matmul(weights, v), weights
+
+
 # ---- nn: dropout, normalisation, embedding and losses (the functional forms of fastdl.nn) ----------
 
 from .ops import nn as _nn_ops  # noqa: E402

@@ -45,6 +45,7 @@ from .losses import (
     NLLLoss,
     SmoothL1Loss,
 )
+from .attention import MultiheadAttention
 from .module import Identity, Module, ModuleDict, ModuleList, Parameter, Sequential
 
 __all__ = [
@@ -55,6 +56,7 @@ __all__ = [
     "PositionalEncoding", "sinusoidal_positional_encoding",
     "MSELoss", "L1Loss", "SmoothL1Loss", "BCELoss", "BCEWithLogitsLoss", "CrossEntropyLoss", "NLLLoss",
     "KLDivLoss", "CosineEmbeddingLoss",
+    "MultiheadAttention",
     "functional", "init", "utils",
 ]
 
