@@ -63,6 +63,25 @@ def test_gemm_mc_plus_one(dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("trans_a", [False, True])
+@pytest.mark.parametrize("trans_b", [False, True])
+def test_gemm_matrix_vector_paths(cpu_level, dtype, trans_a, trans_b):
+    # M == 1 and N == 1 take the streaming matrix-vector path: contiguous, transposed and strided.
+    rng = np.random.default_rng(12)
+    for M, N, K in [(1, 1, 1), (1, 3, 5), (1, 4099, 33), (1, 70, 1031), (3, 1, 5), (4099, 1, 33), (70, 1, 1031)]:
+        a, b = make(rng, M, N, K, dtype, trans_a, trans_b)
+        c = randn(rng, (M, N), dtype)
+        expected = reference(a, b, trans_a, trans_b, alpha=0.75, beta=-0.5, c=c)
+        kernels.gemm(a, b, c, trans_a=trans_a, trans_b=trans_b, alpha=0.75, beta=-0.5)
+        assert_close(c, expected, dtype, K)
+    a = randn(rng, (3, 210), dtype)[1:2, ::3]          # a strided row vector
+    b = randn(rng, (140, 90), dtype)[::2, 5:77]         # a strided matrix
+    out = np.zeros((2, 144), dtype)[:1, ::2]            # a strided output row
+    kernels.gemm(a, b, out)
+    assert_close(out, reference(a, b), dtype, 70)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("alpha,beta", [(1.0, 0.0), (0.5, 1.0), (-2.0, 0.25), (0.0, 3.0), (1.5, -1.0)])
 def test_gemm_alpha_beta(cpu_level, dtype, alpha, beta):
     rng = np.random.default_rng(4)

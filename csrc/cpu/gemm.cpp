@@ -30,6 +30,9 @@
 namespace fastdl::cpu {
 namespace {
 
+// Below this many FLOPs a second thread costs more than it saves.
+constexpr double kMinFlopsPerThread = 2.0 * 48 * 48 * 48;
+
 // Everything the ISA-specific block routine needs for one (ic, pc, jc) block.
 template <class T>
 struct BlockArgs {
@@ -163,6 +166,156 @@ Kernel<T> kernel_for(CpuCapability level) {
   }
 }
 
+// ---- Matrix-vector products (M == 1 or N == 1) -------------------------------------------------
+// Each matrix element is used once, so packing would cost as much as the product: stream the
+// matrix once instead, at memory bandwidth (the floor: K·N·sizeof(T) bytes).
+//   dot form:  y[i] = Σ_k X[i·rsx + k] · v[k]     (rows of X contiguous in k), 4 rows at a time
+//   axpy form: y[j] = Σ_k v[k] · X[k·rsx + j]     (rows of X contiguous in j), y block kept in L1
+template <class V>
+inline void rows_dot(index_t rows, index_t K, const typename V::T* X, index_t rsx, const typename V::T* v,
+                     typename V::T* y) {
+  using T = typename V::T;
+  constexpr int W = V::width;
+  index_t i = 0;
+  for (; i + 4 <= rows; i += 4) {
+    typename V::reg acc[4] = {V::zero(), V::zero(), V::zero(), V::zero()};
+    index_t k = 0;
+    for (; k + W <= K; k += W) {
+      const auto vk = V::load(v + k);
+#pragma GCC unroll 4
+      for (int r = 0; r < 4; ++r) acc[r] = V::fmadd(V::load(X + (i + r) * rsx + k), vk, acc[r]);
+    }
+    for (int r = 0; r < 4; ++r) {
+      T sum = V::reduce_add(acc[r]);
+      for (index_t kk = k; kk < K; ++kk) sum += X[(i + r) * rsx + kk] * v[kk];
+      y[i + r] = sum;
+    }
+  }
+  for (; i < rows; ++i) {
+    typename V::reg acc = V::zero();
+    index_t k = 0;
+    for (; k + W <= K; k += W) acc = V::fmadd(V::load(X + i * rsx + k), V::load(v + k), acc);
+    T sum = V::reduce_add(acc);
+    for (; k < K; ++k) sum += X[i * rsx + k] * v[k];
+    y[i] = sum;
+  }
+}
+
+template <class V>
+inline void rows_axpy(index_t K, index_t cols, const typename V::T* X, index_t rsx, const typename V::T* v,
+                      typename V::T* y) {
+  using T = typename V::T;
+  constexpr int W = V::width;
+  for (index_t j = 0; j < cols; ++j) y[j] = T(0);
+  for (index_t k = 0; k < K; ++k) {
+    const auto vk = V::set1(v[k]);
+    const T* x = X + k * rsx;
+    index_t j = 0;
+    for (; j + W <= cols; j += W) V::store(y + j, V::fmadd(vk, V::load(x + j), V::load(y + j)));
+    for (; j < cols; ++j) y[j] += v[k] * x[j];
+  }
+}
+
+template <class V>
+struct MatrixVector {
+  static void dot(index_t rows, index_t K, const typename V::T* X, index_t rsx, const typename V::T* v,
+                  typename V::T* y) {
+    rows_dot<V>(rows, K, X, rsx, v, y);
+  }
+  static void axpy(index_t K, index_t cols, const typename V::T* X, index_t rsx, const typename V::T* v,
+                   typename V::T* y) {
+    rows_axpy<V>(K, cols, X, rsx, v, y);
+  }
+};
+
+template <class T>
+struct MatrixVectorKernels {
+  void (*dot)(index_t, index_t, const T*, index_t, const T*, T*);
+  void (*axpy)(index_t, index_t, const T*, index_t, const T*, T*);
+};
+
+FASTDL_TARGET_AVX512 FASTDL_FLATTEN void dot_avx512_f32(index_t r, index_t k, const float* x, index_t s, const float* v, float* y) { MatrixVector<simd::Avx512F32>::dot(r, k, x, s, v, y); }
+FASTDL_TARGET_AVX512 FASTDL_FLATTEN void axpy_avx512_f32(index_t k, index_t c, const float* x, index_t s, const float* v, float* y) { MatrixVector<simd::Avx512F32>::axpy(k, c, x, s, v, y); }
+FASTDL_TARGET_AVX512 FASTDL_FLATTEN void dot_avx512_f64(index_t r, index_t k, const double* x, index_t s, const double* v, double* y) { MatrixVector<simd::Avx512F64>::dot(r, k, x, s, v, y); }
+FASTDL_TARGET_AVX512 FASTDL_FLATTEN void axpy_avx512_f64(index_t k, index_t c, const double* x, index_t s, const double* v, double* y) { MatrixVector<simd::Avx512F64>::axpy(k, c, x, s, v, y); }
+FASTDL_TARGET_AVX2 FASTDL_FLATTEN void dot_avx2_f32(index_t r, index_t k, const float* x, index_t s, const float* v, float* y) { MatrixVector<simd::Avx2F32>::dot(r, k, x, s, v, y); }
+FASTDL_TARGET_AVX2 FASTDL_FLATTEN void axpy_avx2_f32(index_t k, index_t c, const float* x, index_t s, const float* v, float* y) { MatrixVector<simd::Avx2F32>::axpy(k, c, x, s, v, y); }
+FASTDL_TARGET_AVX2 FASTDL_FLATTEN void dot_avx2_f64(index_t r, index_t k, const double* x, index_t s, const double* v, double* y) { MatrixVector<simd::Avx2F64>::dot(r, k, x, s, v, y); }
+FASTDL_TARGET_AVX2 FASTDL_FLATTEN void axpy_avx2_f64(index_t k, index_t c, const double* x, index_t s, const double* v, double* y) { MatrixVector<simd::Avx2F64>::axpy(k, c, x, s, v, y); }
+FASTDL_FLATTEN void dot_portable_f32(index_t r, index_t k, const float* x, index_t s, const float* v, float* y) { MatrixVector<simd::Portable<float>>::dot(r, k, x, s, v, y); }
+FASTDL_FLATTEN void axpy_portable_f32(index_t k, index_t c, const float* x, index_t s, const float* v, float* y) { MatrixVector<simd::Portable<float>>::axpy(k, c, x, s, v, y); }
+FASTDL_FLATTEN void dot_portable_f64(index_t r, index_t k, const double* x, index_t s, const double* v, double* y) { MatrixVector<simd::Portable<double>>::dot(r, k, x, s, v, y); }
+FASTDL_FLATTEN void axpy_portable_f64(index_t k, index_t c, const double* x, index_t s, const double* v, double* y) { MatrixVector<simd::Portable<double>>::axpy(k, c, x, s, v, y); }
+
+template <class T>
+MatrixVectorKernels<T> matrix_vector_for(CpuCapability level) {
+  if constexpr (sizeof(T) == 4) {
+    switch (level) {
+      case CpuCapability::avx512: return {dot_avx512_f32, axpy_avx512_f32};
+      case CpuCapability::avx2: return {dot_avx2_f32, axpy_avx2_f32};
+      default: return {dot_portable_f32, axpy_portable_f32};
+    }
+  } else {
+    switch (level) {
+      case CpuCapability::avx512: return {dot_avx512_f64, axpy_avx512_f64};
+      case CpuCapability::avx2: return {dot_avx2_f64, axpy_avx2_f64};
+      default: return {dot_portable_f64, axpy_portable_f64};
+    }
+  }
+}
+
+// y (length L, stride ys) = alpha · op(X)·v + beta · y for the M == 1 and N == 1 cases; returns
+// false when the matrix has no unit stride (the general path handles it).
+template <class T>
+bool matrix_vector(index_t M, index_t N, index_t K, T alpha, const T* A, index_t rsa, index_t csa, const T* B,
+                   index_t rsb, index_t csb, T beta, T* C, index_t rsc, index_t csc, int max_threads) {
+  bool dot_form;
+  const T *X, *v;
+  index_t rsx, vs, L, ys;
+  if (M == 1 && (csb == 1 || rsb == 1)) {
+    dot_form = csb != 1, X = B, rsx = dot_form ? csb : rsb, v = A, vs = csa, L = N, ys = csc;
+  } else if (N == 1 && (csa == 1 || rsa == 1)) {
+    dot_form = csa == 1, X = A, rsx = dot_form ? rsa : csa, v = B, vs = rsb, L = M, ys = rsc;
+  } else {
+    return false;
+  }
+  static thread_local AlignedBuffer<T> v_buffer, y_buffer;
+  if (vs != 1) {
+    T* packed = v_buffer.get(static_cast<std::size_t>(K));
+    for (index_t k = 0; k < K; ++k) packed[k] = v[k * vs];
+    v = packed;
+  }
+  T* y = y_buffer.get(static_cast<std::size_t>(L));
+  const MatrixVectorKernels<T> mv = matrix_vector_for<T>(capability());
+  constexpr index_t kColumnBlock = 2048 / sizeof(T) * 4;  // 8 KB of y: stays in L1
+  const index_t grain = std::max<index_t>(64, static_cast<index_t>(kMinFlopsPerThread / (2.0 * std::max<index_t>(K, 1))));
+  const auto body = [&](index_t begin, index_t end) {
+    if (dot_form) {
+      mv.dot(end - begin, K, X + begin * rsx, rsx, v, y + begin);
+    } else {
+      for (index_t j = begin; j < end; j += kColumnBlock)
+        mv.axpy(K, std::min(kColumnBlock, end - j), X + j, rsx, v, y + j);
+    }
+  };
+  if (max_threads > 1 && L >= 2 * grain) {
+    const int team = static_cast<int>(std::min<index_t>(max_threads, L / grain));
+#pragma omp parallel num_threads(team)
+    {
+      const index_t t = omp_get_thread_num(), nt = omp_get_num_threads();
+      const index_t chunk = round_up(ceil_div(L, nt), 16);
+      const index_t begin = std::min(L, t * chunk), end = std::min(L, begin + chunk);
+      if (begin < end) body(begin, end);
+    }
+  } else {
+    body(0, L);
+  }
+  for (index_t i = 0; i < L; ++i) {
+    T& out = C[i * ys];
+    out = beta == T(0) ? alpha * y[i] : alpha * y[i] + beta * out;
+  }
+  return true;
+}
+
 // A[i0:i0+mr, p0:p0+kc] (op(A) coordinates) → dst[p·MR + r], zero rows past mr.
 template <class T>
 void pack_a_sliver(int MR, index_t mr, index_t kc, const T* A, index_t rsa, index_t csa, T* dst) {
@@ -213,9 +366,6 @@ void scale_c(index_t M, index_t N, T beta, T* C, index_t rsc, index_t csc) {
     }
 }
 
-// Below this many multiply-adds a second thread costs more than it saves.
-constexpr double kMinFlopsPerThread = 2.0 * 48 * 48 * 48;
-
 // The five loops. `pack_b(pc, kc, j0, nr, NR, dst)` writes the kc×NR sliver of op(B) at
 // (pc, j0) into dst (nr ≤ NR valid columns, the rest zero): a strided B, or an operand built on
 // the fly (conv2d's im2col panels).
@@ -248,30 +398,39 @@ void gemm_driver(index_t M, index_t N, index_t K, T alpha, const T* A, index_t r
       const index_t row_parts = std::min<index_t>(a_slivers, col_blocks >= threads ? 1 : ceil_div(threads, col_blocks));
       const index_t tasks = col_blocks * row_parts;
       const int team = static_cast<int>(std::min<index_t>(threads, std::max(tasks, a_slivers)));
-#pragma omp parallel num_threads(team)
-      {
-#pragma omp for schedule(static)
-        for (index_t s = 0; s < a_slivers; ++s) {
-          const index_t i0 = s * k.MR;
-          pack_a_sliver(k.MR, std::min<index_t>(k.MR, mc - i0), kc, A + (ic + i0) * rsa + pc * csa, rsa, csa,
-                        Ap + s * k.MR * kc);
-        }
+      const auto pack_a = [&](index_t s) {
+        const index_t i0 = s * k.MR;
+        pack_a_sliver(k.MR, std::min<index_t>(k.MR, mc - i0), kc, A + (ic + i0) * rsa + pc * csa, rsa, csa,
+                      Ap + s * k.MR * kc);
+      };
+      const auto run_task = [&](index_t t) {
         static thread_local AlignedBuffer<T> b_buffer;
         T* Bp = b_buffer.get(static_cast<std::size_t>(round_up(nc_block, k.NR) * k.KC));
+        const index_t jc = (t / row_parts) * nc_block, part = t % row_parts;
+        const index_t nc = std::min(nc_block, N - jc);
+        for (index_t j0 = 0; j0 < nc; j0 += k.NR)
+          pack_b(pc, kc, jc + j0, std::min<index_t>(k.NR, nc - j0), k.NR, Bp + j0 * kc);
+        const index_t slivers_per_part = ceil_div(a_slivers, row_parts);
+        BlockArgs<T> g{mc, nc, kc,
+                       std::min(part * slivers_per_part, a_slivers) * k.MR,
+                       std::min((part + 1) * slivers_per_part, a_slivers) * k.MR,
+                       Ap, Bp, C + ic * rsc + jc * csc, rsc, csc, alpha, beta_block};
+        g.ir_end = std::min(g.ir_end, mc);
+        if (g.ir_begin < g.ir_end) k.block(g);
+      };
+      // Serial without a team: no parallel region (and no orphaned worksharing that would bind to
+      // a caller's region, e.g. gemm_batched running one product per thread).
+      if (team > 1) {
+#pragma omp parallel num_threads(team)
+        {
 #pragma omp for schedule(static)
-        for (index_t t = 0; t < tasks; ++t) {
-          const index_t jc = (t / row_parts) * nc_block, part = t % row_parts;
-          const index_t nc = std::min(nc_block, N - jc);
-          for (index_t j0 = 0; j0 < nc; j0 += k.NR)
-            pack_b(pc, kc, jc + j0, std::min<index_t>(k.NR, nc - j0), k.NR, Bp + j0 * kc);
-          const index_t slivers_per_part = ceil_div(a_slivers, row_parts);
-          BlockArgs<T> g{mc, nc, kc,
-                         std::min(part * slivers_per_part, a_slivers) * k.MR,
-                         std::min((part + 1) * slivers_per_part, a_slivers) * k.MR,
-                         Ap, Bp, C + ic * rsc + jc * csc, rsc, csc, alpha, beta_block};
-          g.ir_end = std::min(g.ir_end, mc);
-          if (g.ir_begin < g.ir_end) k.block(g);
+          for (index_t s = 0; s < a_slivers; ++s) pack_a(s);
+#pragma omp for schedule(static)
+          for (index_t t = 0; t < tasks; ++t) run_task(t);
         }
+      } else {
+        for (index_t s = 0; s < a_slivers; ++s) pack_a(s);
+        for (index_t t = 0; t < tasks; ++t) run_task(t);
       }
     }
   }
@@ -281,6 +440,9 @@ template <class T>
 void gemm_with_threads(index_t M, index_t N, index_t K, T alpha, const T* A, index_t rsa, index_t csa,
                        const T* B, index_t rsb, index_t csb, T beta, T* C, index_t rsc, index_t csc,
                        int max_threads) {
+  if ((M == 1 || N == 1) && K > 0 && alpha != T(0) &&
+      matrix_vector(M, N, K, alpha, A, rsa, csa, B, rsb, csb, beta, C, rsc, csc, max_threads))
+    return;
   const auto pack_b = [=](index_t pc, index_t kc, index_t j0, index_t nr, int NR, T* dst) {
     pack_b_sliver(NR, nr, kc, B + pc * rsb + j0 * csb, rsb, csb, dst);
   };
