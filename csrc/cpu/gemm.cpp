@@ -38,7 +38,9 @@ template <class T>
 struct BlockArgs {
   index_t mc, nc, kc;   // sizes of this block
   index_t ir_begin, ir_end;  // MR-sliver range of the A block this task covers (in rows)
-  const T* Ap;          // packed A block: ceil(mc/MR) slivers of MR×kc
+  const T* Ap;          // packed A slivers from row ir_begin on, MR·KC elements apart
+  bool a_rows;          // sliver layout: true = row-major MR×KC (element (r, p) at r·KC + p),
+                        //                false = k-major (element (r, p) at p·MR + r)
   const T* Bp;          // packed B block: ceil(nc/NR) slivers of kc×NR
   T* C;                 // C at (ic, jc)
   index_t rsc, csc;
@@ -52,9 +54,10 @@ struct Kernel {
   void (*block)(const BlockArgs<T>&);
 };
 
-// acc = Σ_k Ap[k·MR + r] · Bp[k·NR + c] for an MR×NR tile; C = alpha·acc + beta·C (beta == 0: no
-// read of C). C is row-major with unit column stride here.
-template <class V, int MR, int NV>
+// acc = Σ_k A(r, k) · Bp[k·NR + c] for an MR×NR tile; C = alpha·acc + beta·C (beta == 0: no read
+// of C). C is row-major with unit column stride here. A(r, k) is a[r·A_ROW + k·A_STEP]: both
+// compile-time constants, so each broadcast is one load with a fixed displacement.
+template <class V, int MR, int NV, int A_ROW, int A_STEP>
 inline void micro_kernel(index_t kc, const typename V::T* __restrict a, const typename V::T* __restrict b,
                          typename V::T* __restrict c, index_t rsc, typename V::T alpha, typename V::T beta) {
   using T = typename V::T;
@@ -71,11 +74,11 @@ inline void micro_kernel(index_t kc, const typename V::T* __restrict a, const ty
     for (int v = 0; v < NV; ++v) bv[v] = V::load(b + v * W);
 #pragma GCC unroll 32
     for (int r = 0; r < MR; ++r) {
-      const reg ar = V::broadcast(a + r);
+      const reg ar = V::broadcast(a + r * A_ROW);
 #pragma GCC unroll 4
       for (int v = 0; v < NV; ++v) acc[r][v] = V::fmadd(ar, bv[v], acc[r][v]);
     }
-    a += MR;
+    a += A_STEP;
     b += NV * W;
   }
   const reg va = V::set1(alpha);
@@ -98,23 +101,23 @@ inline void micro_kernel(index_t kc, const typename V::T* __restrict a, const ty
 
 // The two innermost loops over one packed block. Full tiles of a unit-column-stride C are written
 // in place; edge tiles (or strided C) are computed into `tile` and merged element by element.
-template <class V, int MR, int NV>
-inline void block_loops(const BlockArgs<typename V::T>& g) {
+template <class V, int MR, int NV, int KC, int A_ROW, int A_STEP>
+inline void block_loops_layout(const BlockArgs<typename V::T>& g) {
   using T = typename V::T;
   constexpr int NR = NV * V::width;
   alignas(64) T tile[MR * NR];
   for (index_t ir = g.ir_begin; ir < g.ir_end; ir += MR) {
     const index_t mr = std::min<index_t>(MR, g.mc - ir);
-    const T* a = g.Ap + ir * g.kc;
+    const T* a = g.Ap + (ir - g.ir_begin) * KC;
     for (index_t jr = 0; jr < g.nc; jr += NR) {
       const index_t nr = std::min<index_t>(NR, g.nc - jr);
       const T* b = g.Bp + jr * g.kc;
       T* c = g.C + ir * g.rsc + jr * g.csc;
       if (mr == MR && nr == NR && g.csc == 1) {
-        micro_kernel<V, MR, NV>(g.kc, a, b, c, g.rsc, g.alpha, g.beta);
+        micro_kernel<V, MR, NV, A_ROW, A_STEP>(g.kc, a, b, c, g.rsc, g.alpha, g.beta);
         continue;
       }
-      micro_kernel<V, MR, NV>(g.kc, a, b, tile, NR, T(1), T(0));
+      micro_kernel<V, MR, NV, A_ROW, A_STEP>(g.kc, a, b, tile, NR, T(1), T(0));
       for (index_t r = 0; r < mr; ++r)
         for (index_t j = 0; j < nr; ++j) {
           T& out = c[r * g.rsc + j * g.csc];
@@ -124,18 +127,27 @@ inline void block_loops(const BlockArgs<typename V::T>& g) {
   }
 }
 
+template <class V, int MR, int NV, int KC>
+inline void block_loops(const BlockArgs<typename V::T>& g) {
+  if (g.a_rows)
+    block_loops_layout<V, MR, NV, KC, KC, 1>(g);
+  else
+    block_loops_layout<V, MR, NV, KC, 1, MR>(g);
+}
+
 // One entry function per (ISA, dtype): the loops and the micro-kernel compiled for that ISA.
-template <class V, int MR, int NV>
+// Micro<V, MR, NV, KC>: an MR × (NV·width) micro-kernel with k blocks of at most KC.
+template <class V, int MR, int NV, int KC>
 struct Micro {
-  static constexpr int mr = MR, nr = NV * V::width;
-  static void run(const BlockArgs<typename V::T>& g) { block_loops<V, MR, NV>(g); }
+  static constexpr int mr = MR, nr = NV * V::width, kc = KC;
+  static void run(const BlockArgs<typename V::T>& g) { block_loops<V, MR, NV, KC>(g); }
 };
-using Avx512F32 = Micro<simd::Avx512F32, 12, 2>;
-using Avx512F64 = Micro<simd::Avx512F64, 12, 2>;
-using Avx2F32 = Micro<simd::Avx2F32, 6, 2>;
-using Avx2F64 = Micro<simd::Avx2F64, 6, 2>;
-using PortableF32 = Micro<simd::Portable<float>, 4, 2>;
-using PortableF64 = Micro<simd::Portable<double>, 4, 2>;
+using Avx512F32 = Micro<simd::Avx512F32, 12, 2, 384>;
+using Avx512F64 = Micro<simd::Avx512F64, 12, 2, 256>;
+using Avx2F32 = Micro<simd::Avx2F32, 6, 2, 256>;
+using Avx2F64 = Micro<simd::Avx2F64, 6, 2, 256>;
+using PortableF32 = Micro<simd::Portable<float>, 4, 2, 256>;
+using PortableF64 = Micro<simd::Portable<double>, 4, 2, 256>;
 FASTDL_TARGET_AVX512 FASTDL_FLATTEN void block_avx512_f32(const BlockArgs<float>& g) { Avx512F32::run(g); }
 FASTDL_TARGET_AVX512 FASTDL_FLATTEN void block_avx512_f64(const BlockArgs<double>& g) { Avx512F64::run(g); }
 FASTDL_TARGET_AVX2 FASTDL_FLATTEN void block_avx2_f32(const BlockArgs<float>& g) { Avx2F32::run(g); }
@@ -144,8 +156,8 @@ FASTDL_FLATTEN void block_portable_f32(const BlockArgs<float>& g) { PortableF32:
 FASTDL_FLATTEN void block_portable_f64(const BlockArgs<double>& g) { PortableF64::run(g); }
 
 template <class M, class T>
-Kernel<T> kernel(index_t MC, index_t KC, index_t NC, void (*block)(const BlockArgs<T>&)) {
-  return {M::mr, M::nr, MC, KC, NC, block};
+Kernel<T> kernel(index_t MC, index_t NC, void (*block)(const BlockArgs<T>&)) {
+  return {M::mr, M::nr, MC, M::kc, NC, block};
 }
 
 // Block sizes per level and dtype, all in one place (see the header for the cache budget).
@@ -153,15 +165,15 @@ template <class T>
 Kernel<T> kernel_for(CpuCapability level) {
   if constexpr (sizeof(T) == 4) {
     switch (level) {
-      case CpuCapability::avx512: return kernel<Avx512F32>(3072, 384, 512, block_avx512_f32);
-      case CpuCapability::avx2: return kernel<Avx2F32>(3072, 256, 384, block_avx2_f32);
-      default: return kernel<PortableF32>(2048, 256, 256, block_portable_f32);
+      case CpuCapability::avx512: return kernel<Avx512F32>(3072, 512, block_avx512_f32);
+      case CpuCapability::avx2: return kernel<Avx2F32>(3072, 384, block_avx2_f32);
+      default: return kernel<PortableF32>(2048, 256, block_portable_f32);
     }
   } else {
     switch (level) {
-      case CpuCapability::avx512: return kernel<Avx512F64>(3072, 256, 384, block_avx512_f64);
-      case CpuCapability::avx2: return kernel<Avx2F64>(3072, 256, 192, block_avx2_f64);
-      default: return kernel<PortableF64>(2048, 256, 256, block_portable_f64);
+      case CpuCapability::avx512: return kernel<Avx512F64>(3072, 384, block_avx512_f64);
+      case CpuCapability::avx2: return kernel<Avx2F64>(3072, 192, block_avx2_f64);
+      default: return kernel<PortableF64>(2048, 256, block_portable_f64);
     }
   }
 }
@@ -207,7 +219,21 @@ inline void rows_axpy(index_t K, index_t cols, const typename V::T* X, index_t r
   using T = typename V::T;
   constexpr int W = V::width;
   for (index_t j = 0; j < cols; ++j) y[j] = T(0);
-  for (index_t k = 0; k < K; ++k) {
+  index_t k = 0;
+  // Four rows of X per pass: one load and store of y per four FMAs, four memory streams.
+  for (; k + 4 <= K; k += 4) {
+    const auto v0 = V::set1(v[k]), v1 = V::set1(v[k + 1]), v2 = V::set1(v[k + 2]), v3 = V::set1(v[k + 3]);
+    const T *x0 = X + k * rsx, *x1 = x0 + rsx, *x2 = x1 + rsx, *x3 = x2 + rsx;
+    index_t j = 0;
+    for (; j + W <= cols; j += W) {
+      auto acc = V::fmadd(v0, V::load(x0 + j), V::load(y + j));
+      acc = V::fmadd(v1, V::load(x1 + j), acc);
+      acc = V::fmadd(v2, V::load(x2 + j), acc);
+      V::store(y + j, V::fmadd(v3, V::load(x3 + j), acc));
+    }
+    for (; j < cols; ++j) y[j] += v[k] * x0[j] + v[k + 1] * x1[j] + v[k + 2] * x2[j] + v[k + 3] * x3[j];
+  }
+  for (; k < K; ++k) {
     const auto vk = V::set1(v[k]);
     const T* x = X + k * rsx;
     index_t j = 0;
@@ -316,22 +342,26 @@ bool matrix_vector(index_t M, index_t N, index_t K, T alpha, const T* A, index_t
   return true;
 }
 
-// A[i0:i0+mr, p0:p0+kc] (op(A) coordinates) → dst[p·MR + r], zero rows past mr.
+// A[i0:i0+mr, p0:p0+kc] (op(A) coordinates) → one sliver, zero rows past mr. Rows contiguous in
+// k (csa == 1, a row-major A): row-major layout, one memcpy per row, dst[r·KC + p]. Otherwise the
+// k-major layout dst[p·MR + r] (one memcpy per k when A is transposed, rsa == 1).
+inline bool a_sliver_rows(index_t csa) { return csa == 1; }
+
 template <class T>
-void pack_a_sliver(int MR, index_t mr, index_t kc, const T* A, index_t rsa, index_t csa, T* dst) {
-  if (csa == 1) {
-    for (index_t r = 0; r < mr; ++r) {
-      const T* src = A + r * rsa;
-      for (index_t p = 0; p < kc; ++p) dst[p * MR + r] = src[p];
-    }
-  } else if (rsa == 1 && mr == MR) {
-    for (index_t p = 0; p < kc; ++p) std::memcpy(dst + p * MR, A + p * csa, sizeof(T) * MR);
-  } else {
-    for (index_t p = 0; p < kc; ++p)
-      for (index_t r = 0; r < mr; ++r) dst[p * MR + r] = A[r * rsa + p * csa];
+void pack_a_sliver(int MR, index_t KC, index_t mr, index_t kc, const T* A, index_t rsa, index_t csa, T* dst) {
+  if (a_sliver_rows(csa)) {
+    for (index_t r = 0; r < mr; ++r) std::memcpy(dst + r * KC, A + r * rsa, sizeof(T) * kc);
+    for (index_t r = mr; r < MR; ++r) std::fill(dst + r * KC, dst + r * KC + kc, T(0));
+    return;
   }
-  if (mr < MR)
-    for (index_t p = 0; p < kc; ++p) std::fill(dst + p * MR + mr, dst + (p + 1) * MR, T(0));
+  if (rsa == 1 && mr == MR) {
+    for (index_t p = 0; p < kc; ++p) std::memcpy(dst + p * MR, A + p * csa, sizeof(T) * MR);
+    return;
+  }
+  for (index_t p = 0; p < kc; ++p) {
+    for (index_t r = 0; r < mr; ++r) dst[p * MR + r] = A[r * rsa + p * csa];
+    for (index_t r = mr; r < MR; ++r) dst[p * MR + r] = T(0);
+  }
 }
 
 // B[p0:p0+kc, j0:j0+nr] → dst[p·NR + c], zero columns past nr.
@@ -379,57 +409,72 @@ void gemm_driver(index_t M, index_t N, index_t K, T alpha, const T* A, index_t r
   }
   const Kernel<T> k = kernel_for<T>(capability());
   const double flops = 2.0 * M * N * K;
-  int threads = static_cast<int>(std::min<double>(max_threads, std::max(1.0, flops / kMinFlopsPerThread)));
-
-  static thread_local AlignedBuffer<T> a_buffer;
+  const int threads = static_cast<int>(std::min<double>(max_threads, std::max(1.0, flops / kMinFlopsPerThread)));
+  const bool a_rows = a_sliver_rows(csa);
   const index_t MC = std::min(k.MC, round_up(M, k.MR));
-  T* Ap = a_buffer.get(static_cast<std::size_t>(round_up(MC, k.MR) * k.KC));
+  // Tasks: NC-wide column blocks of B; when there are fewer blocks than threads, narrower blocks,
+  // and when even those are too few, the A slivers are split between tasks as well.
+  const index_t nc_block = std::min(k.NC, std::max<index_t>(k.NR, round_up(ceil_div(N, threads), k.NR)));
+  const index_t col_blocks = ceil_div(N, nc_block);
+  // With a single column block nothing reuses a packed A block, so each task packs its A slivers
+  // just before use into an L1-sized buffer of its own (the sliver then comes from memory once,
+  // straight into L1) instead of packing the whole block into L3 first.
+  const bool shared_a = col_blocks > 1;
+  static thread_local AlignedBuffer<T> a_buffer;
+  T* Ap = shared_a ? a_buffer.get(static_cast<std::size_t>(round_up(MC, k.MR) * k.KC)) : nullptr;
 
   for (index_t ic = 0; ic < M; ic += MC) {
     const index_t mc = std::min(MC, M - ic);
     const index_t a_slivers = ceil_div(mc, k.MR);
+    const index_t row_parts = std::min<index_t>(a_slivers, col_blocks >= threads ? 1 : ceil_div(threads, col_blocks));
+    const index_t slivers_per_part = ceil_div(a_slivers, row_parts);
+    const index_t tasks = col_blocks * row_parts;
+    const int team = static_cast<int>(std::min<index_t>(threads, std::max(tasks, shared_a ? a_slivers : 1)));
     for (index_t pc = 0; pc < K; pc += k.KC) {
       const index_t kc = std::min(k.KC, K - pc);
       const T beta_block = pc == 0 ? beta : T(1);
-      // Tasks: NC-wide column blocks of B; when there are fewer blocks than threads, narrower
-      // blocks, and when even those are too few, the A slivers are split between tasks as well.
-      const index_t nc_block = std::min(k.NC, std::max<index_t>(k.NR, round_up(ceil_div(N, threads), k.NR)));
-      const index_t col_blocks = ceil_div(N, nc_block);
-      const index_t row_parts = std::min<index_t>(a_slivers, col_blocks >= threads ? 1 : ceil_div(threads, col_blocks));
-      const index_t tasks = col_blocks * row_parts;
-      const int team = static_cast<int>(std::min<index_t>(threads, std::max(tasks, a_slivers)));
-      const auto pack_a = [&](index_t s) {
+      const auto pack_a = [&](index_t s, T* dst) {
         const index_t i0 = s * k.MR;
-        pack_a_sliver(k.MR, std::min<index_t>(k.MR, mc - i0), kc, A + (ic + i0) * rsa + pc * csa, rsa, csa,
-                      Ap + s * k.MR * kc);
+        pack_a_sliver(k.MR, k.KC, std::min<index_t>(k.MR, mc - i0), kc, A + (ic + i0) * rsa + pc * csa, rsa, csa,
+                      dst);
       };
       const auto run_task = [&](index_t t) {
-        static thread_local AlignedBuffer<T> b_buffer;
+        static thread_local AlignedBuffer<T> b_buffer, sliver_buffer;
         T* Bp = b_buffer.get(static_cast<std::size_t>(round_up(nc_block, k.NR) * k.KC));
         const index_t jc = (t / row_parts) * nc_block, part = t % row_parts;
         const index_t nc = std::min(nc_block, N - jc);
         for (index_t j0 = 0; j0 < nc; j0 += k.NR)
           pack_b(pc, kc, jc + j0, std::min<index_t>(k.NR, nc - j0), k.NR, Bp + j0 * kc);
-        const index_t slivers_per_part = ceil_div(a_slivers, row_parts);
-        BlockArgs<T> g{mc, nc, kc,
-                       std::min(part * slivers_per_part, a_slivers) * k.MR,
-                       std::min((part + 1) * slivers_per_part, a_slivers) * k.MR,
-                       Ap, Bp, C + ic * rsc + jc * csc, rsc, csc, alpha, beta_block};
-        g.ir_end = std::min(g.ir_end, mc);
-        if (g.ir_begin < g.ir_end) k.block(g);
+        const index_t s_begin = std::min(part * slivers_per_part, a_slivers);
+        const index_t s_end = std::min(s_begin + slivers_per_part, a_slivers);
+        BlockArgs<T> g{mc, nc, kc, 0, 0, nullptr, a_rows, Bp, C + ic * rsc + jc * csc, rsc, csc, alpha, beta_block};
+        if (shared_a) {
+          g.ir_begin = s_begin * k.MR, g.ir_end = std::min(s_end * k.MR, mc), g.Ap = Ap + g.ir_begin * k.KC;
+          if (g.ir_begin < g.ir_end) k.block(g);
+          return;
+        }
+        T* sliver = sliver_buffer.get(static_cast<std::size_t>(k.MR * k.KC));
+        for (index_t s = s_begin; s < s_end; ++s) {
+          pack_a(s, sliver);
+          g.ir_begin = s * k.MR, g.ir_end = std::min(g.ir_begin + k.MR, mc), g.Ap = sliver;
+          k.block(g);
+        }
       };
       // Serial without a team: no parallel region (and no orphaned worksharing that would bind to
       // a caller's region, e.g. gemm_batched running one product per thread).
       if (team > 1) {
 #pragma omp parallel num_threads(team)
         {
+          if (shared_a) {
 #pragma omp for schedule(static)
-          for (index_t s = 0; s < a_slivers; ++s) pack_a(s);
+            for (index_t s = 0; s < a_slivers; ++s) pack_a(s, Ap + s * k.MR * k.KC);
+          }
 #pragma omp for schedule(static)
           for (index_t t = 0; t < tasks; ++t) run_task(t);
         }
       } else {
-        for (index_t s = 0; s < a_slivers; ++s) pack_a(s);
+        if (shared_a)
+          for (index_t s = 0; s < a_slivers; ++s) pack_a(s, Ap + s * k.MR * k.KC);
         for (index_t t = 0; t < tasks; ++t) run_task(t);
       }
     }

@@ -91,6 +91,20 @@ def matmul(a, b, out=None):
     >>> matmul(np.ones((4, 2, 3)), np.ones(3)).shape
     (4, 2)
     """
+    if (
+        out is None
+        and type(a) is np.ndarray
+        and type(b) is np.ndarray
+        and a.ndim == 2
+        and b.ndim == 2
+        and a.dtype == b.dtype
+        and a.dtype in _FLOAT_DTYPES
+        and a.shape[1] == b.shape[0]
+    ):
+        # The common 2-D case with nothing to convert: the native call checks everything else.
+        result = np.empty((a.shape[0], b.shape[1]), dtype=a.dtype)
+        _C.gemm(a, b, result, False, False, 1.0, 0.0)
+        return result
     a = _float_array("matmul", "a", a)
     b = _float_array("matmul", "b", b)
     _same_dtype("matmul", a, b)
