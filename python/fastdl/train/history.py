@@ -87,8 +87,9 @@ class History:
             keys = [k for k in self.history if not k.startswith("val_") and k != "time"]
         fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.4), squeeze=False)
         for ax, key in zip(axes[0], keys):
-            ax.plot(self.epochs, self.history[key], "o-", ms=3, label=f"training {key}")
-            if "val_" + key in self.history:
+            has_val = "val_" + key in self.history
+            ax.plot(self.epochs, self.history[key], "o-", ms=3, label=f"training {key}" if has_val else key)
+            if has_val:
                 ax.plot(self.epochs, self.history["val_" + key], "s-", ms=3, label=f"validation {key}")
                 best_epoch, _ = self.best("val_" + key)
                 ax.axvline(best_epoch, color="gray", ls=":", lw=1, label=f"best epoch {best_epoch}")

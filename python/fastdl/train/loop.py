@@ -263,7 +263,7 @@ def fit(model, loss_fn, optimizer, train_loader, val_loader=None, epochs: int = 
     >>> import numpy as np, fastdl
     >>> from fastdl import nn, optim
     >>> from fastdl.data import DataLoader, TensorDataset
-    >>> fastdl.manual_seed(0)
+    >>> _ = fastdl.manual_seed(0)
     >>> x = np.random.default_rng(0).standard_normal((64, 2)).astype(np.float32)
     >>> y = (x.sum(1) > 0).astype(np.int64)
     >>> model = nn.Linear(2, 2)
