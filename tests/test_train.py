@@ -259,3 +259,22 @@ def test_fit_bad_arguments():
         fit(model, nn.CrossEntropyLoss(), opt, loader, callbacks=[EarlyStopping()], verbose=0)
     with pytest.raises(ValueError, match="batch_fn"):
         fit(model, nn.CrossEntropyLoss(), opt, [(x, y, y)], verbose=0)
+
+
+def test_bench_train_rows(threads):
+    from fastdl.train import benchmark
+
+    torch = benchmark._torch()
+    torch_threads = torch.get_num_threads() if torch is not None else None
+    fastdl.set_num_threads(1)
+    if torch is not None:
+        torch.set_num_threads(1)
+    try:
+        row = benchmark.bench_mlp(epochs=2)
+    finally:
+        if torch is not None:
+            torch.set_num_threads(torch_threads)
+    assert row.unit == "ms/epoch" and row.speed["fastdl"] > 0 and 0.5 < row.quality["fastdl"] <= 1.0
+    if "torch" in row.speed:
+        assert row.speedup() > 0 and 0.5 < row.quality["torch"] <= 1.0
+    assert "MLP" in benchmark.format_table([row])
