@@ -13,7 +13,7 @@ import json
 import math
 import time
 
-from .callbacks import Callback
+from .callbacks import Callback, ProgressBar
 from .history import History
 from .metrics import make_metric
 
@@ -108,7 +108,8 @@ class Trainer:
             make_metric(m)
         self.batch_fn = batch_fn or default_batch_fn
         self.clip_grad_norm = clip_grad_norm
-        self.verbose = verbose
+        # A progress bar shows the epoch's logs itself: no second line per epoch.
+        self.verbose = verbose and not any(isinstance(cb, ProgressBar) for cb in callbacks)
         self.callbacks = sorted(callbacks, key=lambda cb: cb.order)
         self.history = History()
         self.epoch = 0
@@ -256,7 +257,8 @@ def fit(model, loss_fn, optimizer, train_loader, val_loader=None, epochs: int = 
     batch_fn(model, batch) → (output, target) for batches other than ``(x, y)``;
     clip_grad_norm: clip the gradients' global norm before each step; resume_from: a
     :class:`~fastdl.train.ModelCheckpoint` file to continue from (the same model, optimizer,
-    loaders and callbacks must be passed); verbose: print one line per epoch.
+    loaders and callbacks must be passed); verbose: print one line per epoch (unless a
+    ProgressBar is among the callbacks).
 
     Raises :class:`NonFiniteLossError` (naming the epoch and step) when the loss becomes NaN or inf.
 
