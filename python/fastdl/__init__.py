@@ -29,3 +29,8 @@ __all__ = [
     "set_cpu_capability",
     "set_num_threads",
 ]
+
+# ---- data loading and the training loop (data branch) -------------------------------------------
+from . import data, train  # noqa: E402
+
+__all__ += ["data", "train"]
