@@ -19,6 +19,11 @@ def parser(description: str, epochs: int) -> argparse.ArgumentParser:
     return p
 
 
+def parse(doc: str, argv: list[str] | None, epochs: int) -> argparse.Namespace:
+    """The options of an example: ``argv`` as ``sys.argv`` (program name first); None: sys.argv."""
+    return parser(doc.splitlines()[0], epochs).parse_args(None if argv is None else argv[1:])
+
+
 def setup(name: str, seed: int, out: str | None, threads: int | None = None) -> str:
     """Seed fastdl, set the thread count, create and return the output folder."""
     fastdl.manual_seed(seed)

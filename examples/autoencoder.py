@@ -13,6 +13,7 @@ Saves clean / noisy / denoised rows and VAE reconstructions and samples as image
 from __future__ import annotations
 
 import os
+import sys
 
 import _common
 import numpy as np
@@ -113,9 +114,9 @@ def run(epochs: int = 60, fast: bool = False, seed: int = 0, out: str | None = N
 
 
 def main(argv=None):
-    args = _common.parser(__doc__.splitlines()[0], epochs=60).parse_args(argv)
+    args = _common.parse(__doc__, argv, epochs=60)
     return run(args.epochs, args.fast, args.seed, args.out, args.threads)
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv)

@@ -12,6 +12,7 @@ generated digits at several points of training and the two losses' curves.
 from __future__ import annotations
 
 import os
+import sys
 
 import _common
 import numpy as np
@@ -93,9 +94,9 @@ def run(epochs: int = 150, fast: bool = False, seed: int = 0, out: str | None = 
 
 
 def main(argv=None):
-    args = _common.parser(__doc__.splitlines()[0], epochs=150).parse_args(argv)
+    args = _common.parse(__doc__, argv, epochs=150)
     return run(args.epochs, args.fast, args.seed, args.out, args.threads)
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv)

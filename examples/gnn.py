@@ -13,6 +13,7 @@ prediction.
 from __future__ import annotations
 
 import os
+import sys
 
 import _common
 import numpy as np
@@ -97,9 +98,9 @@ def plot_graph(path, graph, predicted):
 
 
 def main(argv=None):
-    args = _common.parser(__doc__.splitlines()[0], epochs=200).parse_args(argv)
+    args = _common.parse(__doc__, argv, epochs=200)
     return run(args.epochs, args.fast, args.seed, args.out, args.threads)
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv)

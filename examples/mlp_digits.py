@@ -10,6 +10,7 @@ stopping on the validation loss (the weights of the best epoch are kept). Prints
 from __future__ import annotations
 
 import os
+import sys
 
 import _common
 
@@ -49,9 +50,9 @@ def run(epochs: int = 60, fast: bool = False, seed: int = 0, out: str | None = N
 
 
 def main(argv=None):
-    args = _common.parser(__doc__.splitlines()[0], epochs=60).parse_args(argv)
+    args = _common.parse(__doc__, argv, epochs=60)
     return run(args.epochs, args.fast, args.seed, args.out, args.threads)
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv)

@@ -13,6 +13,7 @@ contour plot with each trajectory and prints where each ended.
 from __future__ import annotations
 
 import os
+import sys
 
 import _common
 import numpy as np
@@ -82,9 +83,9 @@ def run(epochs: int = 300, fast: bool = False, seed: int = 0, out: str | None = 
 
 
 def main(argv=None):
-    args = _common.parser(__doc__.splitlines()[0], epochs=300).parse_args(argv)
+    args = _common.parse(__doc__, argv, epochs=300)
     return run(args.epochs, args.fast, args.seed, args.out, args.threads)
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv)

@@ -11,6 +11,7 @@ Saves the decision boundaries and the MLP's loss curve.
 from __future__ import annotations
 
 import os
+import sys
 
 import _common
 import numpy as np
@@ -104,9 +105,9 @@ def run(epochs: int = 600, fast: bool = False, seed: int = 0, out: str | None = 
 
 
 def main(argv=None):
-    args = _common.parser(__doc__.splitlines()[0], epochs=600).parse_args(argv)
+    args = _common.parse(__doc__, argv, epochs=600)
     return run(args.epochs, args.fast, args.seed, args.out, args.threads)
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv)

@@ -11,6 +11,7 @@ p(y=1|x) = σ(w·x + b), trained on the cross-entropy (BCEWithLogitsLoss) to sep
 from __future__ import annotations
 
 import os
+import sys
 
 import _common
 import numpy as np
@@ -77,9 +78,9 @@ def run(epochs: int = 30, fast: bool = False, seed: int = 0, out: str | None = N
 
 
 def main(argv=None):
-    args = _common.parser(__doc__.splitlines()[0], epochs=30).parse_args(argv)
+    args = _common.parse(__doc__, argv, epochs=30)
     return run(args.epochs, args.fast, args.seed, args.out, args.threads)
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv)

@@ -12,6 +12,7 @@ Prints the nearest neighbours (cosine similarity) of a few query words for both 
 from __future__ import annotations
 
 import os
+import sys
 
 import _common
 import numpy as np
@@ -115,9 +116,9 @@ def run(epochs: int = 3, fast: bool = False, seed: int = 0, out: str | None = No
 
 
 def main(argv=None):
-    args = _common.parser(__doc__.splitlines()[0], epochs=3).parse_args(argv)
+    args = _common.parse(__doc__, argv, epochs=3)
     return run(args.epochs, args.fast, args.seed, args.out, args.threads)
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv)

@@ -28,6 +28,7 @@ from .backend import (
 from . import random
 from .tensor import *  # noqa: F401,F403 - Tensor, creation functions, dtypes, grad modes
 from .tensor import __all__ as _tensor_all
+from .tensor import bool_, float16, float32, float64, int16, int32, int64
 from . import functional, autograd
 from .random import get_rng_state, initial_seed, manual_seed, seed, set_rng_state
 
@@ -49,6 +50,11 @@ _TORCH_NAMES = [
 globals().update({name: getattr(functional, name) for name in _TORCH_NAMES})
 # ---- end tensor branch ----------------------------------------------------------------------------
 
+# ---- CUDA (cuda branch) ---------------------------------------------------------------------------
+from . import cuda
+from . import backend as backends  # fastdl.backends.allow_tf32 = True: TF32 tensor cores for float32
+# ---- end cuda branch ------------------------------------------------------------------------------
+
 __all__ = [
     "__version__",
     "backend_info",
@@ -60,6 +66,8 @@ __all__ = [
     # tensor branch
     "autograd", "functional", "random", "manual_seed", "seed", "initial_seed", "get_rng_state", "set_rng_state",
     "bool", "half", "float", "double", "short", "int", "long", *_tensor_all, *_TORCH_NAMES,
+    # cuda branch
+    "cuda", "backends",
 ]
 
 # ---- data loading and the training loop (data branch) -------------------------------------------

@@ -97,7 +97,80 @@ def _gemm_problem(M: int, N: int, K: int, batch: int, dtype: str) -> Problem:
     return Problem("gemm", name, 2.0 * M * N * K * batch, make, dtype)
 
 
-PROBLEMS: dict[str, Callable[..., list[Problem]]] = {"gemm": gemm_problems}
+# ---- per-op overhead (tensor branch) ---------------------------------------------------------------
+# Not FLOP problems: microseconds per call of tiny ops, where Python dispatch and graph bookkeeping
+# dominate (Problem.flops = 0 marks them; rows report µs and the ratio fastdl / reference).
+
+def overhead_problems(full: bool = False) -> list[Problem]:
+    """Single small ops (add of two 8×8 tensors, a 32×32 matmul) and a Linear(64, 64) layer on a
+    batch of 32: its forward (graph recorded, as in training) and forward + backward (ReLU, sum)."""
+    return [Problem("overhead", name, 0.0, make) for name, make in (
+        ("add 8x8", _overhead_add), ("matmul 32x32", _overhead_matmul),
+        ("linear 64->64 fwd", lambda: _overhead_linear(False)), ("linear 64->64 fwd+bwd", lambda: _overhead_linear(True)),
+    )]
+
+
+def _overhead_add():
+    import fastdl
+
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((2, 8, 8)).astype(np.float32)
+    fa, fb = fastdl.tensor(a), fastdl.tensor(b)
+    impls = {"fastdl": lambda: fa + fb, "numpy": lambda: a + b}
+    torch = _torch()
+    if torch is not None:
+        ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+        impls["torch"] = lambda: ta + tb
+    return impls
+
+
+def _overhead_matmul():
+    import fastdl
+
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((2, 32, 32)).astype(np.float32)
+    fa, fb = fastdl.tensor(a), fastdl.tensor(b)
+    impls = {"fastdl": lambda: fa @ fb, "numpy": lambda: a @ b}
+    torch = _torch()
+    if torch is not None:
+        ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+        impls["torch"] = lambda: ta @ tb
+    return impls
+
+
+def _overhead_linear(backward: bool):
+    import fastdl
+    from fastdl import functional as F
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((32, 64)).astype(np.float32)
+    w = (rng.standard_normal((64, 64)) / 8).astype(np.float32)
+    b = np.zeros(64, np.float32)
+    fx, fw, fb = fastdl.tensor(x), fastdl.tensor(w, requires_grad=True), fastdl.tensor(b, requires_grad=True)
+
+    def fastdl_step():
+        if not backward:
+            return F.linear(fx, fw, fb)
+        fw.grad = fb.grad = None
+        F.linear(fx, fw, fb).relu().sum().backward()
+
+    impls = {"fastdl": fastdl_step}
+    torch = _torch()
+    if torch is not None:
+        tx = torch.from_numpy(x)
+        tw, tb = torch.tensor(w, requires_grad=True), torch.tensor(b, requires_grad=True)
+
+        def torch_step():
+            if not backward:
+                return torch.nn.functional.linear(tx, tw, tb)
+            tw.grad = tb.grad = None
+            torch.nn.functional.linear(tx, tw, tb).relu().sum().backward()
+
+        impls["torch"] = torch_step
+    return impls
+
+
+PROBLEMS: dict[str, Callable[..., list[Problem]]] = {"gemm": gemm_problems, "overhead": overhead_problems}
 
 
 # ---- LSTM ----------------------------------------------------------------------------------------
@@ -237,9 +310,15 @@ def run(family: str, threads_list=(1, 2), full: bool = False, repeats: int = 5, 
             peaks = {}
             with threadpoolctl.threadpool_limits(limits=threads):
                 for problem in PROBLEMS[family](full=full):
+                    times = best_times(problem.make(), repeats=repeats)
+                    if not problem.flops:
+                        row = {"family": family, "problem": problem.name, "dtype": problem.dtype, "threads": threads,
+                               "us": {k: t * 1e6 for k, t in times.items()}, "seconds": times}
+                        rows.append(row)
+                        printer(format_row(row))
+                        continue
                     if problem.dtype not in peaks:
                         peaks[problem.dtype] = peak_gflops(problem.dtype, threads)
-                    times = best_times(problem.make(), repeats=repeats)
                     row = {
                         "family": family,
                         "problem": problem.name,
@@ -257,7 +336,10 @@ def run(family: str, threads_list=(1, 2), full: bool = False, repeats: int = 5, 
     return rows
 
 
-def format_header() -> str:
+def format_header(family: str = "gemm") -> str:
+    if family == "overhead":
+        return (f"{'problem':>22} {'dtype':>7} {'thr':>3} {'fastdl us':>10} {'numpy us':>10} {'torch us':>10} "
+                f"{'x numpy':>8} {'x torch':>8}")
     return (
         f"{'problem':>22} {'dtype':>7} {'thr':>3} {'fastdl':>9} {'numpy':>9} {'torch':>9} "
         f"{'x numpy':>8} {'x torch':>8} {'% peak':>7}"
@@ -265,6 +347,13 @@ def format_header() -> str:
 
 
 def format_row(row: dict) -> str:
+    if "us" in row:
+        us = row["us"]
+        fd, npy, tch = us.get("fastdl"), us.get("numpy"), us.get("torch")
+        cells = [f"{v:.2f}" if v is not None else "-" for v in (fd, npy, tch)]
+        ratios = [f"{fd / v:.2f}" if v else "-" for v in (npy, tch)]
+        return (f"{row['problem']:>22} {row['dtype']:>7} {row['threads']:>3} {cells[0]:>10} {cells[1]:>10} "
+                f"{cells[2]:>10} {ratios[0]:>8} {ratios[1]:>8}")
     g = row["gflops"]
     fd, npy, tch = g.get("fastdl"), g.get("numpy"), g.get("torch")
 
@@ -287,3 +376,145 @@ def openblas_description() -> str:
         if lib.get("internal_api") == "openblas":
             return f"OpenBLAS {lib.get('version')} ({lib.get('architecture')} kernel)"
     return "NumPy BLAS: " + ", ".join(lib.get("internal_api", "?") for lib in threadpoolctl.threadpool_info())
+
+
+# ---- GEMM on the GPU (cuda branch) ------------------------------------------------------------------
+# fastdl's CUDA GEMM next to cuBLAS (through cupy.matmul) and PyTorch when it has CUDA, timed with
+# CUDA events after a warm-up, as TFLOP/s, ratios, and % of the GPU's dense peak for the format.
+
+# Dense peaks of the H100 SXM (TFLOP/s): CUDA-core float32/float64, tensor-core TF32/BF16/FP16.
+_GPU_PEAKS = {
+    "H100": {"float32": 67.0, "float64": 34.0, "tf32": 494.7, "bfloat16": 989.4, "float16": 989.4},
+}
+
+
+def gpu_peak_tflops(name: str, kind: str) -> float | None:
+    """The GPU's dense peak for ``kind`` (float32, float64, tf32, bfloat16, float16), if known."""
+    for key, peaks in _GPU_PEAKS.items():
+        if key in name:
+            return peaks.get(kind)
+    return None
+
+
+def cuda_best_times(impls: dict[str, Callable[[], object]], repeats: int = 5, min_ms: float = 20.0) -> dict[str, float]:
+    """Seconds per call of each implementation on the GPU: CUDA events on the current stream around
+    a batch of calls lasting ``min_ms``, after a warm-up; implementations interleaved, best repeat."""
+    from .backend import require_cuda
+
+    cp = require_cuda("bench")
+    start, end = cp.cuda.Event(), cp.cuda.Event()
+
+    def timed(fn, n):
+        start.record()
+        for _ in range(n):
+            fn()
+        end.record()
+        end.synchronize()
+        return cp.cuda.get_elapsed_time(start, end)  # milliseconds
+
+    loops = {}
+    for name, fn in impls.items():
+        fn()
+        cp.cuda.Device().synchronize()
+        loops[name] = max(1, int(min_ms / max(timed(fn, 1), 1e-3)))
+    best = {name: float("inf") for name in impls}
+    for _ in range(repeats):
+        for name, fn in impls.items():
+            best[name] = min(best[name], timed(fn, loops[name]) / loops[name] / 1e3)
+    return best
+
+
+def _cupy_tf32(cp, enabled: bool) -> bool:
+    """Switch cupy.matmul's float32 compute type to TF32 (or back); False where CuPy cannot."""
+    try:
+        from cupy._core import _routines_linalg as linalg
+
+        linalg.set_compute_type(np.float32, linalg.COMPUTE_TYPE_TF32 if enabled else linalg.COMPUTE_TYPE_DEFAULT)
+        return True
+    except Exception:
+        return False
+
+
+def cuda_gemm_problems(full: bool = False) -> list[tuple[int, int, int, str]]:
+    """(M, N, K, kind) for kind in float32 (CUDA cores), tf32, bfloat16, float16, float64: square
+    1024…4096 (…8192 with ``full``) and skinny shapes."""
+    squares = (1024, 2048, 4096) + ((8192,) if full else ())
+    skinny = [(4096, 64, 4096), (64, 4096, 4096), (1, 4096, 4096), (16384, 1024, 256)]
+    problems = []
+    for kind in ("float32", "tf32", "bfloat16", "float16"):
+        problems += [(n, n, n, kind) for n in squares] + [(m, n, k, kind) for m, n, k in skinny]
+    problems += [(n, n, n, "float64") for n in (1024, 2048)]
+    return problems
+
+
+def run_cuda(full: bool = False, repeats: int = 5, printer=print) -> list[dict]:
+    """Time the CUDA GEMM problems; print and return the rows."""
+    from . import backend
+    from .backend import require_cuda
+
+    cp = require_cuda("bench")
+    torch = _torch()
+    torch_cuda = torch is not None and torch.cuda.is_available()
+    name = _C.cuda_info()["devices"][cp.cuda.runtime.getDevice()]["name"]
+    rows = []
+    saved_tf32 = backend.allow_tf32
+    try:
+        for M, N, K, kind in cuda_gemm_problems(full):
+            dtype = {"tf32": "float32"}.get(kind, kind)
+            if dtype == "bfloat16":
+                try:
+                    import ml_dtypes
+
+                    np_dtype = np.dtype(ml_dtypes.bfloat16)
+                    cp.zeros(1, np_dtype)
+                except Exception:
+                    printer(f"{M}x{N}x{K} bfloat16: skipped (CuPy here has no bfloat16; pip install ml_dtypes)")
+                    continue
+            else:
+                np_dtype = np.dtype(dtype)
+            rng = cp.random.default_rng(0)
+            a = rng.standard_normal((M, K), dtype=cp.float32).astype(np_dtype)
+            b = rng.standard_normal((K, N), dtype=cp.float32).astype(np_dtype)
+            backend.allow_tf32 = kind == "tf32"
+            cupy_tf32 = _cupy_tf32(cp, kind == "tf32")
+            impls = {"fastdl": lambda: kernels.matmul(a, b), "cublas": lambda: cp.matmul(a, b)}
+            if torch_cuda:
+                ta = torch.as_tensor(a.astype(cp.float32), device="cuda").to(getattr(torch, dtype))
+                tb = torch.as_tensor(b.astype(cp.float32), device="cuda").to(getattr(torch, dtype))
+                torch.backends.cuda.matmul.allow_tf32 = kind == "tf32"
+                impls["torch"] = lambda: torch.matmul(ta, tb)
+            times = cuda_best_times(impls, repeats=repeats)
+            _cupy_tf32(cp, False)
+            flops = 2.0 * M * N * K
+            row = {
+                "family": "gemm", "device": name, "problem": f"{M}x{N}x{K}", "kind": kind,
+                "tflops": {k: flops / t / 1e12 for k, t in times.items()}, "seconds": times,
+                "peak_tflops": gpu_peak_tflops(name, kind),
+                "cublas_tf32": cupy_tf32 if kind == "tf32" else None,
+                "path": _C.cuda_gemm_path(dtype, kind == "tf32", M, N, 1),
+            }
+            rows.append(row)
+            printer(format_cuda_row(row))
+    finally:
+        backend.allow_tf32 = saved_tf32
+        _cupy_tf32(cp, False)
+    return rows
+
+
+def format_cuda_header() -> str:
+    return (f"{'problem':>18} {'kind':>8} {'fastdl':>8} {'cuBLAS':>8} {'torch':>8} {'x cuBLAS':>8} {'x torch':>8} "
+            f"{'% peak':>7}  kernel")
+
+
+def format_cuda_row(row: dict) -> str:
+    t = row["tflops"]
+    fd, cb, tch = t.get("fastdl"), t.get("cublas"), t.get("torch")
+
+    def cell(v, width=8, fmt="{:.1f}"):
+        return f"{fmt.format(v) if v is not None else '-':>{width}}"
+
+    peak = row["peak_tflops"]
+    note = " (cuBLAS ran float32: CuPy could not switch it to TF32)" if row["cublas_tf32"] is False else ""
+    return (f"{row['problem']:>18} {row['kind']:>8} {cell(fd)} {cell(cb)} {cell(tch)} "
+            f"{cell(fd / cb if cb else None, 8, '{:.2f}')} {cell(fd / tch if tch else None, 8, '{:.2f}')} "
+            f"{cell(100 * fd / peak if peak else None, 7, '{:.0f}')}  {row['path']}{note}")

@@ -21,7 +21,7 @@ import numbers
 import numpy as np
 
 from . import random as _random
-from .backend import array_module
+from .backend import _C, array_module
 from .ops import elementwise as _ew
 from .ops import gemm as _gemm
 from .ops import reduce as _red
@@ -49,6 +49,10 @@ __all__ = [
     # random
     "dropout",
 ]
+
+
+_F32, _F64 = np.dtype(np.float32), np.dtype(np.float64)
+_ndarray, _empty = np.ndarray, np.empty
 
 
 # ---- argument helpers -----------------------------------------------------------------------------
@@ -101,7 +105,12 @@ def _index_array(index, op: str, name: str = "index"):
 
 
 def _record(*tensors) -> bool:
-    return _grad_mode.enabled and builtins.any(isinstance(t, Tensor) and t.requires_grad for t in tensors)
+    """Whether an op on ``tensors`` records the graph (grad mode on and one of them requires grad)."""
+    if _grad_mode.enabled:
+        for t in tensors:
+            if isinstance(t, Tensor) and t.requires_grad:
+                return True
+    return False
 
 
 # ---- elementwise ----------------------------------------------------------------------------------
@@ -309,7 +318,7 @@ def leaky_relu(input, negative_slope=0.01, inplace=False) -> Tensor:
     """input where positive, negative_slope · input elsewhere.
 
     >>> import fastdl
-    >>> fastdl.functional.leaky_relu(fastdl.tensor([-1.0, 2.0]), 0.1).tolist()
+    >>> fastdl.functional.leaky_relu(fastdl.tensor([-1.0, 2.0], dtype=fastdl.float64), 0.1).tolist()
     [-0.1, 2.0]
     """
     return _unary_op(_ew.LeakyReluFn, input, "leaky_relu", float(negative_slope))
@@ -680,12 +689,12 @@ def sum(input, dim=None, keepdim=False, *, dtype=None) -> Tensor:
     (6.0, [3.0, 3.0], (1, 1))
     """
     x = _with_dtype(_tensor(input, "sum"), dtype, "sum")
-    dims = _dims(dim, x, "sum")
+    dims = None if dim is None else _dims(dim, x, "sum")
     if x.data.dtype.kind in "biu" and x.data.dtype != np.int64:
         x = _ew.to_dtype(x, np.dtype(np.int64))
     if x.requires_grad and _grad_mode.enabled:
         return _red.SumFn.apply(x, dims, bool(keepdim))
-    return Tensor(x.data.sum(axis=dims, keepdims=bool(keepdim)))
+    return Tensor(_red.sum_array(x.data, dims, bool(keepdim)))
 
 
 def mean(input, dim=None, keepdim=False, *, dtype=None) -> Tensor:
@@ -831,7 +840,7 @@ def logsumexp(input, dim, keepdim=False) -> Tensor:
     """log Σ exp(input) over ``dim``, computed stably.
 
     >>> import fastdl
-    >>> round(fastdl.logsumexp(fastdl.tensor([1000.0, 1000.0]), 0).item(), 4)
+    >>> round(fastdl.logsumexp(fastdl.tensor([1000.0, 1000.0], dtype=fastdl.float64), 0).item(), 4)
     1000.6931
     """
     x = _float_input(_tensor(input, "logsumexp"), "logsumexp")
@@ -947,13 +956,25 @@ def matmul(input, other) -> Tensor:
     >>> fastdl.matmul(fastdl.ones(3), fastdl.ones(3)).item()
     3.0
     """
+    if input.__class__ is Tensor and other.__class__ is Tensor:
+        # The common case first: two float32/float64 matrices on the CPU with no graph to record.
+        ad, bd = input.data, other.data
+        dtype = ad.dtype
+        if dtype is bd.dtype and (dtype is _F32 or dtype is _F64) and ad.__class__ is _ndarray \
+                and bd.__class__ is _ndarray and not (_grad_mode.enabled and (input.requires_grad or other.requires_grad)):
+            sa, sb = ad.shape, bd.shape
+            if len(sa) == 2 and len(sb) == 2 and sa[1] == sb[0]:
+                out = _empty((sa[0], sb[1]), dtype)
+                _C.gemm(ad, bd, out, False, False, 1.0, 0.0)
+                return Tensor(out)
     a = input if isinstance(input, Tensor) else _ew._as_operand(input)
     b = other if isinstance(other, Tensor) else _ew._as_operand(other)
     if a is NotImplemented or b is NotImplemented:
         raise TypeError(f"matmul: operands must be tensors or arrays, got {type(input).__name__} and "
                         f"{type(other).__name__}")
-    a, b = _ew.promote_tensors("matmul", a, b)
-    sa, sb = a.shape, b.shape
+    if a.data.dtype is not b.data.dtype or a.data.__class__ is not b.data.__class__:
+        a, b = _ew.promote_tensors("matmul", a, b)
+    sa, sb = a.data.shape, b.data.shape
     if len(sa) == 0 or len(sb) == 0:
         raise ValueError(f"matmul: both operands need at least one dimension, got {sa} and {sb}")
     ka = sa[-1]
@@ -967,7 +988,7 @@ def matmul(input, other) -> Tensor:
             raise ValueError(f"matmul: batch dimensions do not broadcast: {sa} @ {sb}") from None
     if a.data.dtype == np.bool_:
         raise TypeError(f"matmul: bool tensors are not supported ({sa} @ {sb})")
-    if _record(a, b):
+    if _grad_mode.enabled and (a.requires_grad or b.requires_grad):
         return _gemm.MatmulFn.apply(a, b)
     return Tensor(_gemm.matmul(a.data, b.data))
 
@@ -1019,23 +1040,26 @@ def linear(input, weight, bias=None) -> Tensor:
     [3.0, 3.0]
     """
     x, w = _tensor(input, "linear"), _tensor(weight, "linear", "weight")
-    if w.data.ndim != 2 or x.data.ndim < 1 or x.shape[-1] != w.shape[1]:
+    xd, wd = x.data, w.data
+    if wd.ndim != 2 or xd.ndim < 1 or xd.shape[-1] != wd.shape[1]:
         raise ValueError(f"linear: input {x.shape} vs weight {w.shape}: the last dimension of input must "
                          "equal weight's second (in_features)")
+    bd = None
     if bias is not None:
-        bias = _tensor(bias, "linear", "bias")
-        if bias.shape != (w.shape[0],):
-            raise ValueError(f"linear: bias {bias.shape} must be ({w.shape[0]},) for weight {w.shape}")
-    operands = (x, w) if bias is None else (x, w, bias)
-    if builtins.any(t.data.dtype != x.data.dtype for t in operands):
-        raise TypeError("linear: dtypes differ: " + ", ".join(f"{t.dtype} {t.shape}" for t in operands))
-    if x.data.dtype.kind != "f":
+        bd = _tensor(bias, "linear", "bias").data
+        if bd.shape != (wd.shape[0],):
+            raise ValueError(f"linear: bias {bias.shape} must be ({wd.shape[0]},) for weight {w.shape}")
+    if xd.dtype is not wd.dtype or (bd is not None and bd.dtype is not xd.dtype):
+        operands = (x, w) if bias is None else (x, w, bias)
+        if builtins.any(t.data.dtype != xd.dtype for t in operands):
+            raise TypeError("linear: dtypes differ: " + ", ".join(f"{t.dtype} {t.shape}" for t in operands))
+    if xd.dtype.kind != "f":
         raise TypeError(f"linear: input must be floating point, got {x.dtype} {x.shape}")
-    if builtins.any(t.data.__class__ is not x.data.__class__ for t in operands):
-        _raise_devices("linear", operands)
-    if _record(x, w, bias):
+    if xd.__class__ is not wd.__class__ or (bd is not None and bd.__class__ is not xd.__class__):
+        _raise_devices("linear", (x, w) if bias is None else (x, w, bias))
+    if _grad_mode.enabled and (x.requires_grad or w.requires_grad or (bias is not None and bias.requires_grad)):
         return _gemm.GemmFn.apply(x, w, bias)
-    return Tensor(_gemm.GemmFn.forward(_NULL_CTX, x.data, w.data, None if bias is None else bias.data))
+    return Tensor(_gemm.GemmFn.forward(_NULL_CTX, xd, wd, bd))
 
 
 # ---- shapes ---------------------------------------------------------------------------------------
@@ -1184,7 +1208,7 @@ def expand(input, shape) -> Tensor:
     """A broadcast view with size-1 dims stretched to ``shape`` (-1 keeps a size).
 
     >>> import fastdl
-    >>> fastdl.expand(fastdl.ones(3, 1), (2, 3, 4)).shape
+    >>> fastdl.functional.expand(fastdl.ones(3, 1), (2, 3, 4)).shape
     (2, 3, 4)
     """
     x = _tensor(input, "expand")
