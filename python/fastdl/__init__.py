@@ -70,6 +70,12 @@ __all__ = [
     "cuda", "backends",
 ]
 
+# ---- nn, optim and saving (nn branch) --------------------------------------------------------------
+from . import nn, optim  # noqa: E402
+from .serialization import load, load_torch_state_dict, save  # noqa: E402
+
+__all__ += ["nn", "optim", "save", "load", "load_torch_state_dict"]
+
 # ---- data loading and the training loop (data branch) -------------------------------------------
 from . import data, train  # noqa: E402
 

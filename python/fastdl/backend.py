@@ -237,3 +237,9 @@ FAMILY_IMPLEMENTATIONS["lstm"] = {
     "cuda": "not yet implemented",
 }
 declare_fallback("lstm", "GRU/RNN", "composed from linear, sigmoid, tanh/relu and elementwise ops per time step")
+
+# ---- optim (nn branch) ----------------------------------------------------------------------------
+FAMILY_IMPLEMENTATIONS["optim"] = {
+    "cpu": "native: fused multi-tensor optimizer step (one pass per group), {level}",
+    "cuda": "not yet implemented",
+}

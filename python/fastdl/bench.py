@@ -171,6 +171,8 @@ def _overhead_linear(backward: bool):
 
 
 PROBLEMS: dict[str, Callable[..., list[Problem]]] = {"gemm": gemm_problems, "overhead": overhead_problems}
+# Families reported in µs per call (their problems have flops = 0) rather than GFLOP/s.
+TIME_FAMILIES: tuple = ("overhead",)
 
 
 # ---- LSTM ----------------------------------------------------------------------------------------
@@ -290,6 +292,89 @@ def _per_step(row: dict) -> str:
 PROBLEMS["lstm"] = lstm_problems
 
 
+# ---- optim: one optimizer step --------------------------------------------------------------------
+
+def optim_problems(full: bool = False) -> list[Problem]:
+    """One optimizer step, in µs: Adam, AdamW and SGD-momentum on a 1M-parameter MLP
+    (Linear(512, 1024) + Linear(1024, 512): 4 tensors, 1,050,112 parameters), and Adam on
+    1M parameters split into 100 tensors (the per-parameter overhead). Against
+    ``torch.optim`` with ``foreach=True`` and a per-parameter NumPy Adam (the loop it replaces)."""
+    mlp = [(1024, 512), (1024,), (512, 1024), (512,)]
+    many = [(10_000,)] * 100
+    problems = [
+        _optim_problem("adam", "mlp-1M", mlp),
+        _optim_problem("adam", "100x10k", many),
+        _optim_problem("adamw", "mlp-1M", mlp),
+        _optim_problem("sgd", "mlp-1M", mlp),
+    ]
+    if full:
+        problems.append(_optim_problem("adam", "mlp-1M", mlp, "float64"))
+    return problems
+
+
+def _numpy_adam(params, grads, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8):
+    """Adam as a per-parameter loop of in-place NumPy operations (the baseline of the fused step)."""
+    state = [(np.zeros_like(p), np.zeros_like(p), np.empty_like(p)) for p in params]
+    step = [0]
+
+    def run():
+        step[0] += 1
+        t = step[0]
+        step_size = lr / (1 - beta1**t)
+        bc2_sqrt = (1 - beta2**t) ** 0.5
+        for p, g, (m, v, tmp) in zip(params, grads, state):
+            m *= beta1
+            m += (1 - beta1) * g
+            v *= beta2
+            np.multiply(g, g, out=tmp)
+            tmp *= 1 - beta2
+            v += tmp
+            np.sqrt(v, out=tmp)
+            tmp /= bc2_sqrt
+            tmp += eps
+            np.divide(m, tmp, out=tmp)
+            tmp *= step_size
+            p -= tmp
+
+    return run
+
+
+def _optim_problem(rule: str, name: str, shapes, dtype: str = "float32") -> Problem:
+    def make():
+        from . import nn, optim
+        from .tensor import Tensor
+
+        rng = np.random.default_rng(0)
+        arrays = [rng.standard_normal(s).astype(dtype) for s in shapes]
+        grads = [rng.standard_normal(s).astype(dtype) * 1e-2 for s in shapes]
+        params = [nn.Parameter(Tensor(a.copy())) for a in arrays]
+        for p, g in zip(params, grads):
+            p.grad = Tensor(g)
+
+        def build(module, ps, **extra):
+            if rule == "sgd":
+                return module.SGD(ps, lr=1e-3, momentum=0.9, **extra)
+            return (module.AdamW if rule == "adamw" else module.Adam)(ps, lr=1e-3, **extra)
+
+        impls = {"fastdl": build(optim, params).step}
+        if rule == "adam":
+            impls["numpy"] = _numpy_adam([a.copy() for a in arrays], grads)
+        torch = _torch()
+        if torch is not None:
+            tparams = [torch.tensor(a, requires_grad=True) for a in arrays]
+            for p, g in zip(tparams, grads):
+                p.grad = torch.from_numpy(g)
+            impls["torch"] = build(torch.optim, tparams, foreach=True).step
+        return impls
+
+    # flops = 0: the row reports µs per step (as the overhead family).
+    return Problem("optim", f"{rule}-{name}", 0.0, make, dtype)
+
+
+PROBLEMS["optim"] = optim_problems
+TIME_FAMILIES = TIME_FAMILIES + ("optim",)
+
+
 def peak_gflops(dtype: str, threads: int) -> float:
     """The measured FMA peak for the ISA in use, in GFLOP/s, on ``threads`` cores."""
     return _C.measure_peak_gflops(cpu_capability(), dtype == "float64", threads, 0.1)
@@ -337,7 +422,7 @@ def run(family: str, threads_list=(1, 2), full: bool = False, repeats: int = 5, 
 
 
 def format_header(family: str = "gemm") -> str:
-    if family == "overhead":
+    if family in TIME_FAMILIES:
         return (f"{'problem':>22} {'dtype':>7} {'thr':>3} {'fastdl us':>10} {'numpy us':>10} {'torch us':>10} "
                 f"{'x numpy':>8} {'x torch':>8}")
     return (
