@@ -1,0 +1,197 @@
+"""Cases that run on every rank under ``mpirun -n 2`` (launched by tests/test_distributed.py).
+
+    mpirun -n 2 python tests/mpi_cases.py CASE [CASE ...]
+
+Each case checks its results with asserts on every rank; a failing assert aborts the job through
+fastdl.distributed's exception hook, naming the rank. Rank 0 prints ``CASE-OK <name>`` after a case
+passed on all ranks, which the launching test looks for.
+"""
+import os
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import fastdl.distributed as dist  # noqa: E402
+from helpers import assert_close, tol  # noqa: E402
+
+CASES = {}
+
+
+def case(fn):
+    CASES[fn.__name__] = fn
+    return fn
+
+
+def rank_data(rank, shape, dtype):
+    """Rank ``rank``'s deterministic input: every rank can rebuild every other rank's data."""
+    rng = np.random.default_rng(1000 + rank)
+    if np.dtype(dtype).kind == "f":
+        return rng.standard_normal(shape).astype(dtype)
+    if np.dtype(dtype) == np.uint8:
+        return rng.integers(0, 100, shape).astype(dtype)
+    return rng.integers(-1000, 1000, shape).astype(dtype)
+
+
+SHAPES = [(0,), (1,), (7,), (3, 5), (2, 3, 4), (257,)]
+DTYPES = ["float32", "float64", "float16", "int32", "int64", "uint8"]
+
+
+def reference(op, arrays):
+    stacked = np.stack([a.astype(np.float64) for a in arrays])
+    if op == "sum":
+        return stacked.sum(0)
+    if op == "mean":
+        return stacked.mean(0)
+    return stacked.max(0)
+
+
+@case
+def collectives():
+    rank, world = dist.get_rank(), dist.get_world_size()
+    assert (rank, world) == (dist.get_rank(), 2) and dist.get_backend() == "mpi"
+    for dtype in DTYPES:
+        for shape in SHAPES:
+            for op in ("sum", "mean", "max"):
+                if op == "mean" and np.dtype(dtype).kind != "f":
+                    continue
+                inputs = [rank_data(r, shape, dtype) for r in range(world)]
+                expected = reference(op, inputs)
+                # contiguous, transposed and sliced views: all reduced in place
+                base = rank_data(rank, shape, dtype)
+                dist.all_reduce(base, op=op)
+                wide = np.zeros(shape[:-1] + (2 * shape[-1],), dtype)
+                view = wide[..., ::2]
+                view[...] = inputs[rank]
+                dist.all_reduce(view, op=op)
+                assert not wide[..., 1::2].any(), "all_reduce wrote outside the view"
+                k = world if op != "max" else 1
+                for got in (base, view):
+                    if np.dtype(dtype).kind == "f":
+                        # float16 is summed in float32 and rounded once
+                        rel = tol(np.float32 if dtype == "float16" else dtype, k)
+                        bound = max(rel, np.finfo(np.float16).eps if dtype == "float16" else 0)
+                        scale = max(float(np.abs(expected).max(initial=0)), 1.0)
+                        err = float(np.abs(got.astype(np.float64) - expected).max(initial=0))
+                        assert err <= bound * scale, (dtype, shape, op, err)
+                    else:
+                        np.testing.assert_array_equal(got, expected.astype(dtype))
+                    assert got.dtype == np.dtype(dtype) and got.shape == shape
+    # a 2-D transposed view
+    t = rank_data(rank, (4, 6), "float64").T
+    dist.all_reduce(t)
+    assert_close(t, sum(rank_data(r, (4, 6), "float64") for r in range(world)).T, np.float64, world)
+
+    for src in range(world):
+        for dtype in DTYPES + ["bool"]:
+            x = rank_data(rank, (3, 4), dtype) if dtype != "bool" else (rank_data(rank, (3, 4), "int32") > 0)
+            want = rank_data(src, (3, 4), dtype) if dtype != "bool" else (rank_data(src, (3, 4), "int32") > 0)
+            dist.broadcast(x, src=src)
+            np.testing.assert_array_equal(x, want)
+            y = np.zeros((4, 6), dtype)[:, ::2].T
+            y[...] = rank_data(rank, (3, 4), dtype) if dtype != "bool" else 0
+            dist.broadcast(y, src=src)
+            if dtype != "bool":
+                np.testing.assert_array_equal(y, want)
+
+    for dtype in DTYPES:
+        x = rank_data(rank, (2, 5), dtype)
+        outs = [np.zeros((2, 5), dtype) for _ in range(world)]
+        dist.all_gather(outs, x)
+        for r in range(world):
+            np.testing.assert_array_equal(outs[r], rank_data(r, (2, 5), dtype))
+
+    # async_op: Work.wait() completes, is_completed() eventually turns true
+    x = rank_data(rank, (1000,), "float64")
+    work = dist.all_reduce(x, op="mean", async_op=True)
+    work.wait()
+    assert work.is_completed()
+    assert_close(x, reference("mean", [rank_data(r, (1000,), "float64") for r in range(world)]), np.float64, world)
+    y = rank_data(rank, (5,), "int64")
+    work = dist.broadcast(y, src=1, async_op=True)
+    while not work.is_completed():
+        pass
+    np.testing.assert_array_equal(y, rank_data(1, (5,), "int64"))
+    outs = [np.zeros(3, np.float32) for _ in range(world)]
+    dist.all_gather(outs, np.full(3, rank, np.float32), async_op=True).wait()
+    assert [o.tolist() for o in outs] == [[r] * 3 for r in range(world)]
+    dist.barrier()
+
+
+@case
+def collectives_on_tensors():
+    import fastdl
+
+    rank, world = dist.get_rank(), dist.get_world_size()
+    t = fastdl.tensor(rank_data(rank, (3, 4), "float32"))
+    dist.all_reduce(t, op="mean")
+    assert_close(t.numpy(), reference("mean", [rank_data(r, (3, 4), "float32") for r in range(world)]),
+                 np.float32, world)
+    b = fastdl.tensor(rank_data(rank, (5,), "float64"))
+    dist.broadcast(b, src=1)
+    np.testing.assert_array_equal(b.numpy(), rank_data(1, (5,), "float64"))
+    outs = [fastdl.zeros(2, dtype=fastdl.int64) for _ in range(world)]
+    dist.all_gather(outs, fastdl.tensor(np.full(2, rank, np.int64)))
+    assert [o.tolist() for o in outs] == [[r, r] for r in range(world)]
+
+
+@case
+def bad_arguments():
+    """The same bad calls raise the same errors on every rank (before any communication)."""
+    import pytest
+
+    world = dist.get_world_size()
+    table = [
+        (lambda: dist.all_reduce(np.ones(3), op="min"), ValueError, "op must be one of"),
+        (lambda: dist.all_reduce(np.arange(3), op="mean"), TypeError, "needs a floating-point"),
+        (lambda: dist.all_reduce([1.0, 2.0]), TypeError, "expected a fastdl Tensor or an array"),
+        (lambda: dist.all_reduce(np.ones(3, np.complex64)), TypeError, r"complex64 \(3,\) is not supported"),
+        (lambda: dist.all_reduce(np.ones(3, object)), TypeError, "object array"),
+        (lambda: dist.all_reduce(np.broadcast_to(np.ones(1), (3,))), ValueError, "read-only"),
+        (lambda: dist.broadcast(np.ones(3), src=world), ValueError, "src must be a rank in 0..1"),
+        (lambda: dist.broadcast(np.ones(3), src=-1), ValueError, "src must be a rank"),
+        (lambda: dist.all_gather([np.ones(3)], np.ones(3)), ValueError, "world_size = 2 tensors, got 1"),
+        (lambda: dist.all_gather([np.ones(3), np.ones(4)], np.ones(3)), ValueError,
+         r"tensor_list\[1\] is float64 \(4,\)"),
+        (lambda: dist.all_gather([np.ones(3), np.ones(3, np.float32)], np.ones(3)), ValueError,
+         r"tensor_list\[1\] is float32"),
+        (lambda: dist.init_process_group("mpi"), RuntimeError, "already initialized"),
+    ]
+    for fn, exc, words in table:
+        with pytest.raises(exc, match=words):
+            fn()
+    dist.barrier()
+
+
+@case
+def timeout_names_the_rank():
+    """Rank 1 never reaches the all_reduce: rank 0's watchdog aborts the job after the timeout."""
+    if dist.get_rank() == 1:
+        time.sleep(60)
+    dist.all_reduce(np.ones(4))
+
+
+@case
+def raising_rank_aborts_the_job():
+    """Rank 1 raises before the collective: the exception hook aborts every rank at once, although
+    rank 0 waits in all_reduce with a long timeout."""
+    if dist.get_rank() == 1:
+        raise ValueError("rank-one failure on purpose")
+    dist.all_reduce(np.ones(4))
+
+
+def main(names):
+    timeout = float(os.environ.get("FASTDL_TEST_TIMEOUT", "60"))
+    dist.init_process_group("mpi", timeout=timeout)
+    for name in names:
+        CASES[name]()
+        dist.barrier()
+        if dist.get_rank() == 0:
+            print(f"CASE-OK {name}", flush=True)
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
