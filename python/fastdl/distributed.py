@@ -78,7 +78,7 @@ def _import_mpi():
     except ImportError as exc:
         raise ImportError(f"fastdl.distributed: the MPI backend needs mpi4py and an MPI library "
                           f"({exc}); {INSTALL_HINT}") from exc
-    except RuntimeError as exc:  # mpi4py is installed but libmpi cannot be loaded
+    except (RuntimeError, OSError) as exc:  # mpi4py is installed but libmpi cannot be loaded
         raise ImportError(f"fastdl.distributed: mpi4py is installed but no MPI library could be loaded "
                           f"({exc}); {INSTALL_HINT}") from exc
     return MPI
