@@ -166,3 +166,125 @@ def openblas_description() -> str:
         if lib.get("internal_api") == "openblas":
             return f"OpenBLAS {lib.get('version')} ({lib.get('architecture')} kernel)"
     return "NumPy BLAS: " + ", ".join(lib.get("internal_api", "?") for lib in threadpoolctl.threadpool_info())
+
+
+# ---- DDP: collectives and data-parallel training on several ranks ------------------------------
+# `fastdl bench ddp` launches `mpirun -n RANKS python -c "from fastdl import bench; bench.ddp_worker(...)"`;
+# every rank runs the same timed loops, and rank 0 prints the rows (times are the slowest rank's).
+
+DDP_MESSAGE_BYTES = tuple(4 ** k for k in range(2, 14))  # 16 B … 64 MiB
+
+
+def _ddp_timed(fn, comm, MPI, repeats: int, min_time: float = 0.02) -> float:
+    """Seconds per call of the collective ``fn``, identical on every rank: the loop count is agreed
+    with an all-reduce (every rank must call the collective equally often), each repeat is timed
+    between barriers, the slowest rank's time counts, and the best repeat is kept."""
+    fn()
+    comm.Barrier()
+    t0 = time.perf_counter()
+    fn()
+    one = comm.allreduce(time.perf_counter() - t0, op=MPI.MAX)
+    n = int(min(max(min_time / max(one, 1e-9), 1), 1 << 16))
+    best = float("inf")
+    for _ in range(repeats):
+        comm.Barrier()
+        t0 = time.perf_counter()
+        for _ in range(n):
+            fn()
+        best = min(best, comm.allreduce((time.perf_counter() - t0) / n, op=MPI.MAX))
+    return best
+
+
+def ddp_allreduce_rows(sizes=DDP_MESSAGE_BYTES, repeats: int = 5) -> list[dict]:
+    """Inside an initialised process group: fastdl's ``all_reduce`` (sum, float32, in place) against
+    mpi4py's raw ``Allreduce`` on the same buffers, for each message size in bytes."""
+    from mpi4py import MPI
+
+    from . import distributed as dist
+
+    comm, world = MPI.COMM_WORLD, dist.get_world_size()
+    rows = []
+    for nbytes in sizes:
+        x = np.ones(nbytes // 4, np.float32)
+        impls = {"fastdl": lambda: dist.all_reduce(x), "mpi4py": lambda: comm.Allreduce(MPI.IN_PLACE, x)}
+        # interleave the implementations repeat by repeat, as best_times does
+        times = {k: float("inf") for k in impls}
+        for _ in range(repeats):
+            for name, fn in impls.items():
+                times[name] = min(times[name], _ddp_timed(fn, comm, MPI, 1))
+        rows.append({"bench": "allreduce", "bytes": nbytes, "ranks": world, "seconds": times,
+                     # bus bandwidth (as nccl-tests): what each link carries in a ring all-reduce
+                     "busbw_gbs": {k: 2 * (world - 1) / world * nbytes / t / 1e9 for k, t in times.items()}})
+    return rows
+
+
+def format_ddp_allreduce(row: dict) -> str:
+    t, bw = row["seconds"], row["busbw_gbs"]
+    size = row["bytes"]
+    label = f"{size} B" if size < 1024 else f"{size >> 10} KiB" if size < 1 << 20 else f"{size >> 20} MiB"
+    return (f"{label:>9} {row['ranks']:>5} {t['fastdl'] * 1e6:>11.1f} {t['mpi4py'] * 1e6:>11.1f} "
+            f"{bw['fastdl']:>10.3f} {bw['mpi4py']:>10.3f} {t['mpi4py'] / t['fastdl']:>8.2f}")
+
+
+DDP_ALLREDUCE_HEADER = (f"{'message':>9} {'ranks':>5} {'fastdl µs':>11} {'mpi4py µs':>11} "
+                        f"{'fastdl GB/s':>10} {'mpi4py GB/s':>10} {'speed':>8}")
+
+
+def ddp_worker(part: str, repeats: int = 5, json_path: str | None = None) -> None:
+    """One rank of `fastdl bench ddp`: ``part`` is ``"allreduce"``."""
+    import json
+
+    from . import distributed as dist
+
+    dist.init_process_group("mpi")
+    rank = dist.get_rank()
+    printer = print if rank == 0 else (lambda *a, **k: None)
+    rows = []
+    if part == "allreduce":
+        printer(f"\n## all-reduce (sum, float32, in place): slowest rank's time, best of {repeats}; "
+                "bus bandwidth 2(n-1)/n · bytes / time; speed = mpi4py time / fastdl time")
+        printer(DDP_ALLREDUCE_HEADER, flush=True)
+        for row in ddp_allreduce_rows(repeats=repeats):
+            printer(format_ddp_allreduce(row), flush=True)
+            rows.append(row)
+    else:
+        raise ValueError(f"ddp_worker: unknown part {part!r}")
+    if rank == 0 and json_path:
+        with open(json_path, "w") as fh:
+            json.dump(rows, fh, indent=1)
+    dist.destroy_process_group()
+
+
+def mpirun_prefix(ranks: int) -> list[str]:
+    """``mpirun -n RANKS`` plus what Open MPI needs to run as root or on fewer cores than ranks."""
+    import os
+    import shutil
+    import subprocess
+
+    launcher = shutil.which("mpirun") or shutil.which("mpiexec")
+    if launcher is None:
+        raise FileNotFoundError("mpirun not found: apt-get install openmpi-bin libopenmpi-dev")
+    cmd = [launcher, "-n", str(ranks)]
+    version = subprocess.run([launcher, "--version"], capture_output=True, text=True).stdout
+    if "Open MPI" in version or "OpenRTE" in version:
+        cmd.append("--oversubscribe")
+        if os.geteuid() == 0:
+            cmd.append("--allow-run-as-root")
+    return cmd
+
+
+def run_ddp(ranks: int = 2, repeats: int = 5, json_prefix: str | None = None) -> int:
+    """`fastdl bench ddp`: launch each part on ``ranks`` ranks (1 OpenMP thread each); returns the
+    first non-zero exit status."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    for part in ("allreduce",):
+        json_path = f"{json_prefix}-{part}.json" if json_prefix else None
+        code = f"from fastdl import bench; bench.ddp_worker({part!r}, {repeats}, {json_path!r})"
+        rc = subprocess.run(mpirun_prefix(ranks) + [sys.executable, "-c", code], env=env).returncode
+        if rc:
+            return rc
+    return 0

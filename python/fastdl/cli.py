@@ -48,6 +48,8 @@ def _bench(args) -> int:
     import fastdl
     from fastdl import bench
 
+    if args.family == "ddp":
+        return _bench_ddp(args)
     families = list(bench.PROBLEMS) if args.family == "all" else [args.family]
     for family in families:
         if family not in bench.PROBLEMS:
@@ -69,6 +71,21 @@ def _bench(args) -> int:
     return 0
 
 
+def _bench_ddp(args) -> int:
+    """`fastdl bench ddp`: collectives and data-parallel training on --ranks MPI ranks."""
+    import fastdl
+    from fastdl import bench
+
+    info = fastdl.backend_info()
+    print(f"# fastdl {info['version']} | CPU {info['cpu']['model']} | kernels {info['cpu']['capability']} | "
+          f"{args.ranks} MPI ranks x 1 thread")
+    try:
+        return bench.run_ddp(ranks=args.ranks, repeats=args.repeats, json_prefix=args.json)
+    except FileNotFoundError as exc:
+        print(f"fastdl bench ddp: {exc}", file=sys.stderr)
+        return 2
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="fastdl", description="fastdl: native deep-learning kernels")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -76,12 +93,13 @@ def main(argv=None) -> int:
     p_info.add_argument("--json", action="store_true", help="print backend_info() as JSON")
     p_info.set_defaults(func=_info)
     p_bench = sub.add_parser("bench", help="time fastdl against NumPy and PyTorch in the same run")
-    p_bench.add_argument("family", nargs="?", default="gemm", help="kernel family or 'all' (default gemm)")
+    p_bench.add_argument("family", nargs="?", default="gemm", help="kernel family, 'all', or 'ddp' (data parallel on MPI ranks) (default gemm)")
     p_bench.add_argument("--device", default="cpu", choices=["cpu"], help="cpu (cuda: see the CUDA issue)")
     p_bench.add_argument("--threads", default="1,2", help="comma-separated thread counts (default 1,2)")
     p_bench.add_argument("--full", action="store_true", help="include the largest problems")
     p_bench.add_argument("--repeats", type=int, default=5)
     p_bench.add_argument("--json", help="also write the rows to this JSON file")
+    p_bench.add_argument("--ranks", type=int, default=2, help="MPI ranks for 'fastdl bench ddp' (default 2)")
     p_bench.add_argument("--keep-openblas-env", action="store_true",
                          help="do not unset OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE for the NumPy reference")
     p_bench.set_defaults(func=_bench)
