@@ -142,3 +142,77 @@ def test_missing_mpi4py_names_the_packages(monkeypatch):
     for words in ("mpi4py", "apt-get install openmpi-bin libopenmpi-dev", "pip install mpi4py"):
         assert words in message
     assert not dist.is_initialized()
+
+
+# ---- DistributedSampler (no MPI needed: num_replicas and rank given) ----------------------------
+
+from fastdl.data.distributed import DistributedSampler  # noqa: E402
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 10, 64])
+@pytest.mark.parametrize("replicas", [1, 2, 3, 8])
+@pytest.mark.parametrize("shuffle", [False, True])
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_sampler_shares(n, replicas, shuffle, drop_last):
+    if drop_last and n < replicas:
+        with pytest.raises(ValueError, match="leaves no sample"):
+            DistributedSampler(range(n), replicas, 0, shuffle=shuffle, drop_last=True)
+        return
+    shares = [list(DistributedSampler(range(n), replicas, r, shuffle=shuffle, seed=5, drop_last=drop_last))
+              for r in range(replicas)]
+    lengths = {len(s) for s in shares}
+    assert len(lengths) == 1
+    per_rank = lengths.pop()
+    assert per_rank == len(DistributedSampler(range(n), replicas, 0, drop_last=drop_last))
+    flat = [i for s in shares for i in s]
+    assert all(0 <= i < n for i in flat)
+    if drop_last:
+        assert per_rank == n // replicas and len(set(flat)) == len(flat)
+    else:
+        assert per_rank == -(-n // replicas) and set(flat) == set(range(n))
+        assert len(flat) - n < replicas
+    if not shuffle:
+        # rank r holds samples r, r + R, ... : the global batch split across ranks
+        assert shares[0][: min(per_rank, 3)] == [replicas * k % max(n, 1) for k in range(min(per_rank, 3))]
+
+
+def test_sampler_matches_torch_without_shuffle():
+    torch_data = pytest.importorskip("torch.utils.data")
+    for n, replicas, drop_last in [(10, 3, False), (10, 3, True), (7, 2, False), (5, 4, False), (64, 8, True)]:
+        for r in range(replicas):
+            ours = list(DistributedSampler(range(n), replicas, r, shuffle=False, drop_last=drop_last))
+            theirs = list(torch_data.DistributedSampler(range(n), replicas, r, shuffle=False, drop_last=drop_last))
+            assert ours == theirs, (n, replicas, r, drop_last)
+
+
+def test_sampler_epochs_and_seeds():
+    a = DistributedSampler(range(100), 2, 0, seed=3)
+    b = DistributedSampler(range(100), 2, 1, seed=3)
+    first = list(a)
+    assert first == list(a)                                  # the same epoch repeats
+    assert not set(first) & set(b)                           # ranks agree on the permutation
+    a.set_epoch(1)
+    b.set_epoch(1)
+    assert list(a) != first and not set(a) & set(b)
+    assert list(DistributedSampler(range(100), 2, 0, seed=4)) != first
+    assert first != list(range(0, 100, 2))                    # shuffled
+
+
+@pytest.mark.parametrize("kwargs, exc, words", [
+    ({"num_replicas": 0, "rank": 0}, ValueError, "num_replicas must be an integer >= 1"),
+    ({"num_replicas": 2, "rank": 2}, ValueError, r"rank 2 is not in 0..1"),
+    ({"num_replicas": 2, "rank": -1}, ValueError, "rank must be an integer >= 0"),
+    ({"num_replicas": 2.0, "rank": 0}, ValueError, "num_replicas must be an integer"),
+    ({"num_replicas": 2, "rank": 0, "seed": -1}, ValueError, "seed must be an integer >= 0"),
+    ({}, RuntimeError, "init_process_group"),
+])
+def test_sampler_bad_arguments(kwargs, exc, words):
+    with pytest.raises(exc, match=words):
+        DistributedSampler(range(10), **kwargs)
+
+
+def test_sampler_bad_dataset_and_epoch():
+    with pytest.raises(TypeError, match="must define __len__"):
+        DistributedSampler(iter(range(3)), 2, 0)
+    with pytest.raises(ValueError, match="epoch must be an integer >= 0"):
+        DistributedSampler(range(3), 2, 0).set_epoch(-1)
