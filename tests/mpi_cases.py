@@ -182,6 +182,215 @@ def raising_rank_aborts_the_job():
     dist.all_reduce(np.ones(4))
 
 
+# ---- DistributedDataParallel ---------------------------------------------------------------------
+
+STEPS, GLOBAL_BATCH, N_SAMPLES = 10, 12, 120
+
+
+def mlp(seed, dtype="float64"):
+    import fastdl
+    from fastdl import nn
+
+    fastdl.manual_seed(seed)
+    return nn.Sequential(nn.Linear(7, 16), nn.Tanh(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 3)).to(dtype)
+
+
+def regression_data(dtype="float64"):
+    rng = np.random.default_rng(7)
+    return rng.standard_normal((N_SAMPLES, 7)).astype(dtype), rng.standard_normal((N_SAMPLES, 3)).astype(dtype)
+
+
+def train_single(steps, batch, make_optimizer):
+    """The reference: one process, global batches of ``batch`` samples, rank 0's initial weights."""
+    import fastdl
+    from fastdl import nn
+
+    model = mlp(100)
+    opt = make_optimizer(model.parameters())
+    x, y = regression_data()
+    for step in range(steps):
+        sl = slice(step * batch, (step + 1) * batch)
+        loss = nn.functional.mse_loss(model(fastdl.tensor(x[sl])), fastdl.tensor(y[sl]))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model
+
+
+def train_ddp(steps, global_batch, make_optimizer, bucket_cap_mb):
+    """Each rank starts from different weights (rank 0's are broadcast) and trains on its share of
+    every global batch, chosen by DistributedSampler (no shuffle: rank r holds samples r, r + R, ...)."""
+    import fastdl
+    from fastdl import nn
+    from fastdl.data.distributed import DistributedSampler
+
+    rank, world = dist.get_rank(), dist.get_world_size()
+    ddp = nn.parallel.DistributedDataParallel(mlp(100 + rank), bucket_cap_mb=bucket_cap_mb)
+    opt = make_optimizer(ddp.parameters())
+    x, y = regression_data()
+    mine = DistributedSampler(range(N_SAMPLES), shuffle=False).indices()
+    local = global_batch // world
+    for step in range(steps):
+        idx = mine[step * local:(step + 1) * local]
+        loss = nn.functional.mse_loss(ddp(fastdl.tensor(x[idx])), fastdl.tensor(y[idx]))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return ddp
+
+
+def assert_same_parameters(a, b, k):
+    for (name, p), (_, q) in zip(a.named_parameters(), b.named_parameters()):
+        scale = max(float(np.abs(q.numpy()).max()), 1.0)
+        err = float(np.abs(p.numpy() - q.numpy()).max())
+        assert err <= tol(np.float64, k) * scale * 64, (name, err)
+
+
+@case
+def ddp_matches_single_process():
+    from fastdl import optim
+
+    optimizers = {
+        "sgd-momentum": lambda ps: optim.SGD(ps, lr=0.05, momentum=0.9),
+        "adam": lambda ps: optim.Adam(ps, lr=0.01),
+    }
+    for name, make in optimizers.items():
+        reference = train_single(STEPS, GLOBAL_BATCH, make)
+        for cap in (25, 0.0002):  # one bucket; one bucket per parameter
+            ddp = train_ddp(STEPS, GLOBAL_BATCH, make, cap)
+            assert len(ddp.bucket_sizes) == (1 if cap == 25 else 6), ddp.bucket_sizes
+            assert_same_parameters(ddp.module, reference, GLOBAL_BATCH * STEPS)
+            # the replicas are identical, bit for bit
+            for p in ddp.parameters():
+                copy = p.numpy().copy()
+                dist.broadcast(copy, src=0)
+                np.testing.assert_array_equal(copy, p.numpy())
+
+
+@case
+def ddp_buckets_fire_during_backward():
+    """Instrumented: a marker Function between layers logs when backward reaches it, and the
+    all-reduce launches are logged too. Each layer's bucket must start before backward has gone
+    below that layer, i.e. while the earlier layers' gradients are still being computed."""
+    import fastdl
+    from fastdl import nn
+    from fastdl.tensor import Function
+
+    events = []
+
+    class Marker(Function):
+        @staticmethod
+        def forward(ctx, x, label):
+            ctx.label = label
+            return x.copy()
+
+        @staticmethod
+        def backward(ctx, g):
+            events.append(("backward reaches", ctx.label))
+            return g, None
+
+    class Marked(nn.Module):
+        def __init__(self, layer, label):
+            super().__init__()
+            self.layer, self.label = layer, label
+
+        def forward(self, x):
+            return self.layer(Marker.apply(x, self.label))
+
+    fastdl.manual_seed(0)
+    model = nn.Sequential(*[Marked(nn.Linear(8, 8).double(), f"layer {i}") for i in range(4)])
+    ddp = nn.parallel.DistributedDataParallel(model, bucket_cap_mb=0.0006)  # one Linear (576 B) per bucket
+    assert len(ddp.bucket_sizes) == 4, ddp.bucket_sizes
+    real = dist.all_reduce
+
+    def logged(tensor, op="sum", async_op=False):
+        events.append(("all_reduce starts", tensor.size))
+        return real(tensor, op=op, async_op=async_op)
+
+    dist.all_reduce = logged
+    try:
+        x = fastdl.tensor(rank_data(dist.get_rank(), (5, 8), "float64"), requires_grad=True)
+        ddp(x).sum().backward()
+    finally:
+        dist.all_reduce = real
+    starts = [i for i, e in enumerate(events) if e[0] == "all_reduce starts"]
+    assert len(starts) == 4, events
+    for k in range(4):  # layer 3's bucket starts before backward reaches layer 3's input, and so on
+        assert starts[k] < events.index(("backward reaches", f"layer {3 - k}")), events
+    # the averaged gradients arrived
+    grads = [p.grad.numpy().copy() for p in ddp.parameters()]
+    for g in grads:
+        other = g.copy()
+        dist.broadcast(other, src=1)
+        np.testing.assert_array_equal(other, g)
+
+
+@case
+def ddp_no_sync_accumulates():
+    """Two micro-batches under no_sync, a third synchronised: the gradients equal the single-process
+    gradient of the sum of the three global-batch losses; inside no_sync they stay local."""
+    import fastdl
+    from fastdl import nn
+
+    rank, world = dist.get_rank(), dist.get_world_size()
+    x, y = regression_data()
+    reference = mlp(100)
+    for m in range(3):
+        sl = slice(m * GLOBAL_BATCH, (m + 1) * GLOBAL_BATCH)
+        nn.functional.mse_loss(reference(fastdl.tensor(x[sl])), fastdl.tensor(y[sl])).backward()
+    ddp = nn.parallel.DistributedDataParallel(mlp(100 + rank))
+    local = GLOBAL_BATCH // world
+
+    def micro(m):
+        idx = np.arange(m * GLOBAL_BATCH + rank, (m + 1) * GLOBAL_BATCH, world)
+        assert len(idx) == local
+        nn.functional.mse_loss(ddp(fastdl.tensor(x[idx])), fastdl.tensor(y[idx])).backward()
+
+    with ddp.no_sync():
+        micro(0)
+        micro(1)
+    g = ddp.module[0].weight.grad.numpy().copy()
+    gathered = [np.zeros_like(g) for _ in range(world)]
+    dist.all_gather(gathered, g)
+    assert not np.allclose(gathered[0], gathered[1]), "no_sync all-reduced"
+    micro(2)
+    for (name, p), q in zip(ddp.module.named_parameters(), reference.parameters()):
+        assert_close(p.grad.numpy(), q.grad.numpy(), np.float64, 3 * GLOBAL_BATCH * 16)
+
+
+@case
+def ddp_errors():
+    import pytest
+
+    import fastdl
+    from fastdl import nn
+
+    rank = dist.get_rank()
+    with pytest.raises(ValueError, match="bucket_cap_mb must be a positive number"):
+        nn.parallel.DistributedDataParallel(mlp(0), bucket_cap_mb=0)
+    with pytest.raises(TypeError, match="must be a fastdl.nn.Module"):
+        nn.parallel.DistributedDataParallel(lambda x: x)
+    # a different model on rank 1: refused on every rank, before any broadcast
+    model = mlp(0) if rank == 0 else nn.Sequential(nn.Linear(7, 3)).double()
+    with pytest.raises(ValueError, match=r"ranks \[1\] wrap a different model than rank 0"):
+        nn.parallel.DistributedDataParallel(model)
+
+    # a parameter without gradient: named by the next forward
+    class TwoHeads(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.used, self.unused = nn.Linear(3, 2).double(), nn.Linear(3, 2).double()
+
+        def forward(self, x):
+            return self.used(x)
+
+    ddp = nn.parallel.DistributedDataParallel(TwoHeads(), bucket_cap_mb=0.0001)
+    x = fastdl.tensor(np.ones((2, 3)))
+    ddp(x).sum().backward()
+    with pytest.raises(RuntimeError, match=r"unused.weight"):
+        ddp(x)
+
+
 def main(names):
     timeout = float(os.environ.get("FASTDL_TEST_TIMEOUT", "60"))
     dist.init_process_group("mpi", timeout=timeout)

@@ -216,3 +216,17 @@ def test_sampler_bad_dataset_and_epoch():
         DistributedSampler(iter(range(3)), 2, 0)
     with pytest.raises(ValueError, match="epoch must be an integer >= 0"):
         DistributedSampler(range(3), 2, 0).set_epoch(-1)
+
+
+# ---- DistributedDataParallel on 2 ranks -----------------------------------------------------------
+
+def _need_nn():
+    pytest.importorskip("fastdl.tensor", reason="fastdl.tensor has not landed")
+    pytest.importorskip("fastdl.nn.module", reason="fastdl.nn has not landed")
+
+
+@pytest.mark.parametrize("case", ["ddp_matches_single_process", "ddp_buckets_fire_during_backward",
+                                  "ddp_no_sync_accumulates", "ddp_errors"])
+def test_ddp(case):
+    _need_nn()
+    run_ok(case)
