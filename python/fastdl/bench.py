@@ -288,3 +288,70 @@ def run_ddp(ranks: int = 2, repeats: int = 5, json_prefix: str | None = None) ->
         if rc:
             return rc
     return 0
+
+
+@dataclasses.dataclass
+class Network:
+    """α–β parameters of a ring all-reduce: ``alpha`` seconds per ring step, ``busbw`` bytes/s per
+    link (what nccl-tests calls bus bandwidth), ``gpus_per_node`` GPUs joined by the fast link."""
+
+    name: str
+    alpha_intra: float
+    busbw_intra: float
+    alpha_inter: float
+    busbw_inter: float
+    gpus_per_node: int = 8
+
+    def ring_allreduce(self, nbytes: float, n: int) -> float:
+        """2(n−1) steps of α each, plus 2(n−1)/n · bytes over the slowest link of the ring (all ring
+        steps run in lockstep, so once the ring leaves the node every step pays the inter-node link)."""
+        if n <= 1:
+            return 0.0
+        inside = n <= self.gpus_per_node
+        alpha = self.alpha_intra if inside else self.alpha_inter
+        busbw = self.busbw_intra if inside else self.busbw_inter
+        return 2 * (n - 1) * alpha + 2 * (n - 1) / n * nbytes / busbw
+
+
+# The assumptions named in bench/RESULTS.md: H100 SXM nodes of 8 GPUs on NVLink 4, one 400 Gb/s
+# NDR InfiniBand port per GPU between nodes.
+H100_CLUSTER = Network("8x H100 NVLink nodes, NDR 400 Gb/s per GPU", alpha_intra=1.5e-6, busbw_intra=360e9,
+                       alpha_inter=5e-6, busbw_inter=40e9)
+
+
+def ddp_bucket_sizes(param_bytes: list, cap_bytes: float) -> list:
+    """Bucket sizes as DistributedDataParallel forms them: parameters in reverse order, a new bucket
+    when the next parameter would pass the cap (one dtype assumed)."""
+    buckets, current = [], 0
+    for nbytes in reversed(param_bytes):
+        if current and current + nbytes > cap_bytes:
+            buckets.append(current)
+            current = 0
+        current += nbytes
+    if current:
+        buckets.append(current)
+    return buckets
+
+
+def ddp_step_time(param_bytes: list, t_forward: float, t_backward: float, t_optimizer: float, n: int,
+                  network: Network, bucket_cap_mb: float = 25) -> dict:
+    """Predicted time of one data-parallel step on ``n`` GPUs (weak scaling: the per-GPU batch is fixed).
+
+    Gradients become ready during backward in reverse parameter order, at a uniform rate in bytes
+    (bucket i is ready when backward has produced the bytes of buckets 0..i); buckets are
+    all-reduced one after another on one channel, each starting when it is ready and the previous
+    one is done; what is left after backward ends is exposed. Returns the step time, the exposed
+    communication and the scaling efficiency (1-GPU step time / n-GPU step time).
+    """
+    buckets = ddp_bucket_sizes(param_bytes, bucket_cap_mb * 1e6)
+    total = float(sum(buckets))
+    done, produced = 0.0, 0.0
+    for nbytes in buckets:
+        produced += nbytes
+        ready = t_backward * produced / total
+        done = max(done, ready) + network.ring_allreduce(nbytes, n)
+    exposed = max(0.0, done - t_backward) if n > 1 else 0.0
+    compute = t_forward + t_backward + t_optimizer
+    step = compute + exposed
+    return {"n": n, "buckets": len(buckets), "bytes": total, "step": step, "exposed": exposed,
+            "efficiency": compute / step}
