@@ -230,8 +230,53 @@ DDP_ALLREDUCE_HEADER = (f"{'message':>9} {'ranks':>5} {'fastdl µs':>11} {'mpi4p
                         f"{'fastdl GB/s':>10} {'mpi4py GB/s':>10} {'speed':>8}")
 
 
+def lenet5(nn):
+    """LeNet-5 as in examples/lenet_digits.py (28×28 inputs, 61,706 parameters)."""
+    return nn.Sequential(
+        nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(400, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(), nn.Linear(84, 10))
+
+
+def ddp_train_row(local_batch: int = 32, steps: int = 30, warmup: int = 5) -> dict:
+    """Inside an initialised process group: LeNet-5 training steps (forward, cross-entropy,
+    backward with the DDP all-reduce, Adam) on random 28×28 images, ``local_batch`` per rank (weak
+    scaling: the global batch grows with the ranks). Samples per second over the timed steps, from
+    the slowest rank's time."""
+    from mpi4py import MPI
+
+    from . import distributed as dist
+    from . import manual_seed, nn, optim, tensor
+
+    rank, world = dist.get_rank(), dist.get_world_size()
+    manual_seed(0)
+    model = nn.parallel.DistributedDataParallel(lenet5(nn))
+    opt = optim.Adam(model.parameters(), lr=1e-3)
+    rng = np.random.default_rng(rank)
+    x = tensor(rng.standard_normal((local_batch, 1, 28, 28)).astype(np.float32))
+    y = tensor(rng.integers(0, 10, local_batch))
+    loss_fn = nn.CrossEntropyLoss()
+
+    def step():
+        loss = loss_fn(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return loss
+
+    for _ in range(warmup):
+        step()
+    dist.barrier()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    seconds = MPI.COMM_WORLD.allreduce(time.perf_counter() - t0, op=MPI.MAX)
+    return {"bench": "train", "model": "LeNet-5", "ranks": world, "local_batch": local_batch, "steps": steps,
+            "seconds_per_step": seconds / steps, "samples_per_s": world * local_batch * steps / seconds}
+
+
 def ddp_worker(part: str, repeats: int = 5, json_path: str | None = None) -> None:
-    """One rank of `fastdl bench ddp`: ``part`` is ``"allreduce"``."""
+    """One rank of `fastdl bench ddp`: ``part`` is ``"allreduce"`` or ``"train"``; rank 0 prints
+    the all-reduce rows and writes the rows to ``json_path``."""
     import json
 
     from . import distributed as dist
@@ -247,6 +292,13 @@ def ddp_worker(part: str, repeats: int = 5, json_path: str | None = None) -> Non
         for row in ddp_allreduce_rows(repeats=repeats):
             printer(format_ddp_allreduce(row), flush=True)
             rows.append(row)
+    elif part == "train":
+        best = None
+        for _ in range(repeats):
+            row = ddp_train_row()
+            if best is None or row["samples_per_s"] > best["samples_per_s"]:
+                best = row
+        rows.append(best)
     else:
         raise ValueError(f"ddp_worker: unknown part {part!r}")
     if rank == 0 and json_path:
@@ -273,20 +325,37 @@ def mpirun_prefix(ranks: int) -> list[str]:
     return cmd
 
 
-def run_ddp(ranks: int = 2, repeats: int = 5, json_prefix: str | None = None) -> int:
-    """`fastdl bench ddp`: launch each part on ``ranks`` ranks (1 OpenMP thread each); returns the
-    first non-zero exit status."""
+def run_ddp(ranks: int = 2, repeats: int = 5, json_prefix: str | None = None, printer=print) -> int:
+    """`fastdl bench ddp`: the all-reduce sweep on ``ranks`` ranks, then LeNet-5 training on 1 and
+    on ``ranks`` ranks (1 OpenMP thread each) and the speed-up; returns the first non-zero exit
+    status of a launch."""
+    import json
     import os
     import subprocess
     import sys
+    import tempfile
 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    for part in ("allreduce",):
-        json_path = f"{json_prefix}-{part}.json" if json_prefix else None
-        code = f"from fastdl import bench; bench.ddp_worker({part!r}, {repeats}, {json_path!r})"
-        rc = subprocess.run(mpirun_prefix(ranks) + [sys.executable, "-c", code], env=env).returncode
-        if rc:
-            return rc
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for part, n in (("allreduce", ranks), ("train", 1), ("train", ranks)):
+            path = os.path.join(tmp, f"{part}-{n}.json")
+            code = f"from fastdl import bench; bench.ddp_worker({part!r}, {repeats}, {path!r})"
+            rc = subprocess.run(mpirun_prefix(n) + [sys.executable, "-c", code], env=env).returncode
+            if rc:
+                return rc
+            with open(path) as fh:
+                results[f"{part}-{n}"] = json.load(fh)
+    one, many = results["train-1"][0], results[f"train-{ranks}"][0]
+    printer(f"\n## LeNet-5 training, {one['local_batch']} samples per rank per step (weak scaling), "
+            f"1 thread per rank, best of {repeats} runs of {one['steps']} steps")
+    printer(f"{'ranks':>5} {'ms/step':>9} {'samples/s':>10} {'speed-up':>9}")
+    for row in (one, many):
+        printer(f"{row['ranks']:>5} {row['seconds_per_step'] * 1e3:>9.2f} {row['samples_per_s']:>10.0f} "
+                f"{row['samples_per_s'] / one['samples_per_s']:>9.2f}")
+    if json_prefix:
+        with open(f"{json_prefix}-ddp.json", "w") as fh:
+            json.dump(results, fh, indent=1)
     return 0
 
 

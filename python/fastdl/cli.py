@@ -98,7 +98,7 @@ def main(argv=None) -> int:
     p_bench.add_argument("--threads", default="1,2", help="comma-separated thread counts (default 1,2)")
     p_bench.add_argument("--full", action="store_true", help="include the largest problems")
     p_bench.add_argument("--repeats", type=int, default=5)
-    p_bench.add_argument("--json", help="also write the rows to this JSON file")
+    p_bench.add_argument("--json", help="also write the rows to this JSON file (ddp: a prefix)")
     p_bench.add_argument("--ranks", type=int, default=2, help="MPI ranks for 'fastdl bench ddp' (default 2)")
     p_bench.add_argument("--keep-openblas-env", action="store_true",
                          help="do not unset OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE for the NumPy reference")
