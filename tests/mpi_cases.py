@@ -395,6 +395,49 @@ def ddp_errors():
         ddp(x)
 
 
+@case
+def fit_under_the_launcher():
+    """fit() unchanged on a DDP model: identical averaged logs on every rank, the validation loss
+    equal to a single process's over the whole set, output and checkpoints on rank 0 only. Rank 0
+    leaves the final weights in FASTDL_TEST_DIR for the launching test, which reloads the
+    checkpoint without MPI."""
+    import fastdl
+    from fastdl import nn, optim, train
+    from fastdl.data import DataLoader, DistributedSampler, TensorDataset
+
+    rank, world = dist.get_rank(), dist.get_world_size()
+    out = os.environ["FASTDL_TEST_DIR"]
+    x, y = regression_data()
+    train_set, val_set = TensorDataset(x[:80], y[:80]), TensorDataset(x[80:], y[80:])
+    ddp = nn.parallel.DistributedDataParallel(mlp(100 + rank))
+    train_loader = DataLoader(train_set, batch_size=5, sampler=DistributedSampler(train_set, seed=1), seed=0)
+    val_loader = DataLoader(val_set, batch_size=8, sampler=DistributedSampler(val_set, shuffle=False))
+    saves = []
+    real_save = fastdl.save
+
+    def recording_save(obj, path):
+        saves.append(path)
+        real_save(obj, path)
+
+    fastdl.save = recording_save
+    try:
+        history = train.fit(ddp, mse, optim.SGD(ddp.parameters(), lr=0.05, momentum=0.9), train_loader, val_loader,
+                            epochs=2, callbacks=[train.ModelCheckpoint(os.path.join(out, "ckpt-{epoch}.safetensors"))],
+                            verbose=1)
+    finally:
+        fastdl.save = real_save
+    assert (len(saves) == 2) if rank == 0 else not saves, saves
+    logs = np.array(history["loss"] + history["val_loss"])
+    gathered = [np.zeros_like(logs) for _ in range(world)]
+    dist.all_gather(gathered, logs)
+    np.testing.assert_array_equal(gathered[0], gathered[1])
+    whole = train.evaluate(ddp.module, mse, DataLoader(val_set, batch_size=len(val_set)))
+    assert abs(whole["loss"] - history["val_loss"][-1]) <= tol(np.float64, 40) * max(whole["loss"], 1.0), \
+        (whole, history["val_loss"])
+    if rank == 0:
+        np.savez(os.path.join(out, "final.npz"), **{k: v.numpy() for k, v in ddp.module.state_dict().items()})
+
+
 def main(names):
     timeout = float(os.environ.get("FASTDL_TEST_TIMEOUT", "60"))
     dist.init_process_group("mpi", timeout=timeout)

@@ -230,3 +230,25 @@ def _need_nn():
 def test_ddp(case):
     _need_nn()
     run_ok(case)
+
+
+def test_fit_under_the_launcher_and_checkpoint_without_mpi(tmp_path, monkeypatch):
+    _need_nn()
+    pytest.importorskip("fastdl.train", reason="fastdl.train has not landed")
+    import numpy as np
+
+    monkeypatch.setenv("FASTDL_TEST_DIR", str(tmp_path))
+    out = run_ok("fit_under_the_launcher")
+    assert out.count("epoch 1/2") == 1 and out.count("epoch 2/2") == 1, out   # rank 0 prints, rank 1 does not
+    sys.path.insert(0, HERE)
+    try:
+        from mpi_cases import mlp
+    finally:
+        sys.path.remove(HERE)
+    final = np.load(tmp_path / "final.npz")
+    state = fastdl.load(str(tmp_path / "ckpt-2.safetensors"))
+    model = mlp(0)
+    model.load_state_dict(state["model"])              # plain keys ("0.weight"), no "module." prefix
+    assert not dist.is_initialized()
+    for name, p in model.state_dict().items():
+        np.testing.assert_array_equal(p.numpy(), final[name])
