@@ -27,6 +27,8 @@ __all__ = [
     "get_num_threads",
     "declare_fallback",
     "note_fallback",
+    "array_module",
+    "device_of",
 ]
 
 # family -> device -> implementation; each family's module adds its entry.
@@ -77,6 +79,38 @@ def note_fallback(family: str, case: str) -> None:
     if entry is None:
         raise RuntimeError(f"undeclared fallback {family}/{case}")
     entry["runs"] += 1
+
+
+# ---- arrays and devices (tensor branch) ----------------------------------------------------------
+# Every array operation of the Python layer goes through the module returned here, so that adding
+# the CUDA device only teaches these two functions about CuPy.
+
+def array_module(x):
+    """The array module of ``x``: ``numpy`` for CPU arrays and Python scalars (CuPy on "cuda").
+
+    >>> import numpy as np
+    >>> array_module(np.ones(2)) is np
+    True
+    """
+    if type(x).__module__.startswith("cupy"):
+        import cupy
+
+        return cupy
+    return np
+
+
+def device_of(x) -> str:
+    """The device an array lives on: ``"cpu"`` for NumPy arrays, ``"cuda:N"`` for GPU arrays.
+
+    >>> import numpy as np
+    >>> device_of(np.ones(2))
+    'cpu'
+    """
+    if type(x) is np.ndarray:
+        return "cpu"
+    dev = getattr(x, "device", None)
+    index = getattr(dev, "id", None)
+    return "cpu" if index is None else f"cuda:{index}"
 
 
 def _cupy_version() -> str | None:
