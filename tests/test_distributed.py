@@ -252,3 +252,57 @@ def test_fit_under_the_launcher_and_checkpoint_without_mpi(tmp_path, monkeypatch
     assert not dist.is_initialized()
     for name, p in model.state_dict().items():
         np.testing.assert_array_equal(p.numpy(), final[name])
+
+
+# ---- the autograd hook DDP is built on: Tensor.register_post_accumulate_grad_hook -----------------
+
+def test_post_accumulate_grad_hook_runs_once_after_all_contributions():
+    import numpy as np
+
+    w = fastdl.tensor([1.0, 2.0], requires_grad=True)
+    v = fastdl.tensor([3.0], requires_grad=True)
+    seen = []
+    w.register_post_accumulate_grad_hook(lambda t: seen.append(("w", t.grad.tolist())))
+    v.register_post_accumulate_grad_hook(lambda t: seen.append(("v", t.grad.tolist())))
+    # w reaches the loss through three edges; the hook sees the sum of all of them
+    ((w * w + w).sum() * v + (w * 2).sum()).sum().backward()
+    assert sorted(seen) == [("v", [8.0]), ("w", [11.0, 17.0])]
+    seen.clear()
+    (w * 1).sum().backward()                          # accumulates into the existing .grad
+    assert seen == [("w", [12.0, 18.0])]
+    seen.clear()
+    w.grad = None
+    w.backward(fastdl.tensor(np.ones(2)))             # a leaf as the root
+    assert seen == [("w", [1.0, 1.0])]
+
+
+def test_post_accumulate_grad_hook_order_follows_backward():
+    x = fastdl.tensor([[1.0, 2.0]])
+    a = fastdl.tensor([[0.5], [0.25]], requires_grad=True)
+    b = fastdl.tensor([[2.0]], requires_grad=True)
+    order = []
+    a.register_post_accumulate_grad_hook(lambda t: order.append("a"))
+    b.register_post_accumulate_grad_hook(lambda t: order.append("b"))
+    ((x @ a) @ b).sum().backward()                    # b is nearer the loss: its gradient is ready first
+    assert order == ["b", "a"]
+
+
+def test_post_accumulate_grad_hook_remove_and_autograd_grad():
+    w = fastdl.tensor([1.0], requires_grad=True)
+    seen = []
+    handle = w.register_post_accumulate_grad_hook(seen.append)
+    fastdl.autograd.grad((w * 3).sum(), [w])           # accumulates nothing: no hook
+    assert seen == [] and w.grad is None
+    handle.remove()
+    (w * 3).sum().backward()
+    assert seen == [] and w.grad.tolist() == [3.0]
+
+
+@pytest.mark.parametrize("make, hook, exc, words", [
+    (lambda: fastdl.tensor([1.0]), print, RuntimeError, "requires_grad=False"),
+    (lambda: fastdl.tensor([1.0], requires_grad=True) * 2, print, RuntimeError, "non-leaf"),
+    (lambda: fastdl.tensor([1.0], requires_grad=True), 3, TypeError, "hook must be callable"),
+])
+def test_post_accumulate_grad_hook_errors(make, hook, exc, words):
+    with pytest.raises(exc, match=words):
+        make().register_post_accumulate_grad_hook(hook)
