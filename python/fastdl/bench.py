@@ -389,17 +389,11 @@ H100_CLUSTER = Network("8x H100 NVLink nodes, NDR 400 Gb/s per GPU", alpha_intra
 
 
 def ddp_bucket_sizes(param_bytes: list, cap_bytes: float) -> list:
-    """Bucket sizes as DistributedDataParallel forms them: parameters in reverse order, a new bucket
-    when the next parameter would pass the cap (one dtype assumed)."""
-    buckets, current = [], 0
-    for nbytes in reversed(param_bytes):
-        if current and current + nbytes > cap_bytes:
-            buckets.append(current)
-            current = 0
-        current += nbytes
-    if current:
-        buckets.append(current)
-    return buckets
+    """Bucket sizes in bytes, in all-reduce order, as DistributedDataParallel forms them (one dtype)."""
+    from .nn.parallel import bucket_assignment
+
+    groups = bucket_assignment(param_bytes, [None] * len(param_bytes), cap_bytes)
+    return [sum(param_bytes[k] for k in g) for g in groups]
 
 
 def ddp_step_time(param_bytes: list, t_forward: float, t_backward: float, t_optimizer: float, n: int,

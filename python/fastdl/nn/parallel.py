@@ -22,7 +22,29 @@ from ..backend import array_module
 from ..tensor import Tensor, no_grad
 from .module import Module
 
-__all__ = ["DistributedDataParallel"]
+__all__ = ["DistributedDataParallel", "bucket_assignment"]
+
+
+def bucket_assignment(nbytes: list, keys: list, cap_bytes: float) -> list:
+    """Group parameters into buckets: indices taken in reverse order, one bucket open per key (dtype,
+    device), a bucket closed when the next parameter would take it past ``cap_bytes``. Returns the
+    buckets (lists of indices) in the order they are all-reduced.
+
+    >>> bucket_assignment([4, 4, 4, 4], ["f"] * 4, 8)
+    [[3, 2], [1, 0]]
+    """
+    buckets, open_buckets = [], {}
+    for k in reversed(range(len(nbytes))):
+        group = open_buckets.get(keys[k])
+        if group is not None and group[1] + nbytes[k] > cap_bytes:
+            buckets.append(group[0])
+            group = None
+        if group is None:
+            group = ([], 0)
+        group[0].append(k)
+        open_buckets[keys[k]] = (group[0], group[1] + nbytes[k])
+    buckets.extend(g[0] for g in open_buckets.values())
+    return buckets
 
 
 class _Bucket:
@@ -125,19 +147,10 @@ class DistributedDataParallel(Module):
 
     @staticmethod
     def _make_buckets(params: list, cap_bytes: int) -> list:
-        buckets, open_buckets = [], {}
-        for p in reversed(params):
-            key = (p.data.dtype, getattr(p, "device", "cpu"))
-            group = open_buckets.get(key)
-            if group is not None and group[1] + p.data.nbytes > cap_bytes:
-                buckets.append(group[0])
-                group = None
-            if group is None:
-                group = open_buckets[key] = ([], 0)
-            group[0].append(p)
-            open_buckets[key] = (group[0], group[1] + p.data.nbytes)
-        buckets.extend(g[0] for g in open_buckets.values())
-        return [_Bucket(i, ps, array_module(ps[0].data), ps[0].data.dtype) for i, ps in enumerate(buckets)]
+        keys = [(p.data.dtype, getattr(p, "device", "cpu")) for p in params]
+        groups = bucket_assignment([p.data.nbytes for p in params], keys, cap_bytes)
+        return [_Bucket(i, [params[k] for k in g], array_module(params[g[0]].data), params[g[0]].data.dtype)
+                for i, g in enumerate(groups)]
 
     @property
     def bucket_sizes(self) -> list:
