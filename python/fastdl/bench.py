@@ -8,6 +8,7 @@ reference, and the share of the machine's measured FMA peak for the ISA in use.
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from typing import Callable
 
@@ -353,6 +354,17 @@ def run_ddp(ranks: int = 2, repeats: int = 5, json_prefix: str | None = None, pr
     for row in (one, many):
         printer(f"{row['ranks']:>5} {row['seconds_per_step'] * 1e3:>9.2f} {row['samples_per_s']:>10.0f} "
                 f"{row['samples_per_s'] / one['samples_per_s']:>9.2f}")
+    # The cost model on this machine: α and bus bandwidth fitted to the all-reduce sweep predict the
+    # speed-up from the 1-rank step time (LeNet-5's gradients are one bucket: nothing overlaps).
+    alpha, busbw = fit_alpha_beta(results[f"allreduce-{ranks}"])
+    here = Network("this machine", alpha, busbw, alpha, busbw, gpus_per_node=ranks)
+    t1 = one["seconds_per_step"]
+    predicted = ddp_step_time([4 * DDP_EXAMPLE_MODELS["LeNet-5"]["params"]], t1 / 3, 2 * t1 / 3, 0.0, ranks, here)
+    printer(f"\ncost model, fitted here: α = {alpha * 1e6:.2f} µs per ring step, bus bandwidth {busbw / 1e9:.2f} GB/s; "
+            f"LeNet-5 all-reduce {predicted['exposed'] * 1e3:.3f} ms → predicted speed-up "
+            f"{ranks * t1 / predicted['step']:.2f}, measured {many['samples_per_s'] / one['samples_per_s']:.2f}")
+    printer(f"\n## predicted scaling on {H100_CLUSTER.name} (bench/RESULTS.md names the assumptions)")
+    ddp_cost_table(printer=printer)
     if json_prefix:
         with open(f"{json_prefix}-ddp.json", "w") as fh:
             json.dump(results, fh, indent=1)
@@ -381,6 +393,16 @@ class Network:
         busbw = self.busbw_intra if inside else self.busbw_inter
         return 2 * (n - 1) * alpha + 2 * (n - 1) / n * nbytes / busbw
 
+    def tree_allreduce(self, nbytes: float, n: int) -> float:
+        """The alternative NCCL picks at scale for small messages: a reduce up and a broadcast down
+        a (double binary) tree, 2·⌈log₂ n⌉ latency steps; bandwidth term as the ring's."""
+        if n <= 1:
+            return 0.0
+        inside = n <= self.gpus_per_node
+        alpha = self.alpha_intra if inside else self.alpha_inter
+        busbw = self.busbw_intra if inside else self.busbw_inter
+        return 2 * math.ceil(math.log2(n)) * alpha + 2 * (n - 1) / n * nbytes / busbw
+
 
 # The assumptions named in bench/RESULTS.md: H100 SXM nodes of 8 GPUs on NVLink 4, one 400 Gb/s
 # NDR InfiniBand port per GPU between nodes.
@@ -397,7 +419,7 @@ def ddp_bucket_sizes(param_bytes: list, cap_bytes: float) -> list:
 
 
 def ddp_step_time(param_bytes: list, t_forward: float, t_backward: float, t_optimizer: float, n: int,
-                  network: Network, bucket_cap_mb: float = 25) -> dict:
+                  network: Network, bucket_cap_mb: float = 25, algorithm: str = "ring") -> dict:
     """Predicted time of one data-parallel step on ``n`` GPUs (weak scaling: the per-GPU batch is fixed).
 
     Gradients become ready during backward in reverse parameter order, at a uniform rate in bytes
@@ -412,9 +434,60 @@ def ddp_step_time(param_bytes: list, t_forward: float, t_backward: float, t_opti
     for nbytes in buckets:
         produced += nbytes
         ready = t_backward * produced / total
-        done = max(done, ready) + network.ring_allreduce(nbytes, n)
+        cost = network.ring_allreduce(nbytes, n) if algorithm == "ring" else network.tree_allreduce(nbytes, n)
+        done = max(done, ready) + cost
     exposed = max(0.0, done - t_backward) if n > 1 else 0.0
     compute = t_forward + t_backward + t_optimizer
     step = compute + exposed
     return {"n": n, "buckets": len(buckets), "bytes": total, "step": step, "exposed": exposed,
             "efficiency": compute / step}
+
+
+# The examples' models (per-GPU batch as in each example): parameter count and autograd ops per
+# training step (forward, backward, loss, optimizer), from their layer lists. A 25.6 M-parameter
+# model (ResNet-50-sized, 161 equal tensors, 15 ms of compute) shows what overlap buys.
+DDP_EXAMPLE_MODELS = {
+    "MLP digits": {"params": 50_826, "tensors": 6, "ops": 31},
+    "LeNet-5": {"params": 61_706, "tensors": 10, "ops": 46},
+    "ResNet digits": {"params": 77_754, "tensors": 29, "ops": 100},
+    "char-LSTM (vocab 100)": {"params": 325_860, "tensors": 7, "ops": 150},
+    "tiny transformer (vocab 100)": {"params": 422_500, "tensors": 30, "ops": 150},
+    "ResNet-50-sized reference": {"params": 25_600_000, "tensors": 161, "compute": 15e-3},
+}
+OP_SECONDS = 10e-6  # one eager op on the GPU: Python dispatch + one kernel launch (launch-bound regime)
+
+
+def ddp_cost_table(ns=(8, 64, 512), network: Network = H100_CLUSTER, models: dict = DDP_EXAMPLE_MODELS,
+                   printer=print) -> list[dict]:
+    """Predicted DDP scaling efficiency (weak scaling) of ``models`` on ``ns`` GPUs: the ring model
+    with bucket overlap, and at the largest n the tree all-reduce for comparison. Compute per step
+    is split 1 : 2 between forward and backward (+ one op for the optimizer)."""
+    rows = []
+    printer(f"{'model':<30} {'MB':>6} {'step ms':>8} " + " ".join(f"{'E@' + str(n):>7}" for n in ns)
+            + f" {'E@' + str(ns[-1]) + ' tree':>11} {'exposed ms@' + str(ns[-1]):>14}")
+    for name, m in models.items():
+        nbytes = 4 * m["params"]
+        compute = m.get("compute", m.get("ops", 0) * OP_SECONDS)
+        t_opt = OP_SECONDS
+        t_fwd, t_bwd = (compute - t_opt) / 3, 2 * (compute - t_opt) / 3
+        sizes = [nbytes / m["tensors"]] * m["tensors"]
+        ring = [ddp_step_time(sizes, t_fwd, t_bwd, t_opt, n, network) for n in ns]
+        tree = ddp_step_time(sizes, t_fwd, t_bwd, t_opt, ns[-1], network, algorithm="tree")
+        row = {"model": name, "bytes": nbytes, "compute": compute, "ring": ring, "tree": tree}
+        rows.append(row)
+        printer(f"{name:<30} {nbytes / 1e6:>6.2f} {compute * 1e3:>8.2f} "
+                + " ".join(f"{r['efficiency']:>7.0%}" for r in ring)
+                + f" {tree['efficiency']:>11.0%} {ring[-1]['exposed'] * 1e3:>14.2f}")
+    return rows
+
+
+def fit_alpha_beta(rows: list, impl: str = "fastdl") -> tuple:
+    """Least-squares α (s per ring step) and bus bandwidth (bytes/s) from measured all-reduce rows
+    of one rank count: time = 2(n−1)·α + 2(n−1)/n · bytes / busbw."""
+    n = rows[0]["ranks"]
+    x = np.array([2 * (n - 1) / n * r["bytes"] for r in rows])
+    t = np.array([r["seconds"][impl] for r in rows])
+    # relative errors: small messages (which fix α) weigh as much as large ones (which fix β)
+    a = np.stack([np.full_like(x, 2 * (n - 1)), x], axis=1) / t[:, None]
+    (alpha, inv_bw), *_ = np.linalg.lstsq(a, np.ones_like(t), rcond=None)
+    return max(float(alpha), 0.0), 1.0 / max(float(inv_bw), 1e-30)
