@@ -306,3 +306,37 @@ def test_post_accumulate_grad_hook_remove_and_autograd_grad():
 def test_post_accumulate_grad_hook_errors(make, hook, exc, words):
     with pytest.raises(exc, match=words):
         make().register_post_accumulate_grad_hook(hook)
+
+
+# ---- the DDP cost model in fastdl.bench -----------------------------------------------------------
+
+def test_cost_model_ring_and_overlap():
+    from fastdl import bench
+
+    net = bench.Network("test", alpha_intra=2e-6, busbw_intra=10e9, alpha_inter=5e-6, busbw_inter=1e9, gpus_per_node=4)
+    assert net.ring_allreduce(1e6, 1) == 0.0
+    assert net.ring_allreduce(1e6, 2) == pytest.approx(2 * 2e-6 + 1e6 / 10e9)
+    assert net.ring_allreduce(1e6, 8) == pytest.approx(14 * 5e-6 + 2 * 7 / 8 * 1e6 / 1e9)   # leaves the node
+    assert net.tree_allreduce(1e6, 8) == pytest.approx(6 * 5e-6 + 2 * 7 / 8 * 1e6 / 1e9)
+    # one bucket: nothing overlaps, the whole all-reduce is exposed
+    one = bench.ddp_step_time([4e5, 4e5], 1e-3, 2e-3, 0.0, 8, net, bucket_cap_mb=25)
+    assert one["buckets"] == 1
+    assert one["exposed"] == pytest.approx(net.ring_allreduce(8e5, 8))
+    # one bucket per tensor: the first all-reduce runs while backward goes on
+    two = bench.ddp_step_time([4e5, 4e5], 1e-3, 2e-3, 0.0, 8, net, bucket_cap_mb=0.5)
+    assert two["buckets"] == 2 and two["exposed"] < one["exposed"]
+    assert bench.ddp_step_time([4e5], 1e-3, 2e-3, 0.0, 1, net)["efficiency"] == 1.0
+    assert bench.ddp_bucket_sizes([3, 3, 3, 3, 3], 7) == [6, 6, 3]
+
+
+def test_cost_model_fit_recovers_alpha_and_bandwidth():
+    from fastdl import bench
+
+    rows = [{"ranks": 2, "bytes": b, "seconds": {"fastdl": 2 * 3e-6 + b / 2e9}} for b in bench.DDP_MESSAGE_BYTES]
+    alpha, busbw = bench.fit_alpha_beta(rows)
+    assert alpha == pytest.approx(3e-6, rel=1e-6) and busbw == pytest.approx(2e9, rel=1e-6)
+    table = bench.ddp_cost_table(printer=lambda *a: None)
+    assert [r["model"] for r in table] == list(bench.DDP_EXAMPLE_MODELS)
+    for row in table:
+        effs = [r["efficiency"] for r in row["ring"]]
+        assert effs == sorted(effs, reverse=True) and 0 < effs[-1] <= effs[0] <= 1

@@ -412,7 +412,7 @@ H100_CLUSTER = Network("8x H100 NVLink nodes, NDR 400 Gb/s per GPU", alpha_intra
 
 def ddp_bucket_sizes(param_bytes: list, cap_bytes: float) -> list:
     """Bucket sizes in bytes, in all-reduce order, as DistributedDataParallel forms them (one dtype)."""
-    from .nn.parallel import bucket_assignment
+    from .distributed import bucket_assignment
 
     groups = bucket_assignment(param_bytes, [None] * len(param_bytes), cap_bytes)
     return [sum(param_bytes[k] for k in g) for g in groups]

@@ -41,6 +41,7 @@ __all__ = [
     "all_reduce",
     "barrier",
     "broadcast",
+    "bucket_assignment",
     "destroy_process_group",
     "get_backend",
     "get_rank",
@@ -596,3 +597,27 @@ def all_gather(tensor_list: list, tensor, async_op: bool = False):
                              f"{arr.dtype} {tuple(arr.shape)} like the input")
         _writable("all_gather", out)
     return group.all_gather(outs, arr, async_op)
+
+
+# ---- gradient buckets (DistributedDataParallel and the cost model in fastdl.bench) ---------------
+
+def bucket_assignment(nbytes: list, keys: list, cap_bytes: float) -> list:
+    """Group parameters into buckets: indices taken in reverse order, one bucket open per key (dtype,
+    device), a bucket closed when the next parameter would take it past ``cap_bytes``. Returns the
+    buckets (lists of indices) in the order they are all-reduced.
+
+    >>> bucket_assignment([4, 4, 4, 4], ["f"] * 4, 8)
+    [[3, 2], [1, 0]]
+    """
+    buckets, open_buckets = [], {}
+    for k in reversed(range(len(nbytes))):
+        group = open_buckets.get(keys[k])
+        if group is not None and group[1] + nbytes[k] > cap_bytes:
+            buckets.append(group[0])
+            group = None
+        if group is None:
+            group = ([], 0)
+        group[0].append(k)
+        open_buckets[keys[k]] = (group[0], group[1] + nbytes[k])
+    buckets.extend(g[0] for g in open_buckets.values())
+    return buckets

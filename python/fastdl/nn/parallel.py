@@ -18,33 +18,12 @@ from __future__ import annotations
 import contextlib
 
 from .. import distributed as dist
+from ..distributed import bucket_assignment
 from ..backend import array_module
 from ..tensor import Tensor, no_grad
 from .module import Module
 
-__all__ = ["DistributedDataParallel", "bucket_assignment"]
-
-
-def bucket_assignment(nbytes: list, keys: list, cap_bytes: float) -> list:
-    """Group parameters into buckets: indices taken in reverse order, one bucket open per key (dtype,
-    device), a bucket closed when the next parameter would take it past ``cap_bytes``. Returns the
-    buckets (lists of indices) in the order they are all-reduced.
-
-    >>> bucket_assignment([4, 4, 4, 4], ["f"] * 4, 8)
-    [[3, 2], [1, 0]]
-    """
-    buckets, open_buckets = [], {}
-    for k in reversed(range(len(nbytes))):
-        group = open_buckets.get(keys[k])
-        if group is not None and group[1] + nbytes[k] > cap_bytes:
-            buckets.append(group[0])
-            group = None
-        if group is None:
-            group = ([], 0)
-        group[0].append(k)
-        open_buckets[keys[k]] = (group[0], group[1] + nbytes[k])
-    buckets.extend(g[0] for g in open_buckets.values())
-    return buckets
+__all__ = ["DistributedDataParallel"]
 
 
 class _Bucket:
