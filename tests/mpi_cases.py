@@ -117,6 +117,9 @@ def collectives():
     outs = [np.zeros(3, np.float32) for _ in range(world)]
     dist.all_gather(outs, np.full(3, rank, np.float32), async_op=True).wait()
     assert [o.tolist() for o in outs] == [[r] * 3 for r in range(world)]
+    objs = [None] * world
+    dist.all_gather_object(objs, {"rank": rank, "text": "x" * rank})
+    assert objs == [{"rank": r, "text": "x" * r} for r in range(world)]
     dist.barrier()
 
 
@@ -157,6 +160,7 @@ def bad_arguments():
          r"tensor_list\[1\] is float64 \(4,\)"),
         (lambda: dist.all_gather([np.ones(3), np.ones(3, np.float32)], np.ones(3)), ValueError,
          r"tensor_list\[1\] is float32"),
+        (lambda: dist.all_gather_object([None], 1), ValueError, "world_size = 2 entries, got 1"),
         (lambda: dist.init_process_group("mpi"), RuntimeError, "already initialized"),
     ]
     for fn, exc, words in table:

@@ -38,6 +38,7 @@ __all__ = [
     "ReduceOp",
     "Work",
     "all_gather",
+    "all_gather_object",
     "all_reduce",
     "barrier",
     "broadcast",
@@ -597,6 +598,24 @@ def all_gather(tensor_list: list, tensor, async_op: bool = False):
                              f"{arr.dtype} {tuple(arr.shape)} like the input")
         _writable("all_gather", out)
     return group.all_gather(outs, arr, async_op)
+
+
+def all_gather_object(object_list: list, obj) -> None:
+    """Gather a picklable Python object from every rank into ``object_list`` (``world_size`` long),
+    in place; it always travels over MPI (host memory), also with the NCCL backend.
+
+    >>> import fastdl.distributed as dist
+    >>> dist.all_gather_object([None], {"rank": 0})
+    Traceback (most recent call last):
+    ...
+    RuntimeError: all_gather_object: the process group is not initialized; call fastdl.distributed.init_process_group() first
+    """
+    group = _require("all_gather_object")
+    if not isinstance(object_list, list) or len(object_list) != group.world_size:
+        n = len(object_list) if isinstance(object_list, list) else type(object_list).__name__
+        raise ValueError(f"all_gather_object: object_list must be a list of world_size = {group.world_size} "
+                         f"entries, got {n}")
+    object_list[:] = group._run("all_gather_object", group.comm.allgather, obj)
 
 
 # ---- gradient buckets (DistributedDataParallel and the cost model in fastdl.bench) ---------------

@@ -109,20 +109,16 @@ class DistributedDataParallel(Module):
     # ---- set-up ----------------------------------------------------------------------------------
 
     def _check_same_model(self) -> None:
-        """Every rank must wrap the same architecture: compare parameter counts, sizes and dtypes
-        (an int64 signature all-gathered) before any broadcast could deadlock or corrupt memory."""
-        import numpy as np
-
-        shapes = [(p.data.size, p.data.dtype.num) for p in self.module.parameters()]
-        signature = np.array([len(shapes), sum(s for s, _ in shapes), hash(tuple(shapes)) & (2 ** 62 - 1)],
-                             dtype=np.int64)
-        gathered = [np.zeros_like(signature) for _ in range(self.world_size)]
-        dist.all_gather(gathered, signature)
-        differ = [r for r, g in enumerate(gathered) if not np.array_equal(g, gathered[0])]
+        """Every rank must wrap the same architecture: compare parameter shapes and dtypes (gathered
+        over MPI) before a broadcast of mismatched sizes could deadlock or corrupt memory."""
+        shapes = [(tuple(p.shape), str(p.data.dtype)) for p in self.module.parameters()]
+        gathered = [None] * self.world_size
+        dist.all_gather_object(gathered, shapes)
+        differ = [r for r, g in enumerate(gathered) if g != gathered[0]]
         if differ:
             raise ValueError(f"DistributedDataParallel: ranks {differ} wrap a different model than rank 0 "
-                             f"(parameter counts/sizes/dtypes differ: rank {dist.get_rank()} has {len(shapes)} "
-                             f"parameters, {int(signature[1])} elements)")
+                             f"(parameter shapes or dtypes differ: rank {dist.get_rank()} has {len(shapes)} "
+                             f"parameters, {sum(p.data.size for p in self.module.parameters())} elements)")
 
     @staticmethod
     def _make_buckets(params: list, cap_bytes: int) -> list:
@@ -208,7 +204,7 @@ class DistributedDataParallel(Module):
                 for p, off in zip(bucket.params, bucket.offsets):
                     g = p.grad.data
                     flat = bucket.buffer[off:off + g.size].reshape(g.shape)
-                    if getattr(g, "flags", None) is not None and g.flags.writeable and g.flags.c_contiguous:
+                    if getattr(g.flags, "writeable", True) and g.flags.c_contiguous:  # CuPy: no writeable flag
                         xp.divide(flat, world, out=g)
                     else:
                         p.grad = Tensor(flat / world)
