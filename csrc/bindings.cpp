@@ -138,6 +138,176 @@ void matmul_batched(const py::array& a, const py::array& b, py::array out) {
     matmul_batched_typed<double>(a, b, out);
 }
 
+// ---- lstm ----------------------------------------------------------------------------------------
+// Arrays arrive as py::object so that None means "absent" (zero state, no bias, gradient not wanted).
+// Every array must be C-contiguous with the shape derived from x (T, B, I) and w_hh (4H, H).
+struct LstmArrays {
+  std::string op;
+  DType dtype;
+  index_t T = 0, B = 0, I = 0, H = 0;
+  std::vector<py::array> keep;  // holds the checked arrays while the kernel runs
+
+  // The data pointer of `obj` (null for None) after checking dtype, shape, layout and writability.
+  void* get(const py::object& obj, const char* name, std::vector<index_t> shape, bool writable, bool optional) {
+    if (obj.is_none()) {
+      if (optional) return nullptr;
+      throw py::value_error(op + ": " + name + " is required");
+    }
+    if (!py::isinstance<py::array>(obj))
+      throw py::type_error(op + ": " + name + " must be a NumPy array, got " +
+                           py::str(py::type::of(obj).attr("__name__")).cast<std::string>());
+    py::array a = py::reinterpret_borrow<py::array>(obj);
+    if (float_dtype(a, op.c_str(), name) != dtype)
+      throw py::type_error(op + ": " + name + " " + py::str(a.dtype()).cast<std::string>() + " " + shape_of(a) +
+                           " does not match x's dtype");
+    bool ok = a.ndim() == static_cast<py::ssize_t>(shape.size());
+    for (std::size_t d = 0; ok && d < shape.size(); ++d) ok = a.shape(d) == shape[d];
+    if (!ok) {
+      std::string want = "(";
+      for (std::size_t d = 0; d < shape.size(); ++d) want += (d ? ", " : "") + std::to_string(shape[d]);
+      want += shape.size() == 1 ? ",)" : ")";
+      throw py::value_error(op + ": " + name + " must have shape " + want + " for T=" + std::to_string(T) + " B=" +
+                            std::to_string(B) + " I=" + std::to_string(I) + " H=" + std::to_string(H) + ", got " +
+                            shape_of(a));
+    }
+    if (!(a.flags() & py::array::c_style))
+      throw py::value_error(op + ": " + name + " " + shape_of(a) + " must be C-contiguous (copy it first)");
+    if (writable) check_writable(a, op.c_str());
+    keep.push_back(a);
+    return writable ? a.mutable_data() : const_cast<void*>(a.data());
+  }
+
+  // Sizes from x (T, B, I) and w_hh (4H, H).
+  LstmArrays(const char* name, const py::array& x, const py::array& w_hh) : op(name), dtype(float_dtype(x, name, "x")) {
+    if (x.ndim() != 3 || w_hh.ndim() != 2 || w_hh.shape(0) != 4 * w_hh.shape(1))
+      throw py::value_error(op + ": x must be (T, B, I) and w_hh (4H, H), got x " + shape_of(x) + ", w_hh " +
+                            shape_of(w_hh));
+    T = x.shape(0), B = x.shape(1), I = x.shape(2), H = w_hh.shape(1);
+    if (T < 1 || B < 1 || I < 1 || H < 1)
+      throw py::value_error(op + ": sizes must be positive, got x " + shape_of(x) + ", w_hh " + shape_of(w_hh));
+  }
+};
+
+fastdl::cpu::LstmPath lstm_path(const std::string& path) {
+  if (path == "auto") return fastdl::cpu::LstmPath::automatic;
+  if (path == "fused") return fastdl::cpu::LstmPath::fused;
+  if (path == "stepwise") return fastdl::cpu::LstmPath::stepwise;
+  throw py::value_error("lstm: path must be 'auto', 'fused' or 'stepwise', got '" + path + "'");
+}
+
+template <class S>
+void lstm_forward_typed(LstmArrays& a, const py::array& x, const py::array& w_ih, const py::array& w_hh,
+                        const py::object& b_ih, const py::object& b_hh, const py::object& h0, const py::object& c0,
+                        const py::object& y, const py::object& h_n, const py::object& c_n, const py::object& gates,
+                        const py::object& cell, fastdl::cpu::LstmPath path) {
+  const index_t T = a.T, B = a.B, I = a.I, H = a.H;
+  auto in = [&](const py::object& o, const char* n, std::vector<index_t> s, bool opt) {
+    return static_cast<const S*>(a.get(o, n, std::move(s), false, opt));
+  };
+  auto out = [&](const py::object& o, const char* n, std::vector<index_t> s, bool opt) {
+    return static_cast<S*>(a.get(o, n, std::move(s), true, opt));
+  };
+  const S* px = in(x, "x", {T, B, I}, false);
+  const S* pw_ih = in(w_ih, "w_ih", {4 * H, I}, false);
+  const S* pw_hh = in(w_hh, "w_hh", {4 * H, H}, false);
+  const S* pb_ih = in(b_ih, "b_ih", {4 * H}, true);
+  const S* pb_hh = in(b_hh, "b_hh", {4 * H}, true);
+  const S* ph0 = in(h0, "h0", {B, H}, true);
+  const S* pc0 = in(c0, "c0", {B, H}, true);
+  S* py_ = out(y, "y", {T, B, H}, false);
+  S* ph_n = out(h_n, "h_n", {B, H}, false);
+  S* pc_n = out(c_n, "c_n", {B, H}, false);
+  S* pgates = out(gates, "gates", {T, B, 4 * H}, false);
+  S* pcell = out(cell, "cell", {T, B, H}, true);
+  py::gil_scoped_release release;
+  fastdl::cpu::lstm_forward<S>(py_, ph_n, pc_n, pgates, pcell, px, ph0, pc0, pw_ih, pw_hh, pb_ih, pb_hh, T, B, I, H,
+                               path);
+}
+
+void lstm_forward(const py::array& x, const py::array& w_ih, const py::array& w_hh, const py::object& b_ih,
+                  const py::object& b_hh, const py::object& h0, const py::object& c0, const py::object& y,
+                  const py::object& h_n, const py::object& c_n, const py::object& gates, const py::object& cell,
+                  const std::string& path) {
+  LstmArrays a("lstm_forward", x, w_hh);
+  const auto p = lstm_path(path);
+  if (a.dtype == DType::f32)
+    lstm_forward_typed<float>(a, x, w_ih, w_hh, b_ih, b_hh, h0, c0, y, h_n, c_n, gates, cell, p);
+  else
+    lstm_forward_typed<double>(a, x, w_ih, w_hh, b_ih, b_hh, h0, c0, y, h_n, c_n, gates, cell, p);
+}
+
+template <class S>
+void lstm_backward_typed(LstmArrays& a, const py::object& dy, const py::object& dh_n, const py::object& dc_n,
+                         const py::array& x, const py::array& w_ih, const py::array& w_hh, const py::object& h0,
+                         const py::object& c0, const py::object& y, const py::object& gates, const py::object& cell,
+                         const py::object& dx, const py::object& dh0, const py::object& dc0, const py::object& dw_ih,
+                         const py::object& dw_hh, const py::object& db, const py::object& dgates,
+                         fastdl::cpu::LstmPath path) {
+  const index_t T = a.T, B = a.B, I = a.I, H = a.H;
+  auto in = [&](const py::object& o, const char* n, std::vector<index_t> s, bool opt) {
+    return static_cast<const S*>(a.get(o, n, std::move(s), false, opt));
+  };
+  auto out = [&](const py::object& o, const char* n, std::vector<index_t> s, bool opt) {
+    return static_cast<S*>(a.get(o, n, std::move(s), true, opt));
+  };
+  const S* pdy = in(dy, "dy", {T, B, H}, true);
+  const S* pdh_n = in(dh_n, "dh_n", {B, H}, true);
+  const S* pdc_n = in(dc_n, "dc_n", {B, H}, true);
+  const S* px = in(x, "x", {T, B, I}, false);
+  const S* pw_ih = in(w_ih, "w_ih", {4 * H, I}, false);
+  const S* pw_hh = in(w_hh, "w_hh", {4 * H, H}, false);
+  const S* ph0 = in(h0, "h0", {B, H}, true);
+  const S* pc0 = in(c0, "c0", {B, H}, true);
+  const S* py_ = in(y, "y", {T, B, H}, false);
+  const S* pgates = in(gates, "gates", {T, B, 4 * H}, false);
+  const S* pcell = in(cell, "cell", {T, B, H}, false);
+  S* pdx = out(dx, "dx", {T, B, I}, true);
+  S* pdh0 = out(dh0, "dh0", {B, H}, true);
+  S* pdc0 = out(dc0, "dc0", {B, H}, true);
+  S* pdw_ih = out(dw_ih, "dw_ih", {4 * H, I}, true);
+  S* pdw_hh = out(dw_hh, "dw_hh", {4 * H, H}, true);
+  S* pdb = out(db, "db", {4 * H}, true);
+  S* pdgates = out(dgates, "dgates", {T, B, 4 * H}, false);
+  py::gil_scoped_release release;
+  fastdl::cpu::lstm_backward<S>(pdx, pdh0, pdc0, pdw_ih, pdw_hh, pdb, pdgates, pdy, pdh_n, pdc_n, px, ph0, pc0, pw_ih,
+                                pw_hh, py_, pgates, pcell, T, B, I, H, path);
+}
+
+void lstm_backward(const py::object& dy, const py::object& dh_n, const py::object& dc_n, const py::array& x,
+                   const py::array& w_ih, const py::array& w_hh, const py::object& h0, const py::object& c0,
+                   const py::object& y, const py::object& gates, const py::object& cell, const py::object& dx,
+                   const py::object& dh0, const py::object& dc0, const py::object& dw_ih, const py::object& dw_hh,
+                   const py::object& db, const py::object& dgates, const std::string& path) {
+  LstmArrays a("lstm_backward", x, w_hh);
+  const auto p = lstm_path(path);
+  if (a.dtype == DType::f32)
+    lstm_backward_typed<float>(a, dy, dh_n, dc_n, x, w_ih, w_hh, h0, c0, y, gates, cell, dx, dh0, dc0, dw_ih, dw_hh,
+                               db, dgates, p);
+  else
+    lstm_backward_typed<double>(a, dy, dh_n, dc_n, x, w_ih, w_hh, h0, c0, y, gates, cell, dx, dh0, dc0, dw_ih, dw_hh,
+                                db, dgates, p);
+}
+
+py::array lstm_vector_math(const std::string& fn, const py::array& x) {
+  const DType t = float_dtype(x, "lstm_vector_math", "x");
+  if (!(x.flags() & py::array::c_style))
+    throw py::value_error("lstm_vector_math: x " + shape_of(x) + " must be C-contiguous");
+  py::array y(x.dtype(), std::vector<py::ssize_t>(x.shape(), x.shape() + x.ndim()));
+  const index_t n = static_cast<index_t>(x.size());
+  if (t == DType::f32) {
+    const float* px = static_cast<const float*>(x.data());
+    float* py_ = static_cast<float*>(y.mutable_data());
+    py::gil_scoped_release release;
+    fastdl::cpu::lstm_vector_math<float>(fn, px, py_, n);
+  } else {
+    const double* px = static_cast<const double*>(x.data());
+    double* py_ = static_cast<double*>(y.mutable_data());
+    py::gil_scoped_release release;
+    fastdl::cpu::lstm_vector_math<double>(fn, px, py_, n);
+  }
+  return y;
+}
+
 py::dict cuda_info() {
   py::dict info;
 #ifdef FASTDL_WITH_CUDA
@@ -205,6 +375,18 @@ PYBIND11_MODULE(_C, m) {
         "out = alpha * op(a) @ op(b) + beta * out for 2-D float32/float64 arrays of any strides");
   m.def("matmul_batched", &matmul_batched, py::arg("a"), py::arg("b"), py::arg("out"),
         "out[...] = a[...] @ b[...] over equal batch shapes (broadcast with zero strides)");
+
+  m.def("lstm_forward", &lstm_forward, py::arg("x"), py::arg("w_ih"), py::arg("w_hh"), py::arg("b_ih"),
+        py::arg("b_hh"), py::arg("h0"), py::arg("c0"), py::arg("y"), py::arg("h_n"), py::arg("c_n"),
+        py::arg("gates"), py::arg("cell"), py::arg("path") = "auto",
+        "one LSTM layer over a sequence into y, h_n, c_n; gates/cell are saved for lstm_backward (None: optional)");
+  m.def("lstm_backward", &lstm_backward, py::arg("dy"), py::arg("dh_n"), py::arg("dc_n"), py::arg("x"),
+        py::arg("w_ih"), py::arg("w_hh"), py::arg("h0"), py::arg("c0"), py::arg("y"), py::arg("gates"),
+        py::arg("cell"), py::arg("dx"), py::arg("dh0"), py::arg("dc0"), py::arg("dw_ih"), py::arg("dw_hh"),
+        py::arg("db"), py::arg("dgates"), py::arg("path") = "auto",
+        "LSTM backward through time into the given gradient arrays (None: not wanted)");
+  m.def("lstm_vector_math", &lstm_vector_math, py::arg("fn"), py::arg("x"),
+        "the gate kernels' vectorised exp/sigmoid/tanh at the current CPU level (accuracy tests)");
 
   m.def("cuda_info", &cuda_info);
 }

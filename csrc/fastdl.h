@@ -71,6 +71,32 @@ struct GemmBlocking {
 template <class T>
 GemmBlocking gemm_blocking();
 
+// ---- lstm.cpp ------------------------------------------------------------------------------
+// One LSTM layer over a whole sequence, PyTorch's gate order (i, f, g, o); every array contiguous.
+//   x (T, B, I), w_ih (4H, I), w_hh (4H, H); h0, c0 (B, H) and b_ih, b_hh (4H) may be null (zero).
+//   Outputs y (T, B, H), h_n, c_n (B, H). gates (T, B, 4H) is workspace that ends holding the
+//   activated gates; cell (T, B, H) receives every c_t. Both are what lstm_backward needs; pass
+//   cell = null when no backward follows.
+// Paths: fused (W_hh packed once, recurrent product and gates in one tile kernel, one thread team
+// for the sequence) or stepwise (per step cpu::gemm, then the gates); automatic = fused for T > 1.
+enum class LstmPath : int { automatic = 0, stepwise = 1, fused = 2 };
+template <class S>
+void lstm_forward(S* y, S* h_n, S* c_n, S* gates, S* cell, const S* x, const S* h0, const S* c0, const S* w_ih,
+                  const S* w_hh, const S* b_ih, const S* b_hh, index_t T, index_t B, index_t I, index_t H,
+                  LstmPath path);
+// Backward through time from the forward's y, gates and cell. dy (T, B, H), dh_n, dc_n (B, H) may
+// be null (zero). Outputs, each null when not wanted: dx (T, B, I), dh0, dc0 (B, H), dw_ih (4H, I),
+// dw_hh (4H, H), db (4H) (the gradient of b_ih and of b_hh alike). dgates (T, B, 4H) is workspace
+// that ends holding dL/dG.
+template <class S>
+void lstm_backward(S* dx, S* dh0, S* dc0, S* dw_ih, S* dw_hh, S* db, S* dgates, const S* dy, const S* dh_n,
+                   const S* dc_n, const S* x, const S* h0, const S* c0, const S* w_ih, const S* w_hh, const S* y,
+                   const S* gates, const S* cell, index_t T, index_t B, index_t I, index_t H, LstmPath path);
+// y[i] = fn(x[i]) for fn "exp" | "sigmoid" | "tanh" with the vectorised maths of simd.h at the
+// current level (what the gate kernels use; for accuracy tests).
+template <class S>
+void lstm_vector_math(const std::string& fn, const S* x, S* y, index_t n);
+
 }  // namespace cpu
 
 namespace cuda {

@@ -15,6 +15,9 @@
 
 #include <immintrin.h>
 
+#include <cstdint>
+#include <type_traits>
+
 #define FASTDL_TARGET_AVX2 __attribute__((target("avx2,fma")))
 #define FASTDL_TARGET_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")))
 #define FASTDL_FLATTEN __attribute__((flatten))
@@ -121,5 +124,101 @@ struct Avx512F64 {
   FASTDL_TARGET_AVX512 static inline reg min(reg a, reg b) { return _mm512_min_pd(a, b); }
   FASTDL_TARGET_AVX512 static inline T reduce_add(reg v) { return _mm512_reduce_add_pd(v); }
 };
+
+
+// ---- Elementwise maths over the vector types: vexp, vsigmoid, vtanh ------------------------------
+// One template per function for every V above, written with V's members plus GCC vector extensions
+// on V::reg (division, comparisons/selects and integer bit casts), so, like the kernels, they must
+// be instantiated only inside target entry functions. NaN propagates; ±inf saturate.
+//   vexp(x):     Cody–Waite reduction x = n·ln2 + r, |r| ≤ ln2/2; e^r by Cephes' degree-7
+//                polynomial (float) or Taylor to degree 13 (double); 2^n built in the exponent bits.
+//                Inputs are clamped to [-87, 88] (float) / [-708, 709] (double): no overflow, no
+//                denormal results. Error ≤ 2 ulp inside that range.
+//   vsigmoid(x): 1 / (1 + e^-x): relative error ≤ 4 ulp where σ(x) ≥ e^-87 (float) / e^-708
+//                (double); below that the result is that bound or smaller (absolute error < 2e-38).
+//   vtanh(x):    |x| < 0.625: odd polynomial (float) / rational (double) from Cephes; otherwise
+//                1 − 2/(e^{2|x|} + 1) with the sign of x: relative error ≤ 4 ulp.
+// The bounds are checked over dense grids in tests/test_lstm.py (test_simd_math_accuracy).
+namespace detail {
+template <class V>
+struct MathTypes {
+  using T = typename V::T;
+  using I = std::conditional_t<sizeof(T) == 4, std::int32_t, std::int64_t>;
+  typedef I ireg __attribute__((vector_size(sizeof(typename V::reg))));
+  static constexpr bool f32 = sizeof(T) == 4;
+};
+}  // namespace detail
+
+template <class V>
+inline typename V::reg vexp(typename V::reg x) {
+  using M = detail::MathTypes<V>;
+  using T = typename V::T;
+  using reg = typename V::reg;
+  using ireg = typename M::ireg;
+  // min/max with the constant first return x when x is NaN (the SSE/AVX operand rule).
+  x = V::min(V::set1(T(M::f32 ? 88.0 : 709.0)), V::max(V::set1(T(M::f32 ? -87.0 : -708.0)), x));
+  // Adding 1.5·2^(mantissa bits) rounds to the nearest integer; the low mantissa bits then hold it.
+  const reg magic = V::set1(T(M::f32 ? 12582912.0 : 6755399441055744.0));
+  const reg n = V::sub(V::fmadd(x, V::set1(T(1.44269504088896340736)), magic), magic);
+  reg r = V::fmadd(n, V::set1(T(M::f32 ? -0.693359375 : -6.93145751953125E-1)), x);
+  r = V::fmadd(n, V::set1(T(M::f32 ? 2.12194440e-4 : -1.42860682030941723212E-6)), r);
+  reg p;
+  if constexpr (M::f32) {
+    p = V::set1(T(1.9875691500E-4));
+    p = V::fmadd(p, r, V::set1(T(1.3981999507E-3)));
+    p = V::fmadd(p, r, V::set1(T(8.3334519073E-3)));
+    p = V::fmadd(p, r, V::set1(T(4.1665795894E-2)));
+    p = V::fmadd(p, r, V::set1(T(1.6666665459E-1)));
+    p = V::fmadd(p, r, V::set1(T(5.0000001201E-1)));
+    p = V::fmadd(V::mul(p, r), r, V::add(r, V::set1(T(1))));
+  } else {
+    constexpr double inv_factorial[14] = {1.0, 1.0, 1.0 / 2, 1.0 / 6, 1.0 / 24, 1.0 / 120, 1.0 / 720,
+                                          1.0 / 5040, 1.0 / 40320, 1.0 / 362880, 1.0 / 3628800,
+                                          1.0 / 39916800, 1.0 / 479001600, 1.0 / 6227020800.0};
+    p = V::set1(T(inv_factorial[13]));
+    for (int k = 12; k >= 0; --k) p = V::fmadd(p, r, V::set1(T(inv_factorial[k])));
+  }
+  // 2^n: n + bias + magic keeps n + bias in the low mantissa bits; shifting them by the mantissa
+  // width lands them in the exponent field (the magic's own bits are shifted out).
+  const reg biased = V::add(n, V::set1(T(M::f32 ? 12582912.0 + 127 : 6755399441055744.0 + 1023)));
+  const ireg bits = (ireg)biased << (M::f32 ? 23 : 52);
+  return V::mul(p, (reg)bits);
+}
+
+template <class V>
+inline typename V::reg vsigmoid(typename V::reg x) {
+  using T = typename V::T;
+  const typename V::reg one = V::set1(T(1));
+  return one / V::add(one, vexp<V>(V::sub(V::zero(), x)));
+}
+
+template <class V>
+inline typename V::reg vtanh(typename V::reg x) {
+  using M = detail::MathTypes<V>;
+  using T = typename V::T;
+  using reg = typename V::reg;
+  const reg a = V::max(x, V::sub(V::zero(), x)), z = V::mul(a, a);
+  reg small;
+  if constexpr (M::f32) {
+    reg p = V::set1(T(-5.70498872745E-3));
+    p = V::fmadd(p, z, V::set1(T(2.06390887954E-2)));
+    p = V::fmadd(p, z, V::set1(T(-5.37397155531E-2)));
+    p = V::fmadd(p, z, V::set1(T(1.33314422036E-1)));
+    p = V::fmadd(p, z, V::set1(T(-3.33332819422E-1)));
+    small = V::fmadd(V::mul(p, z), a, a);
+  } else {
+    reg p = V::set1(T(-9.64399179425052238628E-1));
+    p = V::fmadd(p, z, V::set1(T(-9.92877231001918586564E1)));
+    p = V::fmadd(p, z, V::set1(T(-1.61468768441708447952E3)));
+    reg q = V::add(z, V::set1(T(1.12811678491632931402E2)));
+    q = V::fmadd(q, z, V::set1(T(2.23548839060100448583E3)));
+    q = V::fmadd(q, z, V::set1(T(4.84406305325125486048E3)));
+    small = V::fmadd(V::mul(a, z), p / q, a);
+  }
+  const reg two = V::set1(T(2));
+  const reg large = V::sub(V::set1(T(1)), two / V::add(vexp<V>(V::mul(two, a)), V::set1(T(1))));
+  const reg t = a < V::set1(T(0.625)) ? small : large;
+  return x < V::zero() ? V::sub(V::zero(), t) : t;
+}
 
 }  // namespace fastdl::cpu::simd

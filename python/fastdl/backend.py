@@ -160,3 +160,11 @@ def backend_info() -> dict:
         "families": families,
         "fallbacks": [dict(v) for v in _FALLBACKS.values()],
     }
+
+
+# ---- lstm family ----------------------------------------------------------------------------------
+FAMILY_IMPLEMENTATIONS["lstm"] = {
+    "cpu": "native: whole-sequence LSTM, fused recurrent GEMM + gates, {level}; GRU/RNN composed from ops",
+    "cuda": "not yet implemented",
+}
+declare_fallback("lstm", "GRU/RNN", "composed from linear, sigmoid, tanh/relu and elementwise ops per time step")

@@ -26,6 +26,8 @@ class Problem:
     # Each builds the callables to time: name -> zero-argument function (inputs already made).
     make: Callable[[], dict[str, Callable[[], object]]]
     dtype: str = "float32"
+    # Sequence problems (lstm): time steps per call; rows then also show µs per step.
+    steps: int = 0
 
 
 def best_times(impls: dict[str, Callable[[], object]], repeats: int = 5, min_time: float = 0.02) -> dict[str, float]:
@@ -99,6 +101,123 @@ def _gemm_problem(M: int, N: int, K: int, batch: int, dtype: str) -> Problem:
 PROBLEMS: dict[str, Callable[..., list[Problem]]] = {"gemm": gemm_problems}
 
 
+# ---- LSTM ----------------------------------------------------------------------------------------
+
+# (T, B, I, H): a mid-size training shape, PTB "medium" (Zaremba et al. 2014), batch-1 inference.
+LSTM_SHAPES = [(100, 32, 128, 256), (35, 20, 650, 650), (50, 1, 64, 128)]
+# nn.LSTMCell steps called from Python, (B, I, H).
+LSTM_CELL_SHAPES = [(1, 64, 128), (32, 128, 256)]
+
+
+def lstm_problems(full: bool = False) -> list[Problem]:
+    """One LSTM layer over a sequence, forward (inference) and forward+backward (all gradients),
+    against ``torch.nn.LSTM`` (oneDNN); and one ``nn.LSTMCell`` step called from Python against
+    ``torch.nn.LSTMCell``. float32, plus float64 with ``full``. FLOPs: forward 2·T·B·4H·(I+H), the
+    backward twice that."""
+    dtypes = ("float32", "float64") if full else ("float32",)
+    problems = [_lstm_problem(*shape, phase, dtype) for dtype in dtypes for shape in LSTM_SHAPES
+                for phase in ("fwd", "fwd+bwd")]
+    if _has_lstm_cell():
+        problems += [_lstm_cell_problem(*shape) for shape in LSTM_CELL_SHAPES]
+    return problems
+
+
+def _has_lstm_cell() -> bool:
+    try:
+        from .nn import LSTMCell  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _lstm_problem(T: int, B: int, I: int, H: int, phase: str, dtype: str) -> Problem:
+    def make():
+        rng = np.random.default_rng(0)
+        k = 1 / np.sqrt(H)
+        x = rng.standard_normal((T, B, I)).astype(dtype)
+        w_ih, w_hh = (rng.uniform(-k, k, (4 * H, n)).astype(dtype) for n in (I, H))
+        b_ih, b_hh = (rng.uniform(-k, k, 4 * H).astype(dtype) for _ in range(2))
+        grad_y = rng.standard_normal((T, B, H)).astype(dtype)
+
+        def fastdl_fwd():
+            return kernels.lstm_forward(x, w_ih, w_hh, b_ih, b_hh)
+
+        def fastdl_fwd_bwd():
+            y, _, _, saved = kernels.lstm_forward(x, w_ih, w_hh, b_ih, b_hh, training=True)
+            return kernels.lstm_backward(grad_y, None, None, x, w_ih, w_hh, None, None, y, saved)
+
+        impls = {"fastdl": fastdl_fwd if phase == "fwd" else fastdl_fwd_bwd}
+        torch = _torch()
+        if torch is not None:
+            lstm = torch.nn.LSTM(I, H).to(getattr(torch, dtype))
+            with torch.no_grad():
+                for name, a in (("weight_ih_l0", w_ih), ("weight_hh_l0", w_hh), ("bias_ih_l0", b_ih),
+                                ("bias_hh_l0", b_hh)):
+                    getattr(lstm, name).copy_(torch.from_numpy(a))
+            tx, tgy = torch.from_numpy(x), torch.from_numpy(grad_y)
+            tx_grad = tx.clone().requires_grad_()
+
+            def torch_fwd():
+                with torch.no_grad():
+                    return lstm(tx)
+
+            def torch_fwd_bwd():
+                lstm.zero_grad(set_to_none=True)
+                tx_grad.grad = None
+                y, _ = lstm(tx_grad)
+                y.backward(tgy)
+
+            impls["torch"] = torch_fwd if phase == "fwd" else torch_fwd_bwd
+        return impls
+
+    flops = 2.0 * T * B * 4 * H * (I + H) * (1 if phase == "fwd" else 3)
+    return Problem("lstm", f"{phase} {T}x{B}x{I}x{H}", flops, make, dtype, steps=T)
+
+
+def _lstm_cell_problem(B: int, I: int, H: int, dtype: str = "float32") -> Problem:
+    def make():
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal((B, I)).astype(dtype)
+        h = rng.standard_normal((B, H)).astype(dtype)
+        c = rng.standard_normal((B, H)).astype(dtype)
+        from . import nn
+        from .tensor import Tensor, no_grad
+
+        cell = nn.LSTMCell(I, H)
+        state = (Tensor(h), Tensor(c))
+        fx = Tensor(x)
+
+        def fastdl_step():
+            with no_grad():
+                return cell(fx, state)
+
+        impls = {"fastdl": fastdl_step}
+        torch = _torch()
+        if torch is not None:
+            tcell = torch.nn.LSTMCell(I, H)
+            tstate = (torch.from_numpy(h), torch.from_numpy(c))
+            tx = torch.from_numpy(x)
+
+            def torch_step():
+                with torch.no_grad():
+                    return tcell(tx, tstate)
+
+            impls["torch"] = torch_step
+        return impls
+
+    return Problem("lstm", f"LSTMCell step {B}x{I}x{H}", 2.0 * B * 4 * H * (I + H), make, dtype, steps=1)
+
+
+def _per_step(row: dict) -> str:
+    """µs per time step of fastdl and torch, appended to a sequence problem's row."""
+    us = {k: t / row["steps"] * 1e6 for k, t in row["seconds"].items()}
+    cells = " ".join(f"{name} {us[name]:.1f}" for name in ("fastdl", "torch") if name in us)
+    return f"   µs/step: {cells}"
+
+
+PROBLEMS["lstm"] = lstm_problems
+
+
 def peak_gflops(dtype: str, threads: int) -> float:
     """The measured FMA peak for the ISA in use, in GFLOP/s, on ``threads`` cores."""
     return _C.measure_peak_gflops(cpu_capability(), dtype == "float64", threads, 0.1)
@@ -130,6 +249,7 @@ def run(family: str, threads_list=(1, 2), full: bool = False, repeats: int = 5, 
                         "gflops": {k: problem.flops / t / 1e9 for k, t in times.items()},
                         "seconds": times,
                         "peak_gflops": peaks[problem.dtype],
+                        "steps": problem.steps,
                     }
                     rows.append(row)
                     printer(format_row(row))
@@ -156,6 +276,7 @@ def format_row(row: dict) -> str:
         f"{row['problem']:>22} {row['dtype']:>7} {row['threads']:>3} {cell(fd)} {cell(npy)} {cell(tch)} "
         f"{cell(fd / npy if npy else None, 8, '{:.2f}')} {cell(fd / tch if tch else None, 8, '{:.2f}')} "
         f"{cell(100 * fd / row['peak_gflops'], 7, '{:.0f}')}"
+        + (_per_step(row) if row.get("steps") else "")
     )
 
 

@@ -1586,3 +1586,216 @@ def to_dtype(input, dtype) -> Tensor:
     dtype('float64')
     """
     return _ew.to_dtype(_tensor(input, "to_dtype"), dtype)
+
+
+# ---- recurrent: LSTM (native), GRU and RNN (composed) ---------------------------------------------
+
+from .backend import note_fallback as _note_fallback  # noqa: E402
+from .ops import lstm as _lstm  # noqa: E402
+
+__all__ += ["lstm", "lstm_cell", "gru", "gru_cell", "rnn", "rnn_tanh_cell", "rnn_relu_cell"]
+
+
+def _recurrent_operands(op, named):
+    """Check that every given operand is a Tensor of one floating dtype on one device."""
+    tensors = {name: _tensor(t, op, name) for name, t in named.items() if t is not None}
+    first = next(iter(tensors.values()))
+    if first.data.dtype.kind != "f":
+        raise TypeError(f"{op}: input must be floating point, got {first.dtype} {first.shape}")
+    if builtins.any(t.data.dtype != first.data.dtype for t in tensors.values()):
+        raise TypeError(f"{op}: dtypes differ: " + ", ".join(f"{n} {t.dtype} {t.shape}" for n, t in tensors.items()))
+    if builtins.any(t.data.__class__ is not first.data.__class__ for t in tensors.values()):
+        _raise_devices(op, list(tensors.values()))
+    return tensors
+
+
+def _state_pair(hx, op):
+    if hx is None:
+        return None, None
+    if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+        raise TypeError(f"{op}: hx must be a pair (h, c) of Tensors or None, got {type(hx).__name__}")
+    return hx[0], hx[1]
+
+
+def _run_lstm(fn, op, input, hx, weight_ih, weight_hh, bias_ih, bias_hh):
+    h, c = _state_pair(hx, op)
+    named = {"input": input, "h0": h, "c0": c, "weight_ih": weight_ih, "weight_hh": weight_hh, "bias_ih": bias_ih,
+             "bias_hh": bias_hh}
+    t = _recurrent_operands(op, named)
+    operands = [t.get(n) for n in named]
+    if _record(*operands):
+        return fn.apply(*operands)
+    out = fn.forward(_NULL_CTX, *(None if o is None else o.data for o in operands))
+    return tuple(Tensor(o) for o in out)
+
+
+def lstm(input, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None):
+    """One LSTM layer over a time-major sequence on fastdl's fused native kernel (PyTorch's gate
+    order i, f, g, o): input (T, B, I), hx = (h0, c0) each (B, H) or None (zeros), weight_ih
+    (4H, I), weight_hh (4H, H), bias_ih and bias_hh (4H,) or None → (output (T, B, H), (h_n, c_n)).
+
+    >>> import fastdl
+    >>> y, (h, c) = fastdl.functional.lstm(fastdl.ones(5, 2, 3), None, fastdl.ones(8, 3) * 0.1, fastdl.zeros(8, 2))
+    >>> y.shape, h.shape, c.shape
+    ((5, 2, 2), (2, 2), (2, 2))
+    """
+    y, h, c = _run_lstm(_lstm.LSTMFn, "lstm", input, hx, weight_ih, weight_hh, bias_ih, bias_hh)
+    return y, (h, c)
+
+
+def _check_cell(op, x, h, gates, weight_ih, weight_hh, bias_ih, bias_hh, states=1):
+    """Shapes of one recurrent cell step: input (B, I), hidden states (B, H), weights (gates·H, ·)."""
+    if x.data.ndim != 2:
+        raise ValueError(f"{op}: input must be 2-D (B, I), got {x.shape}")
+    B, I = x.shape
+    if weight_hh.data.ndim != 2 or weight_hh.shape[0] != gates * weight_hh.shape[1]:
+        raise ValueError(f"{op}: weight_hh must be ({gates}H, H), got {weight_hh.shape}")
+    H = weight_hh.shape[1]
+    if weight_ih.shape != (gates * H, I):
+        raise ValueError(f"{op}: weight_ih must be ({gates * H}, {I}) for input {x.shape} and weight_hh "
+                         f"{weight_hh.shape}, got {weight_ih.shape}")
+    for name, b in (("bias_ih", bias_ih), ("bias_hh", bias_hh)):
+        if b is not None and b.shape != (gates * H,):
+            raise ValueError(f"{op}: {name} must be ({gates * H},), got {b.shape}")
+    for name, s in (zip(("h", "c"), h) if states == 2 else (("hx", h),)):
+        if s is not None and s.shape != (B, H):
+            raise ValueError(f"{op}: {name} must be (B, H) = ({B}, {H}) for input {x.shape}, got {s.shape}")
+    return B, H
+
+
+def lstm_cell(input, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None):
+    """One LSTM step (the native kernel with T = 1): input (B, I), hx = (h, c) each (B, H) or None,
+    weight_ih (4H, I), weight_hh (4H, H), biases (4H,) → (h', c').
+
+    >>> import fastdl
+    >>> h, c = fastdl.functional.lstm_cell(fastdl.ones(2, 3), None, fastdl.ones(8, 3), fastdl.zeros(8, 2))
+    >>> h.shape, f"{c[0, 0].item():.4f}"
+    ((2, 2), '0.9479')
+    """
+    h, c = _state_pair(hx, "lstm_cell")
+    t = _recurrent_operands("lstm_cell", {"input": input, "h": h, "c": c, "weight_ih": weight_ih,
+                                          "weight_hh": weight_hh, "bias_ih": bias_ih, "bias_hh": bias_hh})
+    _check_cell("lstm_cell", t["input"], (t.get("h"), t.get("c")), 4, t["weight_ih"], t["weight_hh"],
+                t.get("bias_ih"), t.get("bias_hh"), states=2)
+    return _run_lstm(_lstm.LSTMCellFn, "lstm_cell", input, hx, weight_ih, weight_hh, bias_ih, bias_hh)
+
+
+def _note_composed():
+    _note_fallback("lstm", "GRU/RNN")
+
+
+def _gru_step(gi, h, weight_hh, bias_hh):
+    """h' = (1 − z)·n + z·h from the input projection gi (B, 3H) of this step (bias_ih included)."""
+    gh = linear(h, weight_hh, bias_hh)
+    i_r, i_z, i_n = chunk(gi, 3, 1)
+    h_r, h_z, h_n = chunk(gh, 3, 1)
+    r = sigmoid(i_r + h_r)
+    z = sigmoid(i_z + h_z)
+    n = tanh(i_n + r * h_n)
+    return n + z * (h - n)
+
+
+def gru_cell(input, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None):
+    """One GRU step with PyTorch's equations and gate order (r, z, n), composed from ops:
+    input (B, I), hx (B, H) or None, weight_ih (3H, I), weight_hh (3H, H), biases (3H,) → h'.
+
+    >>> import fastdl
+    >>> fastdl.functional.gru_cell(fastdl.ones(2, 3), None, fastdl.ones(6, 3), fastdl.zeros(6, 2)).shape
+    (2, 2)
+    """
+    t = _recurrent_operands("gru_cell", {"input": input, "hx": hx, "weight_ih": weight_ih, "weight_hh": weight_hh,
+                                         "bias_ih": bias_ih, "bias_hh": bias_hh})
+    B, H = _check_cell("gru_cell", t["input"], t.get("hx"), 3, t["weight_ih"], t["weight_hh"], bias_ih, bias_hh)
+    _note_composed()
+    h = hx if hx is not None else Tensor(array_module(t["input"].data).zeros((B, H), t["input"].data.dtype))
+    return _gru_step(linear(input, weight_ih, bias_ih), h, weight_hh, bias_hh)
+
+
+def _rnn_cell(op, nonlinearity, input, hx, weight_ih, weight_hh, bias_ih, bias_hh):
+    t = _recurrent_operands(op, {"input": input, "hx": hx, "weight_ih": weight_ih, "weight_hh": weight_hh,
+                                 "bias_ih": bias_ih, "bias_hh": bias_hh})
+    _check_cell(op, t["input"], t.get("hx"), 1, t["weight_ih"], t["weight_hh"], bias_ih, bias_hh)
+    _note_composed()
+    pre = linear(input, weight_ih, bias_ih)
+    if hx is not None:
+        pre = pre + linear(hx, weight_hh, bias_hh)
+    elif bias_hh is not None:
+        pre = pre + bias_hh
+    return tanh(pre) if nonlinearity == "tanh" else relu(pre)
+
+
+def rnn_tanh_cell(input, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None):
+    """One Elman RNN step h' = tanh(input·W_ihᵀ + b_ih + h·W_hhᵀ + b_hh), composed from ops:
+    input (B, I), hx (B, H) or None, weight_ih (H, I), weight_hh (H, H), biases (H,) → h'.
+
+    >>> import fastdl
+    >>> fastdl.functional.rnn_tanh_cell(fastdl.ones(2, 3), None, fastdl.ones(4, 3), fastdl.zeros(4, 4)).shape
+    (2, 4)
+    """
+    return _rnn_cell("rnn_tanh_cell", "tanh", input, hx, weight_ih, weight_hh, bias_ih, bias_hh)
+
+
+def rnn_relu_cell(input, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None):
+    """One Elman RNN step with ReLU, h' = relu(input·W_ihᵀ + b_ih + h·W_hhᵀ + b_hh), composed from ops.
+
+    >>> import fastdl
+    >>> fastdl.functional.rnn_relu_cell(fastdl.ones(2, 3), None, fastdl.ones(4, 3), fastdl.zeros(4, 4)).tolist()[0]
+    [3.0, 3.0, 3.0, 3.0]
+    """
+    return _rnn_cell("rnn_relu_cell", "relu", input, hx, weight_ih, weight_hh, bias_ih, bias_hh)
+
+
+def _sequence(op, input, hx, weight_ih, weight_hh, bias_ih, bias_hh, gates):
+    """Checked operands of a composed recurrent layer; the input projection of every step in one GEMM."""
+    t = _recurrent_operands(op, {"input": input, "hx": hx, "weight_ih": weight_ih, "weight_hh": weight_hh,
+                                 "bias_ih": bias_ih, "bias_hh": bias_hh})
+    x = t["input"]
+    if x.data.ndim != 3:
+        raise ValueError(f"{op}: input must be 3-D (T, B, I), got {x.shape}")
+    T, B, I = x.shape
+    if T < 1 or B < 1:
+        raise ValueError(f"{op}: input (T, B, I) must have positive sizes, got {x.shape}")
+    _, H = _check_cell(op, Tensor(x.data[0]), t.get("hx"), gates, t["weight_ih"], t["weight_hh"], bias_ih, bias_hh)
+    _note_composed()
+    h = hx if hx is not None else Tensor(array_module(x.data).zeros((B, H), x.data.dtype))
+    projected = linear(reshape(input, (T * B, I)), weight_ih, bias_ih)
+    return unbind(reshape(projected, (T, B, gates * H)), 0), h
+
+
+def gru(input, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None):
+    """One GRU layer over a time-major sequence, composed from ops (one GEMM for every step's input
+    projection, then per step a GEMM and the gates): input (T, B, I), hx (B, H) or None,
+    weight_ih (3H, I), weight_hh (3H, H), biases (3H,) → (output (T, B, H), h_n).
+
+    >>> import fastdl
+    >>> y, h = fastdl.functional.gru(fastdl.ones(5, 2, 3), None, fastdl.ones(6, 3), fastdl.zeros(6, 2))
+    >>> y.shape, h.shape
+    ((5, 2, 2), (2, 2))
+    """
+    steps, h = _sequence("gru", input, hx, weight_ih, weight_hh, bias_ih, bias_hh, 3)
+    outputs = []
+    for gi in steps:
+        h = _gru_step(gi, h, weight_hh, bias_hh)
+        outputs.append(h)
+    return stack(outputs), h
+
+
+def rnn(input, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None, nonlinearity="tanh"):
+    """One Elman RNN layer over a time-major sequence, composed from ops: input (T, B, I), hx (B, H)
+    or None, weight_ih (H, I), weight_hh (H, H), biases (H,), nonlinearity "tanh" or "relu" →
+    (output (T, B, H), h_n).
+
+    >>> import fastdl
+    >>> y, h = fastdl.functional.rnn(fastdl.ones(5, 2, 3), None, fastdl.ones(4, 3), fastdl.zeros(4, 4))
+    >>> y.shape, h.shape
+    ((5, 2, 4), (2, 4))
+    """
+    if nonlinearity not in ("tanh", "relu"):
+        raise ValueError(f"rnn: nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
+    steps, h = _sequence("rnn", input, hx, weight_ih, weight_hh, bias_ih, bias_hh, 1)
+    act = tanh if nonlinearity == "tanh" else relu
+    outputs = []
+    for gi in steps:
+        h = act(gi + linear(h, weight_hh, bias_hh))
+        outputs.append(h)
+    return stack(outputs), h

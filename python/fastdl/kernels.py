@@ -143,3 +143,122 @@ def matmul(a, b, out=None):
         out[...] = result
         return out
     return result
+
+
+# ---- lstm ---------------------------------------------------------------------------------------
+
+__all__ += ["lstm_forward", "lstm_backward"]
+
+_LSTM_GRADS = ("x", "h0", "c0", "w_ih", "w_hh", "b")
+
+
+def _lstm_inputs(x, w_ih, w_hh, b_ih, b_hh, h0, c0):
+    """The arrays checked (one float dtype, shapes consistent) and C-contiguous, plus T, B, I, H."""
+    x = _float_array("lstm", "input", x)
+    w_ih = _float_array("lstm", "w_ih", w_ih)
+    w_hh = _float_array("lstm", "w_hh", w_hh)
+    if x.ndim != 3:
+        raise ValueError(f"lstm: input must be 3-D (T, B, I), got {x.shape}")
+    T, B, I = x.shape
+    if T < 1 or B < 1 or I < 1:
+        raise ValueError(f"lstm: input (T, B, I) must have positive sizes, got {x.shape}")
+    if w_hh.ndim != 2 or w_hh.shape[0] != 4 * w_hh.shape[1] or w_hh.shape[1] < 1:
+        raise ValueError(f"lstm: w_hh must be (4H, H), got {w_hh.shape}")
+    H = w_hh.shape[1]
+    if w_ih.shape != (4 * H, I):
+        raise ValueError(
+            f"lstm: w_ih must be (4H, I) = ({4 * H}, {I}) for input {x.shape} and w_hh {w_hh.shape}, got {w_ih.shape}"
+        )
+    arrays = {"input": x, "w_ih": w_ih, "w_hh": w_hh}
+    for name, a, shape in (("b_ih", b_ih, (4 * H,)), ("b_hh", b_hh, (4 * H,)), ("h0", h0, (B, H)), ("c0", c0, (B, H))):
+        if a is None:
+            arrays[name] = None
+            continue
+        a = _float_array("lstm", name, a)
+        if a.shape != shape:
+            where = f"input {x.shape} and w_hh {w_hh.shape}"
+            raise ValueError(f"lstm: {name} must be {shape} for {where}, got {a.shape}")
+        arrays[name] = a
+    for name, a in arrays.items():
+        if a is not None and a.dtype != x.dtype:
+            raise TypeError(
+                f"lstm: dtypes differ: input {x.dtype} {x.shape}, {name} {a.dtype} {a.shape} "
+                "(convert one with .astype; fastdl does not promote silently)"
+            )
+    return {k: (None if a is None else np.ascontiguousarray(a)) for k, a in arrays.items()}, (T, B, I, H)
+
+
+def lstm_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, *, training: bool = False,
+                 path: str = "auto"):
+    """One LSTM layer over a whole sequence (PyTorch's equations and gate order i, f, g, o).
+
+    x (T, B, I) time-major; w_ih (4H, I), w_hh (4H, H); b_ih, b_hh (4H,) and h0, c0 (B, H)
+    optional (None: zero). Returns ``(y, h_n, c_n, saved)``: y (T, B, H) every step's h, h_n and
+    c_n (B, H) the last state, and ``saved`` the arrays :func:`lstm_backward` needs (the activated
+    gates (T, B, 4H) and every cell state (T, B, H)) when ``training``, else None. float32 or
+    float64, one dtype for all; non-contiguous inputs are copied. ``path``: "auto" (the fused
+    kernel for T > 1), "fused" or "stepwise" (the per-step reference).
+
+    >>> import numpy as np
+    >>> x = np.ones((5, 2, 3), np.float32)
+    >>> y, h_n, c_n, _ = lstm_forward(x, np.full((8, 3), 0.1, np.float32), np.zeros((8, 2), np.float32))
+    >>> y.shape, h_n.shape, bool(np.allclose(y[-1], h_n))
+    ((5, 2, 2), (2, 2), True)
+    """
+    a, (T, B, I, H) = _lstm_inputs(x, w_ih, w_hh, b_ih, b_hh, h0, c0)
+    dtype = a["input"].dtype
+    y = np.empty((T, B, H), dtype)
+    h_n = np.empty((B, H), dtype)
+    c_n = np.empty((B, H), dtype)
+    gates = np.empty((T, B, 4 * H), dtype)
+    cell = np.empty((T, B, H), dtype) if training else None
+    _C.lstm_forward(a["input"], a["w_ih"], a["w_hh"], a["b_ih"], a["b_hh"], a["h0"], a["c0"], y, h_n, c_n, gates,
+                    cell, path)
+    return y, h_n, c_n, ((gates, cell) if training else None)
+
+
+def lstm_backward(grad_y, grad_h_n, grad_c_n, x, w_ih, w_hh, h0, c0, y, saved, *, grads=_LSTM_GRADS,
+                  path: str = "auto"):
+    """Backward through time of :func:`lstm_forward` (called with ``training=True``).
+
+    grad_y (T, B, H), grad_h_n and grad_c_n (B, H) are the gradients of the forward's outputs
+    (None: zero); x, w_ih, w_hh, h0, c0 the forward's inputs, y and ``saved`` its outputs. Returns
+    ``(grad_x, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_b)`` with grad_b (4H,) the gradient of
+    b_ih and of b_hh alike; an entry is None when its name is not in ``grads`` (names "x", "h0",
+    "c0", "w_ih", "w_hh", "b") or when h0/c0 was None.
+
+    >>> import numpy as np
+    >>> x = np.ones((4, 1, 2))
+    >>> w_ih, w_hh = np.full((12, 2), 0.2), np.full((12, 3), -0.1)
+    >>> y, h_n, c_n, saved = lstm_forward(x, w_ih, w_hh, training=True)
+    >>> gx, _, _, gw_ih, gw_hh, gb = lstm_backward(np.ones_like(y), None, None, x, w_ih, w_hh, None, None, y, saved)
+    >>> gx.shape, gw_ih.shape, gw_hh.shape, gb.shape
+    ((4, 1, 2), (12, 2), (12, 3), (12,))
+    """
+    unknown = set(grads) - set(_LSTM_GRADS)
+    if unknown:
+        raise ValueError(f"lstm_backward: unknown gradient names {sorted(unknown)}; choose from {_LSTM_GRADS}")
+    if saved is None:
+        raise ValueError("lstm_backward: saved is None; run lstm_forward with training=True")
+    a, (T, B, I, H) = _lstm_inputs(x, w_ih, w_hh, None, None, h0, c0)
+    dtype = a["input"].dtype
+    gates, cell = saved
+    given = {}
+    for name, g, shape in (("grad_y", grad_y, (T, B, H)), ("grad_h_n", grad_h_n, (B, H)),
+                           ("grad_c_n", grad_c_n, (B, H))):
+        if g is None:
+            given[name] = None
+            continue
+        g = _float_array("lstm_backward", name, g)
+        if g.shape != shape or g.dtype != dtype:
+            raise ValueError(f"lstm_backward: {name} must be {dtype} {shape}, got {g.dtype} {g.shape}")
+        given[name] = np.ascontiguousarray(g)
+
+    def out(name, shape, present=True):
+        return np.empty(shape, dtype) if name in grads and present else None
+
+    result = (out("x", (T, B, I)), out("h0", (B, H), h0 is not None), out("c0", (B, H), c0 is not None),
+              out("w_ih", (4 * H, I)), out("w_hh", (4 * H, H)), out("b", (4 * H,)))
+    _C.lstm_backward(given["grad_y"], given["grad_h_n"], given["grad_c_n"], a["input"], a["w_ih"], a["w_hh"],
+                     a["h0"], a["c0"], y, gates, cell, *result, np.empty((T, B, 4 * H), dtype), path)
+    return result

@@ -320,10 +320,17 @@ def _graph_output(array, node, index):
     return t
 
 
+def op_name(op) -> str:
+    """The user-facing name of an op given as a name or a Function class (AddFn → add)."""
+    if isinstance(op, str):
+        return op
+    name = op.__name__
+    return name[:-2].lower() if name.endswith("Fn") else name
+
+
 def _raise_devices(op, args):
     described = ", ".join(f"{a.device} {a.shape}" for a in args if isinstance(a, Tensor))
-    name = op if isinstance(op, str) else op.__name__
-    raise ValueError(f"{name}: tensors are on different devices ({described}); move them with .to(device)")
+    raise ValueError(f"{op_name(op)}: tensors are on different devices ({described}); move them with .to(device)")
 
 
 class _NullContext:

@@ -18,7 +18,7 @@ import math
 import numpy as np
 
 from ..backend import array_module, declare_fallback, note_fallback
-from ..tensor import NULL_CTX, Function, Tensor, _defaults, _grad_mode, _raise_devices
+from ..tensor import NULL_CTX, Function, Tensor, _defaults, _grad_mode, _raise_devices, op_name
 
 _KIND_CATEGORY = {"b": 0, "i": 1, "u": 1, "f": 2}
 _PY_CATEGORY = {bool: 0, int: 1, float: 2}
@@ -119,12 +119,27 @@ def binary(cls, a, b):
             a = to_dtype(a, _defaults.dtype)
         if isinstance(b, Tensor) and b.data.dtype.kind != "f":
             b = to_dtype(b, _defaults.dtype)
-    if _grad_mode.enabled and (
-        (isinstance(a, Tensor) and a.requires_grad) or (isinstance(b, Tensor) and b.requires_grad)
-    ):
-        return cls.apply(a, b)
-    return Tensor(cls.forward(NULL_CTX, a.data if isinstance(a, Tensor) else a,
-                              b.data if isinstance(b, Tensor) else b))
+    try:
+        if _grad_mode.enabled and (
+            (isinstance(a, Tensor) and a.requires_grad) or (isinstance(b, Tensor) and b.requires_grad)
+        ):
+            return cls.apply(a, b)
+        return Tensor(cls.forward(NULL_CTX, a.data if isinstance(a, Tensor) else a,
+                                  b.data if isinstance(b, Tensor) else b))
+    except ValueError:
+        _raise_if_not_broadcastable(cls, a, b)
+        raise
+
+
+def _raise_if_not_broadcastable(op, *operands):
+    shapes = [v.shape for v in operands if isinstance(v, Tensor)]
+    try:
+        np.broadcast_shapes(*shapes)
+    except ValueError:
+        raise ValueError(
+            f"{op_name(op)}: shapes {' and '.join(str(s) for s in shapes)} do not broadcast "
+            "(sizes must match or be 1, aligned from the last dim)"
+        ) from None
 
 
 def unary(cls, x: Tensor, *args):
@@ -153,7 +168,11 @@ def compare(name: str, a: Tensor, b):
         return NotImplemented
     if isinstance(b, Tensor) and bd.__class__ is not a.data.__class__:
         _raise_devices(name, (a, b))
-    return Tensor(getattr(array_module(a.data), name)(a.data, bd))
+    try:
+        return Tensor(getattr(array_module(a.data), name)(a.data, bd))
+    except ValueError:
+        _raise_if_not_broadcastable(name, a, b)
+        raise
 
 
 def no_grad_binary(name: str, a, b):
@@ -203,8 +222,10 @@ def inplace(cls, t: Tensor, other, op: str):
     try:
         ufunc(t.data, od, out=t.data)
     except (TypeError, ValueError) as exc:
+        _raise_if_not_broadcastable(op, t, other)
         other_desc = f"{other.dtype} {other.shape}" if isinstance(other, Tensor) else repr(other)
-        raise type(exc)(f"{op}: tensor {t.dtype} {t.shape} with {other_desc}: {exc}") from None
+        kind = TypeError if isinstance(exc, TypeError) else ValueError
+        raise kind(f"{op}: tensor {t.dtype} {t.shape} with {other_desc}: {exc}") from None
     return t
 
 

@@ -1,0 +1,565 @@
+// LSTM over a whole sequence, forward and backward through time (PyTorch's gate order i, f, g, o):
+//   G_t = x_t·W_ihᵀ + h_{t-1}·W_hhᵀ + b_ih + b_hh (B×4H);  i, f, o = σ(G), g = tanh(G)
+//   c_t = f⊙c_{t-1} + i⊙g;  h_t = o⊙tanh(c_t)
+// Forward: one GEMM (cpu::gemm) projects every step's input, X (TB×I)·W_ihᵀ → G (TB×4H). Fused
+// path: W_hh is packed once per call into panels of W hidden units × 4 gates (K = H rows of 4W
+// lanes, W = vector width), and per step an MR×4-vector register tile accumulates h_{t-1}·panel
+// (MR ≤ 6 rows on avx512's 32 registers, ≤ 3 on 16) whose epilogue adds G_t and the bias, applies
+// σ/tanh (simd.h) and writes c_t, h_t and the activated gates. One OpenMP team runs the whole
+// sequence: each thread owns a contiguous range of (panel, row block) tiles, so its share of W_hh
+// stays in its own L2, with one barrier per step. Backward: per step dh = dy_t + dG_{t+1}·W_hh,
+// fused the same way (W_hh packed in panels of 4 vectors of hidden units, K = 4H) with the gate
+// gradients; then dx = dG·W_ih, dW_ih = dGᵀ·X, dW_hh = dGᵀ·[h_0 … h_{T-2}], db = Σ dG as GEMMs.
+// Stepwise path (the readable reference; automatic for T = 1, e.g. LSTMCell): per step cpu::gemm
+// for the recurrent product, then the same gate epilogue as a separate pass.
+// Cost floor: forward 2·T·B·4H·(I+H) FLOPs, backward twice that; W_hh (16H² bytes in float32) is
+// streamed once per step per row block from L2 (L3 when 16H²/threads exceeds L2).
+// Reference: Hochreiter & Schmidhuber 1997; Appleyard, Kočiský & Blunsom 2016 (hoisted input GEMM,
+// fused gates); PyTorch nn.LSTM for the layout and semantics.
+#include <xmmintrin.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "cpu/simd.h"
+#include "fastdl.h"
+
+namespace fastdl::cpu {
+namespace {
+
+// Flush denormals to zero (FTZ) and treat denormal inputs as zero (DAZ) in the calling thread for
+// the guard's lifetime: decaying cell states and tiny gate values would otherwise hit the ~100×
+// slower denormal paths. MXCSR is per thread, so each thread of the team sets its own.
+class DenormalGuard {
+ public:
+  DenormalGuard() : saved_(_mm_getcsr()) { _mm_setcsr(saved_ | 0x8040u); }
+  ~DenormalGuard() { _mm_setcsr(saved_); }
+  DenormalGuard(const DenormalGuard&) = delete;
+  DenormalGuard& operator=(const DenormalGuard&) = delete;
+
+ private:
+  unsigned saved_;
+};
+
+// Everything a kernel of either direction needs; null pointers mean "zero" (h0, c0, biases, dy,
+// dh_n, dc_n) or "not wanted" (cell in inference).
+template <class S>
+struct Ctx {
+  index_t T, B, I, H;
+  // forward
+  const S *x, *h0, *c0, *w_ih, *w_hh;
+  S *y, *gates, *cell, *c_state;  // c_state (B, H): running c when cell is null
+  const S* bias;                  // (4H) b_ih + b_hh, in the panel layout of `packed` for fused
+  // backward
+  const S *dy, *dh_n, *saved_gates, *saved_cell, *saved_c0;
+  S *dgates, *dc;                 // dc (B, H): running dc, starts as dc_n
+  const S* dh_rec;                // stepwise backward: dG_{t+1}·W_hh for the current step (B, H)
+  // fused paths: packed W_hh and the tile grid
+  const S* packed;
+  index_t panels, row_blocks;
+  // stepwise paths: the step and row range of one call; fused paths: this thread of the team
+  index_t t, begin, end;
+  int thread, threads;
+};
+
+enum class Op { forward_thread, backward_thread, forward_gates, backward_gates, vexp, vsigmoid, vtanh };
+
+// Row block rb of the balanced split of B rows into `blocks` blocks (sizes differ by at most one).
+inline void row_block(index_t B, index_t blocks, index_t rb, index_t* b0, index_t* rows) {
+  *b0 = rb * B / blocks;
+  *rows = (rb + 1) * B / blocks - *b0;
+}
+
+// Tiles [first, last) of `total` for thread `id` of `n` (contiguous, panel-major).
+inline void thread_range(index_t total, int id, int n, index_t* first, index_t* last) {
+  *first = total * id / n;
+  *last = total * (id + 1) / n;
+}
+
+template <class V>
+struct Lstm {
+  using S = typename V::T;
+  using reg = typename V::reg;
+  static constexpr int W = V::width;
+  // Rows per register tile: MR×4 accumulators + 4 weight vectors + a broadcast fit the register file.
+  static constexpr int MR = sizeof(reg) == 64 ? 6 : 3;
+
+  // Vector loads and stores of the first n ≤ W lanes (the last panel may be partial).
+  static reg load_n(const S* p, index_t n) {
+    if (n == W) return V::load(p);
+    alignas(64) S tmp[W] = {};
+    std::memcpy(tmp, p, sizeof(S) * n);
+    return V::load(tmp);
+  }
+  static void store_n(S* p, reg v, index_t n) {
+    if (n == W) return V::store(p, v);
+    alignas(64) S tmp[W];
+    V::store(tmp, v);
+    std::memcpy(p, tmp, sizeof(S) * n);
+  }
+
+  // acc[r][v] = Σ_k a[r·lda + k] · w[k·ldw + v·W], k < K: R rows of A broadcast against NV vectors
+  // of a packed panel. With ≤ 2 rows, two accumulator sets (even and odd k) hide FMA latency.
+  template <int R, int NV>
+  static void tile_product(index_t K, const S* a, index_t lda, const S* w, index_t ldw, reg (&acc)[R][NV]) {
+    constexpr int KS = R <= 2 ? 2 : 1;
+    reg part[KS][R][NV];
+#pragma GCC unroll 2
+    for (int s = 0; s < KS; ++s)
+#pragma GCC unroll 6
+      for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v) part[s][r][v] = V::zero();
+    index_t k = 0;
+    for (; k + KS <= K; k += KS) {
+#pragma GCC unroll 2
+      for (int s = 0; s < KS; ++s) {
+        const S* wk = w + (k + s) * ldw;
+        reg wv[NV];
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v) wv[v] = V::load(wk + v * W);
+#pragma GCC unroll 6
+        for (int r = 0; r < R; ++r) {
+          const reg ar = V::broadcast(a + r * lda + k + s);
+#pragma GCC unroll 4
+          for (int v = 0; v < NV; ++v) part[s][r][v] = V::fmadd(ar, wv[v], part[s][r][v]);
+        }
+      }
+    }
+    for (; k < K; ++k) {
+#pragma GCC unroll 6
+      for (int r = 0; r < R; ++r) {
+        const reg ar = V::broadcast(a + r * lda + k);
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v) part[0][r][v] = V::fmadd(ar, V::load(w + k * ldw + v * W), part[0][r][v]);
+      }
+    }
+#pragma GCC unroll 6
+    for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) acc[r][v] = KS == 2 ? V::add(part[0][r][v], part[KS - 1][r][v]) : part[0][r][v];
+  }
+
+  // The gate epilogue for rows b0 … b0+R-1 and W units starting at u0 (n valid): pre = rec + G_t
+  // (+ bias), then the activations, c_t and h_t. Writes the activated gates over G_t when the
+  // backward needs them (cell != null). The R rows are computed side by side: 4R independent
+  // activations give the out-of-order core work to overlap their latency chains.
+  template <int R>
+  static void gates_epilogue(const Ctx<S>& c, index_t t, index_t b0, index_t u0, index_t n, const reg (&rec)[R][4],
+                             const S* bias) {
+    const index_t H = c.H;
+    S* g = c.gates + (t * c.B + b0) * 4 * H + u0;
+    reg act[R][4], ct[R];
+#pragma GCC unroll 6
+    for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+      for (int q = 0; q < 4; ++q) {
+        reg pre = V::add(rec[r][q], load_n(g + (r * 4 + q) * H, n));
+        if (bias) pre = V::add(pre, V::load(bias + q * W));
+        act[r][q] = q == 2 ? simd::vtanh<V>(pre) : simd::vsigmoid<V>(pre);
+      }
+    const S* c_prev = c.cell ? (t > 0 ? c.cell + (t - 1) * c.B * H : c.c0) : c.c_state;
+#pragma GCC unroll 6
+    for (int r = 0; r < R; ++r) {
+      const reg cp = c_prev ? load_n(c_prev + (b0 + r) * H + u0, n) : V::zero();
+      ct[r] = V::fmadd(act[r][1], cp, V::mul(act[r][0], act[r][2]));
+    }
+#pragma GCC unroll 6
+    for (int r = 0; r < R; ++r) {
+      const index_t row = t * c.B + b0 + r;
+      store_n(c.y + row * H + u0, V::mul(act[r][3], simd::vtanh<V>(ct[r])), n);
+      if (c.cell) {
+        store_n(c.cell + row * H + u0, ct[r], n);
+#pragma GCC unroll 4
+        for (int q = 0; q < 4; ++q) store_n(g + (r * 4 + q) * H, act[r][q], n);
+      } else {
+        store_n(c.c_state + (b0 + r) * H + u0, ct[r], n);
+      }
+    }
+  }
+
+  // The gate-gradient epilogue for one row b and W units at u0 (n valid), given dh_t from the
+  // recurrence (without dy_t): writes dG_t and updates the running dc to dc_{t-1}.
+  static void grads_epilogue(const Ctx<S>& c, index_t t, index_t b, index_t u0, index_t n, reg dh) {
+    const index_t H = c.H, row = t * c.B + b;
+    if (c.dy) dh = V::add(dh, load_n(c.dy + row * H + u0, n));
+    const S* g = c.saved_gates + row * 4 * H;
+    const reg i = load_n(g + u0, n), f = load_n(g + H + u0, n), gg = load_n(g + 2 * H + u0, n),
+              o = load_n(g + 3 * H + u0, n);
+    const reg ct = load_n(c.saved_cell + row * H + u0, n);
+    const S* c_prev = t > 0 ? c.saved_cell + (row - c.B) * H : c.saved_c0 ? c.saved_c0 + b * H : nullptr;
+    const reg cp = c_prev ? load_n(c_prev + u0, n) : V::zero();
+    const reg one = V::set1(S(1)), tc = simd::vtanh<V>(ct);
+    S* dc_ptr = c.dc + b * H + u0;
+    const reg dct = V::fmadd(V::mul(dh, o), V::sub(one, V::mul(tc, tc)), load_n(dc_ptr, n));
+    S* dg = c.dgates + row * 4 * H;
+    store_n(dg + u0, V::mul(V::mul(dct, gg), V::mul(i, V::sub(one, i))), n);
+    store_n(dg + H + u0, V::mul(V::mul(dct, cp), V::mul(f, V::sub(one, f))), n);
+    store_n(dg + 2 * H + u0, V::mul(V::mul(dct, i), V::sub(one, V::mul(gg, gg))), n);
+    store_n(dg + 3 * H + u0, V::mul(V::mul(dh, tc), V::mul(o, V::sub(one, o))), n);
+    store_n(dc_ptr, V::mul(dct, f), n);
+  }
+
+  // ---- fused paths ---------------------------------------------------------------------------
+
+  template <int R>
+  static void forward_tile(const Ctx<S>& c, index_t t, index_t p, index_t b0) {
+    const index_t H = c.H;
+    reg acc[R][4];
+    const S* h_prev = t > 0 ? c.y + (t - 1) * c.B * H : c.h0;
+    // The epilogue's reads of G_t lie in a buffer far larger than the caches, in 4·R short runs
+    // that the hardware prefetchers do not follow: ask for them before the product.
+    for (int r = 0; r < R; ++r)
+      for (int q = 0; q < 4; ++q)
+        for (index_t off = 0; off < static_cast<index_t>(W * sizeof(S)); off += 64)
+          __builtin_prefetch(reinterpret_cast<const char*>(c.gates + ((t * c.B + b0 + r) * 4 + q) * H + p * W) + off, 1);
+    if (h_prev) {
+      tile_product<R, 4>(H, h_prev + b0 * H, H, c.packed + p * H * 4 * W, 4 * W, acc);
+    } else {
+      for (auto& row : acc)
+        for (auto& a : row) a = V::zero();
+    }
+    const index_t u0 = p * W, n = std::min<index_t>(W, H - u0);
+    gates_epilogue<R>(c, t, b0, u0, n, acc, c.bias ? c.bias + p * 4 * W : nullptr);
+  }
+
+  // NV of the panel's 4 vectors of units hold units below H (fewer only in the last panel).
+  template <int R, int NV>
+  static void backward_tile(const Ctx<S>& c, index_t t, index_t p, index_t b0) {
+    const index_t H = c.H, units = 4 * W;
+    reg acc[R][NV];
+    if (t + 1 < c.T) {
+      tile_product<R, NV>(4 * H, c.dgates + ((t + 1) * c.B + b0) * 4 * H, 4 * H, c.packed + p * 4 * H * units, units,
+                          acc);
+    } else {
+      for (int r = 0; r < R; ++r)
+        for (int v = 0; v < NV; ++v) {
+          const index_t u0 = p * units + v * W;
+          acc[r][v] = c.dh_n ? load_n(c.dh_n + (b0 + r) * H + u0, std::min<index_t>(W, H - u0)) : V::zero();
+        }
+    }
+    for (int r = 0; r < R; ++r)
+      for (int v = 0; v < NV; ++v) {
+        const index_t u0 = p * units + v * W;
+        grads_epilogue(c, t, b0 + r, u0, std::min<index_t>(W, H - u0), acc[r][v]);
+      }
+  }
+
+  template <int R>
+  static void tile(bool forward, const Ctx<S>& c, index_t t, index_t p, index_t b0) {
+    if (forward) return forward_tile<R>(c, t, p, b0);
+    switch (std::min<index_t>(4, ceil_div(c.H - p * 4 * W, W))) {
+      case 1: return backward_tile<R, 1>(c, t, p, b0);
+      case 2: return backward_tile<R, 2>(c, t, p, b0);
+      case 3: return backward_tile<R, 3>(c, t, p, b0);
+      default: return backward_tile<R, 4>(c, t, p, b0);
+    }
+  }
+
+  static void run_tile(bool forward, const Ctx<S>& c, index_t t, index_t p, index_t b0, index_t rows) {
+    switch (rows) {
+      case 1: return tile<1>(forward, c, t, p, b0);
+      case 2: return tile<2>(forward, c, t, p, b0);
+      case 3: return tile<3>(forward, c, t, p, b0);
+      default: break;
+    }
+    if constexpr (MR > 3) {
+      switch (rows) {
+        case 4: return tile<4>(forward, c, t, p, b0);
+        case 5: return tile<5>(forward, c, t, p, b0);
+        case 6: return tile<6>(forward, c, t, p, b0);
+        default: break;
+      }
+    }
+  }
+
+  // One thread's part of the whole sequence: its tiles of every step, a barrier between steps.
+  template <bool Forward>
+  static void sequence_thread(const Ctx<S>& c) {
+    const DenormalGuard guard;
+    index_t first, last;
+    thread_range(c.panels * c.row_blocks, c.thread, c.threads, &first, &last);
+    for (index_t s = 0; s < c.T; ++s) {
+      const index_t t = Forward ? s : c.T - 1 - s;
+      for (index_t item = first; item < last; ++item) {
+        index_t b0, rows;
+        row_block(c.B, c.row_blocks, item % c.row_blocks, &b0, &rows);
+        run_tile(Forward, c, t, item / c.row_blocks, b0, rows);
+      }
+      if (c.threads > 1) {
+#pragma omp barrier
+      }
+    }
+  }
+
+  // ---- stepwise paths: rows [begin, end) of step t, G_t already holding the full pre-activation
+
+  static void forward_gates(const Ctx<S>& c) {
+    const DenormalGuard guard;
+    const reg zero[1][4] = {{V::zero(), V::zero(), V::zero(), V::zero()}};
+    for (index_t b = c.begin; b < c.end; ++b)
+      for (index_t u0 = 0; u0 < c.H; u0 += W) gates_epilogue<1>(c, c.t, b, u0, std::min<index_t>(W, c.H - u0), zero, nullptr);
+  }
+
+  static void backward_gates(const Ctx<S>& c) {
+    const DenormalGuard guard;
+    for (index_t b = c.begin; b < c.end; ++b)
+      for (index_t u0 = 0; u0 < c.H; u0 += W) {
+        const index_t n = std::min<index_t>(W, c.H - u0);
+        grads_epilogue(c, c.t, b, u0, n, c.dh_rec ? load_n(c.dh_rec + b * c.H + u0, n) : V::zero());
+      }
+  }
+
+  // Elementwise maths over c.x[begin:end) → c.y (the accuracy tests' entry).
+  template <Op F>
+  static void math(const Ctx<S>& c) {
+    for (index_t i = c.begin; i < c.end; i += W) {
+      const index_t n = std::min<index_t>(W, c.end - i);
+      const reg v = load_n(c.x + i, n);
+      store_n(c.y + i, F == Op::vexp ? simd::vexp<V>(v) : F == Op::vsigmoid ? simd::vsigmoid<V>(v) : simd::vtanh<V>(v), n);
+    }
+  }
+
+  static void run(Op op, const Ctx<S>& c) {
+    switch (op) {
+      case Op::forward_thread: return sequence_thread<true>(c);
+      case Op::backward_thread: return sequence_thread<false>(c);
+      case Op::forward_gates: return forward_gates(c);
+      case Op::backward_gates: return backward_gates(c);
+      case Op::vexp: return math<Op::vexp>(c);
+      case Op::vsigmoid: return math<Op::vsigmoid>(c);
+      case Op::vtanh: return math<Op::vtanh>(c);
+    }
+  }
+};
+
+// One entry function per (ISA, dtype): the generic code above compiled for that ISA.
+FASTDL_TARGET_AVX512 FASTDL_FLATTEN void run_avx512_f32(Op op, const Ctx<float>& c) { Lstm<simd::Avx512F32>::run(op, c); }
+FASTDL_TARGET_AVX512 FASTDL_FLATTEN void run_avx512_f64(Op op, const Ctx<double>& c) { Lstm<simd::Avx512F64>::run(op, c); }
+FASTDL_TARGET_AVX2 FASTDL_FLATTEN void run_avx2_f32(Op op, const Ctx<float>& c) { Lstm<simd::Avx2F32>::run(op, c); }
+FASTDL_TARGET_AVX2 FASTDL_FLATTEN void run_avx2_f64(Op op, const Ctx<double>& c) { Lstm<simd::Avx2F64>::run(op, c); }
+FASTDL_FLATTEN void run_portable_f32(Op op, const Ctx<float>& c) { Lstm<simd::Portable<float>>::run(op, c); }
+FASTDL_FLATTEN void run_portable_f64(Op op, const Ctx<double>& c) { Lstm<simd::Portable<double>>::run(op, c); }
+
+// The vector width and rows per tile at a level, and its entry function.
+template <class S>
+struct Isa {
+  int W, MR;
+  void (*run)(Op, const Ctx<S>&);
+};
+
+template <class S>
+Isa<S> isa_for(CpuCapability level) {
+  if constexpr (sizeof(S) == 4) {
+    switch (level) {
+      case CpuCapability::avx512: return {Lstm<simd::Avx512F32>::W, Lstm<simd::Avx512F32>::MR, run_avx512_f32};
+      case CpuCapability::avx2: return {Lstm<simd::Avx2F32>::W, Lstm<simd::Avx2F32>::MR, run_avx2_f32};
+      default: return {Lstm<simd::Portable<float>>::W, Lstm<simd::Portable<float>>::MR, run_portable_f32};
+    }
+  } else {
+    switch (level) {
+      case CpuCapability::avx512: return {Lstm<simd::Avx512F64>::W, Lstm<simd::Avx512F64>::MR, run_avx512_f64};
+      case CpuCapability::avx2: return {Lstm<simd::Avx2F64>::W, Lstm<simd::Avx2F64>::MR, run_avx2_f64};
+      default: return {Lstm<simd::Portable<double>>::W, Lstm<simd::Portable<double>>::MR, run_portable_f64};
+    }
+  }
+}
+
+// Runs `op` once per thread of one team over the whole sequence (fused paths).
+template <class S>
+void run_team(const Isa<S>& isa, Op op, const Ctx<S>& c) {
+  const index_t tiles = c.panels * c.row_blocks;
+  const int threads = static_cast<int>(std::min<index_t>(omp_in_parallel() ? 1 : omp_get_max_threads(), tiles));
+  if (threads <= 1) {
+    Ctx<S> one = c;
+    one.thread = 0, one.threads = 1;
+    isa.run(op, one);
+    return;
+  }
+#pragma omp parallel num_threads(threads)
+  {
+    Ctx<S> mine = c;
+    mine.thread = omp_get_thread_num(), mine.threads = omp_get_num_threads();
+    isa.run(op, mine);
+  }
+}
+
+// Runs a stepwise gate pass of step t over row ranges in parallel.
+template <class S>
+void run_rows(const Isa<S>& isa, Op op, Ctx<S> c, index_t t) {
+  c.t = t;
+  parallel_for(c.B, std::max<index_t>(1, 2048 / c.H), [&](index_t begin, index_t end) {
+    Ctx<S> part = c;
+    part.begin = begin, part.end = end;
+    isa.run(op, part);
+  });
+}
+
+template <class S>
+void check_sizes(const char* op, index_t T, index_t B, index_t I, index_t H) {
+  FASTDL_CHECK(T >= 1 && B >= 1 && I >= 1 && H >= 1, op, ": sizes must be positive, got T=", T, " B=", B, " I=", I,
+               " H=", H);
+}
+
+}  // namespace
+
+template <class S>
+void lstm_forward(S* y, S* h_n, S* c_n, S* gates, S* cell, const S* x, const S* h0, const S* c0, const S* w_ih,
+                  const S* w_hh, const S* b_ih, const S* b_hh, index_t T, index_t B, index_t I, index_t H,
+                  LstmPath path) {
+  check_sizes<S>("lstm_forward", T, B, I, H);
+  FASTDL_CHECK(y && h_n && c_n && gates && x && w_ih && w_hh, "lstm_forward: a required array is missing");
+  const Isa<S> isa = isa_for<S>(capability());
+  const bool fused = path == LstmPath::fused || (path == LstmPath::automatic && T > 1);
+  const index_t W = isa.W, G = 4 * H;
+
+  // Every step's input projection in one GEMM; the bias joins in the gate epilogue (fused) or
+  // here (stepwise).
+  gemm<S>(false, true, T * B, G, I, S(1), x, I, w_ih, I, S(0), gates, G);
+
+  Ctx<S> c{};
+  c.T = T, c.B = B, c.I = I, c.H = H;
+  c.x = x, c.h0 = h0, c.c0 = c0, c.w_ih = w_ih, c.w_hh = w_hh;
+  c.y = y, c.gates = gates, c.cell = cell, c.c_state = c_n;
+  if (!cell) {
+    if (c0)
+      std::memcpy(c_n, c0, sizeof(S) * B * H);
+    else
+      std::fill(c_n, c_n + B * H, S(0));
+  }
+  const bool has_bias = b_ih || b_hh;
+  const auto bias_at = [&](index_t j) { return (b_ih ? b_ih[j] : S(0)) + (b_hh ? b_hh[j] : S(0)); };
+
+  if (fused) {
+    // Panel p: for k < H, the 4W lanes W_hh[q·H + p·W + l, k] (q gate, l lane; zero past H).
+    const index_t panels = ceil_div(H, W);
+    static thread_local AlignedBuffer<S> packed_buffer, bias_buffer;
+    S* packed = packed_buffer.get(static_cast<std::size_t>(panels * H * 4 * W));
+    S* bias = has_bias ? bias_buffer.get(static_cast<std::size_t>(panels * 4 * W)) : nullptr;
+    parallel_for(panels, 1, [&](index_t p0, index_t p1) {
+      for (index_t p = p0; p < p1; ++p) {
+        S* dst = packed + p * H * 4 * W;
+        for (int q = 0; q < 4; ++q)
+          for (index_t l = 0; l < W; ++l) {
+            const index_t u = p * W + l;
+            if (u < H) {
+              const S* src = w_hh + (q * H + u) * H;
+              for (index_t k = 0; k < H; ++k) dst[k * 4 * W + q * W + l] = src[k];
+            } else {
+              for (index_t k = 0; k < H; ++k) dst[k * 4 * W + q * W + l] = S(0);
+            }
+            if (bias) bias[p * 4 * W + q * W + l] = u < H ? bias_at(q * H + u) : S(0);
+          }
+      }
+    });
+    c.packed = packed, c.bias = bias;
+    c.panels = panels, c.row_blocks = ceil_div(B, isa.MR);
+    run_team(isa, Op::forward_thread, c);
+  } else {
+    if (has_bias) {
+      parallel_for(T * B, 64, [&](index_t r0, index_t r1) {
+        for (index_t r = r0; r < r1; ++r)
+          for (index_t j = 0; j < G; ++j) gates[r * G + j] += bias_at(j);
+      });
+    }
+    for (index_t t = 0; t < T; ++t) {
+      const S* h_prev = t > 0 ? y + (t - 1) * B * H : h0;
+      if (h_prev) gemm<S>(false, true, B, G, H, S(1), h_prev, H, w_hh, H, S(1), gates + t * B * G, G);
+      run_rows(isa, Op::forward_gates, c, t);
+    }
+  }
+  std::memcpy(h_n, y + (T - 1) * B * H, sizeof(S) * B * H);
+  if (cell) std::memcpy(c_n, cell + (T - 1) * B * H, sizeof(S) * B * H);
+}
+
+template <class S>
+void lstm_backward(S* dx, S* dh0, S* dc0, S* dw_ih, S* dw_hh, S* db, S* dgates, const S* dy, const S* dh_n,
+                   const S* dc_n, const S* x, const S* h0, const S* c0, const S* w_ih, const S* w_hh, const S* y,
+                   const S* gates, const S* cell, index_t T, index_t B, index_t I, index_t H, LstmPath path) {
+  check_sizes<S>("lstm_backward", T, B, I, H);
+  FASTDL_CHECK(dgates && x && w_ih && w_hh && y && gates && cell, "lstm_backward: a required array is missing");
+  const Isa<S> isa = isa_for<S>(capability());
+  const bool fused = path == LstmPath::fused || (path == LstmPath::automatic && T > 1);
+  const index_t W = isa.W, G = 4 * H;
+
+  static thread_local AlignedBuffer<S> dc_buffer, dh_buffer, packed_buffer;
+  S* dc = dc0 ? dc0 : dc_buffer.get(static_cast<std::size_t>(B * H));
+  if (dc_n)
+    std::memcpy(dc, dc_n, sizeof(S) * B * H);
+  else
+    std::fill(dc, dc + B * H, S(0));
+
+  Ctx<S> c{};
+  c.T = T, c.B = B, c.I = I, c.H = H;
+  c.dy = dy, c.dh_n = dh_n, c.saved_gates = gates, c.saved_cell = cell, c.saved_c0 = c0;
+  c.dgates = dgates, c.dc = dc;
+
+  if (fused) {
+    // Panel p: for k < 4H, the 4W lanes W_hh[k, p·4W + l] (zero past H).
+    const index_t units = 4 * W, panels = ceil_div(H, units);
+    S* packed = packed_buffer.get(static_cast<std::size_t>(panels * G * units));
+    parallel_for(panels, 1, [&](index_t p0, index_t p1) {
+      for (index_t p = p0; p < p1; ++p) {
+        const index_t u0 = p * units, n = std::min(units, H - u0);
+        S* dst = packed + p * G * units;
+        for (index_t k = 0; k < G; ++k) {
+          std::memcpy(dst + k * units, w_hh + k * H + u0, sizeof(S) * n);
+          std::fill(dst + k * units + n, dst + (k + 1) * units, S(0));
+        }
+      }
+    });
+    c.packed = packed, c.panels = panels, c.row_blocks = ceil_div(B, isa.MR);
+    run_team(isa, Op::backward_thread, c);
+  } else {
+    S* dh_rec = dh_buffer.get(static_cast<std::size_t>(B * H));
+    for (index_t t = T - 1; t >= 0; --t) {
+      if (t + 1 < T) {
+        gemm<S>(false, false, B, H, G, S(1), dgates + (t + 1) * B * G, G, w_hh, H, S(0), dh_rec, H);
+        c.dh_rec = dh_rec;
+      } else {
+        c.dh_rec = dh_n;
+      }
+      run_rows(isa, Op::backward_gates, c, t);
+    }
+  }
+
+  // Whole-sequence products of dG (TB×4H).
+  if (dh0) gemm<S>(false, false, B, H, G, S(1), dgates, G, w_hh, H, S(0), dh0, H);
+  if (dx) gemm<S>(false, false, T * B, I, G, S(1), dgates, G, w_ih, I, S(0), dx, I);
+  if (dw_ih) gemm<S>(true, false, G, I, T * B, S(1), dgates, G, x, I, S(0), dw_ih, I);
+  if (dw_hh) {
+    // h_{t-1} for t ≥ 1 is y_{t-1}: one product over T-1 steps, plus h0's step when given.
+    gemm<S>(true, false, G, H, (T - 1) * B, S(1), dgates + B * G, G, y, H, S(0), dw_hh, H);
+    if (h0) gemm<S>(true, false, G, H, B, S(1), dgates, G, h0, H, S(1), dw_hh, H);
+  }
+  if (db) {
+    parallel_for(G, 64, [&](index_t j0, index_t j1) {
+      std::fill(db + j0, db + j1, S(0));
+      for (index_t r = 0; r < T * B; ++r)
+        for (index_t j = j0; j < j1; ++j) db[j] += dgates[r * G + j];
+    });
+  }
+}
+
+template <class S>
+void lstm_vector_math(const std::string& fn, const S* x, S* y, index_t n) {
+  FASTDL_CHECK(n >= 0, "lstm_vector_math: negative size ", n);
+  const Op op = fn == "exp" ? Op::vexp : fn == "sigmoid" ? Op::vsigmoid : fn == "tanh" ? Op::vtanh : Op::forward_thread;
+  FASTDL_CHECK(op != Op::forward_thread, "lstm_vector_math: fn must be 'exp', 'sigmoid' or 'tanh', got '", fn, "'");
+  Ctx<S> c{};
+  c.x = x, c.y = y, c.begin = 0, c.end = n;
+  isa_for<S>(capability()).run(op, c);
+}
+
+#define FASTDL_INSTANTIATE_LSTM(S)                                                                            \
+  template void lstm_forward<S>(S*, S*, S*, S*, S*, const S*, const S*, const S*, const S*, const S*, const S*, \
+                                const S*, index_t, index_t, index_t, index_t, LstmPath);                     \
+  template void lstm_backward<S>(S*, S*, S*, S*, S*, S*, S*, const S*, const S*, const S*, const S*, const S*,   \
+                                 const S*, const S*, const S*, const S*, const S*, const S*, index_t, index_t,  \
+                                 index_t, index_t, LstmPath);                                                \
+  template void lstm_vector_math<S>(const std::string&, const S*, S*, index_t);
+FASTDL_INSTANTIATE_LSTM(float)
+FASTDL_INSTANTIATE_LSTM(double)
+#undef FASTDL_INSTANTIATE_LSTM
+
+}  // namespace fastdl::cpu

@@ -1,0 +1,65 @@
+"""LSTM on the native whole-sequence kernel (``fastdl._C.lstm_forward`` / ``lstm_backward``).
+
+LSTMFn is one layer over a time-major sequence: (x (T, B, I), h0, c0 (B, H), w_ih (4H, I),
+w_hh (4H, H), b_ih, b_hh (4H,)) → (y (T, B, H), h_n, c_n (B, H)); h0, c0 and the biases may be
+None. When a gradient is needed the forward keeps the activated gates and every cell state (the
+kernel writes them anyway), and the backward runs backpropagation through time in one native call
+that returns every gradient asked for. LSTMCellFn is one step (x (B, I), h, c) → (h', c'), the
+same kernels with T = 1, so that ``nn.LSTMCell`` pays one kernel call per step.
+
+GRU and RNN are composed from ops in :mod:`fastdl.functional` (a fallback declared in
+:mod:`fastdl.backend`, counted each time it runs).
+"""
+from __future__ import annotations
+
+from .. import kernels
+from ..tensor import Function
+
+
+def _grads_wanted(needs) -> tuple:
+    """Names of the kernel's gradients for needs_input_grad of (x, h0, c0, w_ih, w_hh, b_ih, b_hh)."""
+    names = tuple(n for n, flag in zip(("x", "h0", "c0", "w_ih", "w_hh"), needs) if flag)
+    return names + ("b",) if needs[5] or needs[6] else names
+
+
+def _bias_grads(gb, needs):
+    """The one bias gradient for b_ih and b_hh (a copy for the second, so neither aliases the other)."""
+    g_ih = gb if needs[5] else None
+    g_hh = (gb.copy() if needs[5] else gb) if needs[6] else None
+    return g_ih, g_hh
+
+
+class LSTMFn(Function):
+    @staticmethod
+    def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh):
+        training = any(ctx.needs_input_grad)
+        y, h_n, c_n, saved = kernels.lstm_forward(x, w_ih, w_hh, b_ih, b_hh, h0, c0, training=training)
+        if training:
+            ctx.save_for_backward(x, h0, c0, w_ih, w_hh, y, *saved)
+        return y, h_n, c_n
+
+    @staticmethod
+    def backward(ctx, grad_y, grad_h_n, grad_c_n):
+        x, h0, c0, w_ih, w_hh, y, gates, cell = ctx.saved_tensors
+        needs = ctx.needs_input_grad
+        gx, gh0, gc0, gw_ih, gw_hh, gb = kernels.lstm_backward(
+            grad_y, grad_h_n, grad_c_n, x, w_ih, w_hh, h0, c0, y, (gates, cell), grads=_grads_wanted(needs))
+        return (gx, gh0, gc0, gw_ih, gw_hh) + _bias_grads(gb, needs)
+
+
+class LSTMCellFn(Function):
+    @staticmethod
+    def forward(ctx, x, h, c, w_ih, w_hh, b_ih, b_hh):
+        training = any(ctx.needs_input_grad)
+        y, h_n, c_n, saved = kernels.lstm_forward(x[None], w_ih, w_hh, b_ih, b_hh, h, c, training=training)
+        if training:
+            ctx.save_for_backward(x, h, c, w_ih, w_hh, y, *saved)
+        return h_n, c_n
+
+    @staticmethod
+    def backward(ctx, grad_h, grad_c):
+        x, h, c, w_ih, w_hh, y, gates, cell = ctx.saved_tensors
+        needs = ctx.needs_input_grad
+        gx, gh, gc, gw_ih, gw_hh, gb = kernels.lstm_backward(
+            None, grad_h, grad_c, x[None], w_ih, w_hh, h, c, y, (gates, cell), grads=_grads_wanted(needs))
+        return (None if gx is None else gx[0], gh, gc, gw_ih, gw_hh) + _bias_grads(gb, needs)

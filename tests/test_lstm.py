@@ -1,0 +1,635 @@
+"""LSTM family: fastdl.kernels.lstm_forward / lstm_backward against a float64 NumPy step-by-step
+reference (and PyTorch with copied weights where installed), on every CPU level and both paths."""
+import numpy as np
+import pytest
+
+import fastdl
+from fastdl import kernels
+from fastdl.backend import _C
+
+from .helpers import assert_close, tol
+
+DTYPES = (np.float32, np.float64)
+PATHS = ("fused", "stepwise")
+
+
+def _torch():
+    try:
+        import torch
+    except Exception:
+        return None
+    return torch
+
+
+# ---- float64 reference ------------------------------------------------------------------------------
+
+def sigmoid(x):
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def reference_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None):
+    """Step by step in float64; returns y, h_n, c_n and the per-step cache for the backward."""
+    x, w_ih, w_hh = (np.asarray(a, np.float64) for a in (x, w_ih, w_hh))
+    T, B, _ = x.shape
+    H = w_hh.shape[1]
+    b = sum(np.asarray(v, np.float64) for v in (b_ih, b_hh) if v is not None) if (b_ih is not None or b_hh is not None) else 0.0
+    h = np.zeros((B, H)) if h0 is None else np.asarray(h0, np.float64)
+    c = np.zeros((B, H)) if c0 is None else np.asarray(c0, np.float64)
+    ys, cache = [], []
+    for t in range(T):
+        g = x[t] @ w_ih.T + h @ w_hh.T + b
+        i, f, gg, o = np.split(g, 4, axis=1)
+        i, f, gg, o = sigmoid(i), sigmoid(f), np.tanh(gg), sigmoid(o)
+        cache.append((h, c, i, f, gg, o))
+        c = f * c + i * gg
+        h = o * np.tanh(c)
+        ys.append(h)
+    return np.stack(ys), h, c, cache
+
+
+def reference_backward(x, w_ih, w_hh, b, h0, c0, gy, gh, gc):
+    """Backward through time in float64: (dx, dh0, dc0, dw_ih, dw_hh, db)."""
+    x, w_ih, w_hh = (np.asarray(a, np.float64) for a in (x, w_ih, w_hh))
+    y, _, _, cache = reference_forward(x, w_ih, w_hh, b, None, h0, c0)
+    T, B, _ = x.shape
+    H = w_hh.shape[1]
+    dh = np.zeros((B, H)) if gh is None else np.asarray(gh, np.float64).copy()
+    dc = np.zeros((B, H)) if gc is None else np.asarray(gc, np.float64).copy()
+    dx, dw_ih, dw_hh, db = np.zeros_like(x), np.zeros_like(w_ih), np.zeros_like(w_hh), np.zeros(4 * H)
+    for t in reversed(range(T)):
+        hp, cp, i, f, gg, o = cache[t]
+        tc = np.tanh(f * cp + i * gg)
+        if gy is not None:
+            dh = dh + gy[t]
+        dct = dc + dh * o * (1 - tc**2)
+        dG = np.concatenate([dct * gg * i * (1 - i), dct * cp * f * (1 - f), dct * i * (1 - gg**2),
+                             dh * tc * o * (1 - o)], axis=1)
+        dx[t] = dG @ w_ih
+        dw_ih += dG.T @ x[t]
+        dw_hh += dG.T @ hp
+        db += dG.sum(0)
+        dh, dc = dG @ w_hh, dct * f
+    return dx, dh, dc, dw_ih, dw_hh, db
+
+
+def make(rng, T, B, I, H, dtype, bias=True, state=True):
+    """PyTorch's initialisation scale U(-1/sqrt(H), 1/sqrt(H)) keeps the gates in their working range."""
+    k = 1.0 / np.sqrt(H)
+
+    def u(*shape):
+        return rng.uniform(-k, k, shape).astype(dtype)
+
+    x = rng.standard_normal((T, B, I)).astype(dtype)
+    w_ih, w_hh = u(4 * H, I), u(4 * H, H)
+    b_ih, b_hh = (u(4 * H), u(4 * H)) if bias else (None, None)
+    h0, c0 = (rng.standard_normal((B, H)).astype(dtype), rng.standard_normal((B, H)).astype(dtype)) if state else (None, None)
+    return x, w_ih, w_hh, b_ih, b_hh, h0, c0
+
+
+def seq_k(T, I, H):
+    """Reduction length for the tolerance: I + H products per step, errors carried through T steps."""
+    return (I + H + 4) * T
+
+
+# The issue's grid: T {1, 2, 17, 100}, B {1, 3, 32}, I and H {1, 3, 17, 64, 100, 256}; every value
+# appears, crossed with vector-width edges (H = 17, 100 leave partial panels at every level).
+SHAPES = [
+    (1, 1, 1, 1), (2, 3, 3, 17), (17, 1, 17, 3), (17, 32, 64, 100), (1, 32, 256, 17), (2, 1, 100, 256),
+    (100, 3, 1, 64), (17, 3, 256, 256), (100, 32, 17, 1), (2, 32, 3, 64), (100, 1, 64, 100),
+]
+
+
+# ---- forward ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("T,B,I,H", SHAPES)
+def test_lstm_forward_matches_reference(cpu_level, dtype, path, T, B, I, H):
+    rng = np.random.default_rng(T * 1000 + B * 100 + I + H)
+    x, w_ih, w_hh, b_ih, b_hh, h0, c0 = make(rng, T, B, I, H, dtype, state=(T + B) % 2 == 0)
+    y, h_n, c_n, saved = kernels.lstm_forward(x, w_ih, w_hh, b_ih, b_hh, h0, c0, training=(B != 3), path=path)
+    ry, rh, rc, _ = reference_forward(x, w_ih, w_hh, b_ih, b_hh, h0, c0)
+    assert y.dtype == dtype and y.shape == (T, B, H) and h_n.shape == c_n.shape == (B, H)
+    k = seq_k(T, I, H)
+    assert_close(y, ry, dtype, k)
+    assert_close(h_n, rh, dtype, k)
+    assert_close(c_n, rc, dtype, k)
+    if saved is not None:
+        gates, cell = saved
+        assert gates.shape == (T, B, 4 * H) and cell.shape == (T, B, H)
+        np.testing.assert_array_equal(cell[-1], c_n)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("bias", [(True, True), (True, False), (False, True), (False, False)])
+@pytest.mark.parametrize("state", [(True, True), (True, False), (False, True), (False, False)])
+def test_lstm_forward_optional_bias_and_state(dtype, bias, state):
+    rng = np.random.default_rng(1)
+    x, w_ih, w_hh, b_ih, b_hh, h0, c0 = make(rng, 5, 4, 6, 19, dtype)
+    b_ih, b_hh = (b_ih if bias[0] else None), (b_hh if bias[1] else None)
+    h0, c0 = (h0 if state[0] else None), (c0 if state[1] else None)
+    ry, rh, rc, _ = reference_forward(x, w_ih, w_hh, b_ih, b_hh, h0, c0)
+    for path in PATHS:
+        for training in (False, True):
+            y, h_n, c_n, _ = kernels.lstm_forward(x, w_ih, w_hh, b_ih, b_hh, h0, c0, training=training, path=path)
+            assert_close(y, ry, dtype, seq_k(5, 6, 19))
+            assert_close(c_n, rc, dtype, seq_k(5, 6, 19))
+
+
+def test_lstm_paths_and_training_agree():
+    # Inference keeps c in place, training saves every c_t; fused and stepwise share the epilogue.
+    rng = np.random.default_rng(2)
+    args = make(rng, 9, 7, 11, 37, np.float64)
+    results = [kernels.lstm_forward(*args, training=tr, path=p)[:3] for p in PATHS for tr in (False, True)]
+    for r in results[1:]:
+        for a, b in zip(r, results[0]):
+            assert_close(a, b, np.float64, seq_k(9, 11, 37))
+    inference, training = results[0], results[1]
+    for a, b in zip(inference, training):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_lstm_threads_agree_bitwise(dtype, threads):
+    # Every element is computed by the same tile whatever the split between threads.
+    rng = np.random.default_rng(3)
+    x, w_ih, w_hh, b_ih, b_hh, h0, c0 = make(rng, 13, 29, 40, 70, dtype)
+    gy = rng.standard_normal((13, 29, 70)).astype(dtype)
+    runs = []
+    for n in (1, 2, 3):
+        fastdl.set_num_threads(n)
+        y, h_n, c_n, saved = kernels.lstm_forward(x, w_ih, w_hh, b_ih, b_hh, h0, c0, training=True)
+        grads = kernels.lstm_backward(gy, None, None, x, w_ih, w_hh, h0, c0, y, saved)
+        runs.append((y, h_n, c_n) + grads)
+    for run in runs[1:]:
+        for a, b in zip(run, runs[0]):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_lstm_noncontiguous_inputs_are_copied():
+    rng = np.random.default_rng(4)
+    x, w_ih, w_hh, b_ih, b_hh, h0, c0 = make(rng, 6, 5, 8, 12, np.float64)
+    x_view = np.ascontiguousarray(x.transpose(1, 0, 2)).transpose(1, 0, 2)   # batch-first memory
+    w_ih_view = np.asfortranarray(w_ih)
+    b_view = np.stack([b_ih, b_hh])[:, ::1][0]
+    h0_view = np.ascontiguousarray(h0.T).T
+    y, h_n, c_n, _ = kernels.lstm_forward(x_view, w_ih_view, w_hh[:, :], b_view, b_hh, h0_view, c0[::1])
+    ry, rh, rc, _ = reference_forward(x, w_ih, w_hh, b_ih, b_hh, h0, c0)
+    assert_close(y, ry, np.float64, seq_k(6, 8, 12))
+
+
+def test_lstm_forward_matches_torch():
+    torch = _torch()
+    if torch is None:
+        pytest.skip("PyTorch is not installed")
+    rng = np.random.default_rng(5)
+    T, B, I, H = 17, 3, 17, 64
+    x, w_ih, w_hh, b_ih, b_hh, h0, c0 = make(rng, T, B, I, H, np.float64)
+    lstm = torch.nn.LSTM(I, H).double()
+    with torch.no_grad():
+        for name, a in (("weight_ih_l0", w_ih), ("weight_hh_l0", w_hh), ("bias_ih_l0", b_ih), ("bias_hh_l0", b_hh)):
+            getattr(lstm, name).copy_(torch.from_numpy(a))
+        ty, (th, tc) = lstm(torch.from_numpy(x), (torch.from_numpy(h0)[None], torch.from_numpy(c0)[None]))
+    y, h_n, c_n, _ = kernels.lstm_forward(x, w_ih, w_hh, b_ih, b_hh, h0, c0)
+    assert_close(y, ty.numpy(), np.float64, seq_k(T, I, H))
+    assert_close(c_n, tc.numpy()[0], np.float64, seq_k(T, I, H))
+
+
+def test_lstm_nan_propagates_and_large_inputs_saturate():
+    rng = np.random.default_rng(6)
+    x, w_ih, w_hh, b_ih, b_hh, h0, c0 = make(rng, 3, 2, 4, 20, np.float32)
+    x_nan = x.copy()
+    x_nan[1, 0, 2] = np.nan
+    y, _, _, _ = kernels.lstm_forward(x_nan, w_ih, w_hh, b_ih, b_hh, h0, c0)
+    assert np.all(np.isfinite(y[0])) and np.all(np.isnan(y[1:, 0])) and np.all(np.isfinite(y[:, 1]))
+    y, h_n, c_n, _ = kernels.lstm_forward(x * 1e30, w_ih, w_hh, b_ih, b_hh, h0, c0)
+    assert np.all(np.isfinite(y)) and np.all(np.abs(y) <= 1)
+
+
+def test_lstm_restores_denormal_mode():
+    # The kernel flushes denormals inside its threads only; NumPy still sees gradual underflow after.
+    rng = np.random.default_rng(7)
+    args = make(rng, 4, 2, 3, 5, np.float32)
+    kernels.lstm_forward(*args, training=True, path="fused")
+    kernels.lstm_forward(*args, path="stepwise")
+    tiny = np.array([1e-38], np.float32) / np.float32(100)
+    assert tiny[0] != 0
+
+
+# ---- backward -----------------------------------------------------------------------------------
+
+BACKWARD_SHAPES = [(1, 1, 1, 1), (2, 3, 3, 17), (17, 3, 17, 64), (17, 32, 64, 100), (100, 1, 3, 17),
+                   (2, 32, 256, 3), (17, 1, 100, 256)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("T,B,I,H", BACKWARD_SHAPES)
+def test_lstm_backward_matches_reference(cpu_level, dtype, path, T, B, I, H):
+    rng = np.random.default_rng(T * 1000 + B * 100 + I + H + 1)
+    x, w_ih, w_hh, b_ih, b_hh, h0, c0 = make(rng, T, B, I, H, dtype, state=(T + B) % 2 == 1)
+    gy = rng.standard_normal((T, B, H)).astype(dtype)
+    gh = rng.standard_normal((B, H)).astype(dtype) if B != 3 else None
+    gc = rng.standard_normal((B, H)).astype(dtype) if T != 2 else None
+    y, h_n, c_n, saved = kernels.lstm_forward(x, w_ih, w_hh, b_ih, b_hh, h0, c0, training=True, path=path)
+    grads = kernels.lstm_backward(gy, gh, gc, x, w_ih, w_hh, h0, c0, y, saved, path=path)
+    expected = reference_backward(x, w_ih, w_hh, b_ih.astype(np.float64) + b_hh, h0, c0, gy, gh, gc)
+    names = ("x", "h0", "c0", "w_ih", "w_hh", "b")
+    for name, got, ref in zip(names, grads, expected):
+        if name in ("h0", "c0") and h0 is None:
+            assert got is None
+            continue
+        # Weight gradients sum over T·B more products.
+        k = seq_k(T, I, H) * (B if name in ("w_ih", "w_hh", "b") else 1)
+        assert got.dtype == dtype
+        assert_close(got, ref, dtype, k)
+
+
+def test_lstm_backward_selected_grads_and_missing_output_grads():
+    rng = np.random.default_rng(8)
+    x, w_ih, w_hh, b_ih, b_hh, h0, c0 = make(rng, 6, 4, 5, 9, np.float64)
+    y, h_n, c_n, saved = kernels.lstm_forward(x, w_ih, w_hh, b_ih, b_hh, h0, c0, training=True)
+    gc = rng.standard_normal((4, 9))
+    grads = kernels.lstm_backward(None, None, gc, x, w_ih, w_hh, h0, c0, y, saved, grads=("w_hh", "c0"))
+    assert [g is None for g in grads] == [True, True, False, True, False, True]
+    expected = reference_backward(x, w_ih, w_hh, b_ih + b_hh, h0, c0, None, None, gc)
+    assert_close(grads[2], expected[2], np.float64, seq_k(6, 5, 9))
+    assert_close(grads[4], expected[4], np.float64, seq_k(6, 5, 9) * 4)
+    zero = kernels.lstm_backward(None, None, None, x, w_ih, w_hh, h0, c0, y, saved)
+    assert all(np.all(g == 0) for g in zero)
+
+
+def test_lstm_backward_finite_differences():
+    # The kernel pair against central differences of L = Σ y·R + Σ h_n·S + Σ c_n·U in float64.
+    rng = np.random.default_rng(9)
+    T, B, I, H = 4, 2, 3, 5
+    x, w_ih, w_hh, b_ih, b_hh, h0, c0 = make(rng, T, B, I, H, np.float64)
+    R, S, U = rng.standard_normal((T, B, H)), rng.standard_normal((B, H)), rng.standard_normal((B, H))
+    inputs = {"x": x, "h0": h0, "c0": c0, "w_ih": w_ih, "w_hh": w_hh, "b": b_ih}
+
+    def loss(**kw):
+        a = {**inputs, **kw}
+        y, h_n, c_n, _ = kernels.lstm_forward(a["x"], a["w_ih"], a["w_hh"], a["b"], b_hh, a["h0"], a["c0"])
+        return float((y * R).sum() + (h_n * S).sum() + (c_n * U).sum())
+
+    y, h_n, c_n, saved = kernels.lstm_forward(x, w_ih, w_hh, b_ih, b_hh, h0, c0, training=True)
+    grads = dict(zip(("x", "h0", "c0", "w_ih", "w_hh", "b"),
+                     kernels.lstm_backward(R, S, U, x, w_ih, w_hh, h0, c0, y, saved)))
+    eps = 1e-6
+    for name, value in inputs.items():
+        numeric = np.zeros_like(value)
+        for idx in np.ndindex(value.shape):
+            plus, minus = value.copy(), value.copy()
+            plus[idx] += eps
+            minus[idx] -= eps
+            numeric[idx] = (loss(**{name: plus}) - loss(**{name: minus})) / (2 * eps)
+        np.testing.assert_allclose(grads[name], numeric, rtol=1e-5, atol=1e-7, err_msg=name)
+
+
+def test_lstm_backward_matches_torch():
+    torch = _torch()
+    if torch is None:
+        pytest.skip("PyTorch is not installed")
+    rng = np.random.default_rng(10)
+    T, B, I, H = 17, 3, 17, 33
+    x, w_ih, w_hh, b_ih, b_hh, h0, c0 = make(rng, T, B, I, H, np.float64)
+    gy = rng.standard_normal((T, B, H))
+    lstm = torch.nn.LSTM(I, H).double()
+    with torch.no_grad():
+        for name, a in (("weight_ih_l0", w_ih), ("weight_hh_l0", w_hh), ("bias_ih_l0", b_ih), ("bias_hh_l0", b_hh)):
+            getattr(lstm, name).copy_(torch.from_numpy(a))
+    tx = torch.from_numpy(x).requires_grad_()
+    th0, tc0 = (torch.from_numpy(a)[None].requires_grad_() for a in (h0, c0))
+    ty, _ = lstm(tx, (th0, tc0))
+    ty.backward(torch.from_numpy(gy))
+    y, h_n, c_n, saved = kernels.lstm_forward(x, w_ih, w_hh, b_ih, b_hh, h0, c0, training=True)
+    gx, gh0, gc0, gw_ih, gw_hh, gb = kernels.lstm_backward(gy, None, None, x, w_ih, w_hh, h0, c0, y, saved)
+    k = seq_k(T, I, H) * B
+    for got, ref in ((gx, tx.grad), (gh0, th0.grad[0]), (gc0, tc0.grad[0]), (gw_ih, lstm.weight_ih_l0.grad),
+                     (gw_hh, lstm.weight_hh_l0.grad), (gb, lstm.bias_ih_l0.grad), (gb, lstm.bias_hh_l0.grad)):
+        assert_close(got, ref.numpy(), np.float64, k)
+
+
+# ---- vectorised sigmoid / tanh / exp ------------------------------------------------------------
+
+def _ulp_error(got, ref, dtype):
+    """|got − ref| in units of the dtype's spacing at |ref| (ref in float64 or better)."""
+    spacing = np.spacing(np.abs(ref).astype(dtype)).astype(np.float64)
+    return np.abs(got.astype(np.float64) - ref) / spacing
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_simd_math_accuracy(cpu_level, dtype):
+    # The bounds stated in csrc/cpu/simd.h: exp ≤ 2 ulp in its range, sigmoid and tanh ≤ 4 ulp.
+    f32 = dtype == np.float32
+    lo, hi = (-87.0, 88.0) if f32 else (-708.0, 709.0)
+    grid = np.concatenate([np.linspace(-20, 20, 400_001), np.linspace(lo, hi, 100_001),
+                           np.geomspace(1e-30, 1, 20_001), -np.geomspace(1e-30, 1, 20_001), [0.0, 0.625, -0.625]])
+    x = grid.astype(dtype)
+    xl = x.astype(np.longdouble)
+    ref_exp = np.exp(xl)
+    assert _ulp_error(_C.lstm_vector_math("exp", x), ref_exp, dtype).max() <= 2
+    ref_tanh = np.tanh(xl)
+    assert _ulp_error(_C.lstm_vector_math("tanh", x), ref_tanh, dtype).max() <= 4
+    ref_sig = 1 / (1 + np.exp(-xl))
+    sig = _C.lstm_vector_math("sigmoid", x)
+    normal = ref_sig >= np.exp(np.longdouble(lo))
+    assert _ulp_error(sig[normal], ref_sig[normal], dtype).max() <= 4
+    assert np.all(np.abs(sig[~normal]) <= 2 * np.exp(np.longdouble(lo)))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_simd_math_special_values(cpu_level, dtype):
+    x = np.array([np.nan, np.inf, -np.inf, 1e6, -1e6, 0.0, -0.0], dtype)
+    e = _C.lstm_vector_math("exp", x)
+    s = _C.lstm_vector_math("sigmoid", x)
+    t = _C.lstm_vector_math("tanh", x)
+    assert np.isnan(e[0]) and np.isnan(s[0]) and np.isnan(t[0])
+    np.testing.assert_array_equal(s[[1, 3, 5, 6]], np.array([1, 1, 0.5, 0.5], dtype))
+    floor = 2 * np.exp(-87.0 if dtype == np.float32 else -708.0)   # σ(x) below e^lo: stated absolute bound
+    assert 0 <= s[2] <= floor and 0 <= s[4] <= floor
+    np.testing.assert_array_equal(t[1:], np.array([1, -1, 1, -1, 0, 0], dtype))
+    assert np.isfinite(e[1]) and e[2] >= 0 and e[5] == 1
+
+
+# ---- bad input ----------------------------------------------------------------------------------
+
+def _good(dtype=np.float32):
+    rng = np.random.default_rng(11)
+    return make(rng, 4, 3, 5, 6, dtype)
+
+
+def _fwd(**changes):
+    x, w_ih, w_hh, b_ih, b_hh, h0, c0 = _good()
+    a = {"x": x, "w_ih": w_ih, "w_hh": w_hh, "b_ih": b_ih, "b_hh": b_hh, "h0": h0, "c0": c0, **changes}
+    return lambda: kernels.lstm_forward(a["x"], a["w_ih"], a["w_hh"], a["b_ih"], a["b_hh"], a["h0"], a["c0"])
+
+
+BAD_LSTM = [
+    (_fwd(x=np.ones((4, 5), np.float32)), ValueError, "3-D (T, B, I), got (4, 5)"),
+    (_fwd(x=np.ones((4, 3, 7), np.float32)), ValueError, "(24, 7)"),
+    (_fwd(x=np.ones((0, 3, 5), np.float32)), ValueError, "positive"),
+    (_fwd(w_hh=np.ones((24, 5), np.float32)), ValueError, "w_hh must be (4H, H), got (24, 5)"),
+    (_fwd(w_ih=np.ones((20, 5), np.float32)), ValueError, "w_ih must be (4H, I) = (24, 5)"),
+    (_fwd(b_ih=np.ones(23, np.float32)), ValueError, "b_ih must be (24,)"),
+    (_fwd(h0=np.ones((3, 7), np.float32)), ValueError, "h0 must be (3, 6)"),
+    (_fwd(c0=np.ones((2, 6), np.float32)), ValueError, "c0 must be (3, 6)"),
+    (_fwd(h0=np.ones((1, 3, 6), np.float32)), ValueError, "h0 must be (3, 6)"),
+    (_fwd(w_hh=np.ones((24, 6), np.float64)), TypeError, "dtypes differ"),
+    (_fwd(x=np.ones((4, 3, 5), np.int32)), TypeError, "int32"),
+    (lambda: kernels.lstm_forward(*_good(), path="fast"), ValueError, "'auto', 'fused' or 'stepwise'"),
+    (lambda: kernels.lstm_backward(None, None, None, *_good()[:3], None, None, np.ones((4, 3, 6)), None),
+     ValueError, "training=True"),
+    (lambda: kernels.lstm_backward(np.ones((4, 3, 5), np.float32), None, None, *_good()[:3], None, None,
+                                   *_fwd_saved()), ValueError, "grad_y must be float32 (4, 3, 6)"),
+    (lambda: kernels.lstm_backward(None, None, None, *_good()[:3], None, None, *_fwd_saved(), grads=("y",)),
+     ValueError, "unknown gradient names"),
+]
+
+
+def _fwd_saved():
+    x, w_ih, w_hh = _good()[:3]
+    y, _, _, saved = kernels.lstm_forward(x, w_ih, w_hh, training=True)
+    return y, saved
+
+
+@pytest.mark.parametrize("call,exc,words", BAD_LSTM)
+def test_lstm_bad_input(call, exc, words):
+    with pytest.raises(exc) as info:
+        call()
+    assert words in str(info.value)
+    assert "lstm" in str(info.value)
+
+
+def test_native_lstm_checks_sizes_itself():
+    # The C++ entry points refuse inconsistent arrays even when the Python checks are bypassed.
+    x, w_ih, w_hh, b_ih, b_hh, h0, c0 = _good()
+    T, B, H = 4, 3, 6
+    out = dict(y=np.empty((T, B, H), np.float32), h_n=np.empty((B, H), np.float32), c_n=np.empty((B, H), np.float32),
+               gates=np.empty((T, B, 4 * H), np.float32), cell=None)
+    with pytest.raises(ValueError, match=r"lstm_forward: w_ih must have shape \(24, 5\)"):
+        _C.lstm_forward(x, w_ih[:, :4].copy(), w_hh, b_ih, b_hh, h0, c0, **out)
+    with pytest.raises(ValueError, match=r"lstm_forward: gates must have shape \(4, 3, 24\)"):
+        _C.lstm_forward(x, w_ih, w_hh, b_ih, b_hh, h0, c0, **{**out, "gates": np.empty((4, 3, 23), np.float32)})
+    with pytest.raises(ValueError, match="C-contiguous"):
+        _C.lstm_forward(x, w_ih, w_hh, b_ih, b_hh, np.asfortranarray(h0), c0, **out)
+    with pytest.raises(ValueError, match="read-only"):
+        ro = np.empty((T, B, H), np.float32)
+        ro.flags.writeable = False
+        _C.lstm_forward(x, w_ih, w_hh, b_ih, b_hh, h0, c0, **{**out, "y": ro})
+    with pytest.raises(TypeError, match="does not match x's dtype"):
+        _C.lstm_forward(x, w_ih.astype(np.float64), w_hh, b_ih, b_hh, h0, c0, **out)
+    with pytest.raises(ValueError, match="is required"):
+        _C.lstm_backward(None, None, None, x, w_ih, w_hh, None, None, out["y"], out["gates"], None,
+                         None, None, None, None, None, None, np.empty((T, B, 4 * H), np.float32))
+
+
+# ---- autodiff: fastdl.functional.lstm / lstm_cell, gru, rnn -------------------------------------------
+
+import fastdl.functional as F  # noqa: E402
+
+from .helpers import check_op, gradcheck  # noqa: E402
+
+
+def _torch_lstm_reference(x, h0, c0, w_ih, w_hh, b_ih, b_hh):
+    """PyTorch's own LSTM with the given tensors as its weights (gradients flow to them)."""
+    torch = _torch()
+    y, (h, c) = torch.func.functional_call(
+        torch.nn.LSTM(x.shape[2], w_hh.shape[1]).double(),
+        {"weight_ih_l0": w_ih, "weight_hh_l0": w_hh, "bias_ih_l0": b_ih, "bias_hh_l0": b_hh},
+        (x, (h0[None], c0[None])))
+    return y, h[0], c[0]
+
+
+def _numpy_lstm(x, h0, c0, w_ih, w_hh, b_ih, b_hh):
+    y, h, c, _ = reference_forward(x, w_ih, w_hh, b_ih, b_hh, h0, c0)
+    return y, h, c
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("T,B,I,H", [(1, 1, 1, 1), (5, 3, 4, 17), (17, 2, 3, 5)])
+def test_functional_lstm_values_and_grads(dtype, T, B, I, H):
+    rng = np.random.default_rng(20)
+    x, w_ih, w_hh, b_ih, b_hh, h0, c0 = make(rng, T, B, I, H, np.float64)
+
+    def fn(x, h0, c0, w_ih, w_hh, b_ih, b_hh):
+        y, (h, c) = F.lstm(x, (h0, c0), w_ih, w_hh, b_ih, b_hh)
+        return y, h, c
+
+    check_op(fn, [x, h0, c0, w_ih, w_hh, b_ih, b_hh], torch_fn=_torch_lstm_reference, numpy_fn=_numpy_lstm,
+             dtype=dtype, k=seq_k(T, I, H) * B)
+
+
+def test_functional_lstm_gradcheck_every_input():
+    rng = np.random.default_rng(21)
+    x, w_ih, w_hh, b_ih, b_hh, h0, c0 = make(rng, 4, 2, 3, 5, np.float64)
+
+    def fn(x, h0, c0, w_ih, w_hh, b_ih, b_hh):
+        y, (h, c) = F.lstm(x, (h0, c0), w_ih, w_hh, b_ih, b_hh)
+        return y, h, c
+
+    gradcheck(fn, [x, h0, c0, w_ih, w_hh, b_ih, b_hh])
+
+
+def test_functional_lstm_without_state_or_bias_and_partial_grads():
+    rng = np.random.default_rng(22)
+    x, w_ih, w_hh, _, _, _, _ = make(rng, 6, 3, 4, 7, np.float64)
+    tx = fastdl.Tensor(x)
+    tw_ih, tw_hh = fastdl.Tensor(w_ih, requires_grad=True), fastdl.Tensor(w_hh)
+    y, (h, c) = F.lstm(tx, None, tw_ih, tw_hh)
+    ry, rh, rc, _ = reference_forward(x, w_ih, w_hh)
+    assert_close(y.numpy(), ry, np.float64, seq_k(6, 4, 7))
+    (y.sum() + c.sum()).backward()
+    assert tw_ih.grad.shape == (28, 4) and tw_hh.grad is None and tx.grad is None
+    expected = reference_backward(x, w_ih, w_hh, 0.0, None, None, np.ones((6, 3, 7)), None, np.ones((3, 7)))
+    assert_close(tw_ih.grad.numpy(), expected[3], np.float64, seq_k(6, 4, 7) * 3)
+    with fastdl.no_grad():
+        y2, _ = F.lstm(tx, None, tw_ih, tw_hh)
+    assert y2.grad_fn is None and not y2.requires_grad
+    np.testing.assert_array_equal(y2.numpy(), y.numpy())
+
+
+def _torch_cell_reference(name):
+    def run(x, h, c_or_w, *rest):
+        torch = _torch()
+        if name == "lstm_cell":
+            c, w_ih, w_hh, b_ih, b_hh = c_or_w, *rest
+            return torch.func.functional_call(torch.nn.LSTMCell(x.shape[1], h.shape[1]).double(),
+                                              {"weight_ih": w_ih, "weight_hh": w_hh, "bias_ih": b_ih,
+                                               "bias_hh": b_hh}, (x, (h, c)))
+        w_ih, (w_hh, b_ih, b_hh) = c_or_w, rest
+        module = {"gru_cell": torch.nn.GRUCell(x.shape[1], h.shape[1]),
+                  "rnn_tanh_cell": torch.nn.RNNCell(x.shape[1], h.shape[1]),
+                  "rnn_relu_cell": torch.nn.RNNCell(x.shape[1], h.shape[1], nonlinearity="relu")}[name].double()
+        return torch.func.functional_call(module, {"weight_ih": w_ih, "weight_hh": w_hh, "bias_ih": b_ih,
+                                                   "bias_hh": b_hh}, (x, h))
+    return run
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name,gates", [("lstm_cell", 4), ("gru_cell", 3), ("rnn_tanh_cell", 1),
+                                        ("rnn_relu_cell", 1)])
+def test_functional_cells_match_torch(dtype, name, gates):
+    if _torch() is None:
+        pytest.skip("PyTorch is not installed")
+    rng = np.random.default_rng(23)
+    B, I, H = 3, 5, 7
+    k = 1 / np.sqrt(H)
+    x, h, c = rng.standard_normal((B, I)), rng.standard_normal((B, H)), rng.standard_normal((B, H))
+    w_ih, w_hh = rng.uniform(-k, k, (gates * H, I)), rng.uniform(-k, k, (gates * H, H))
+    b_ih, b_hh = rng.uniform(-k, k, gates * H), rng.uniform(-k, k, gates * H)
+    fn = getattr(F, name)
+    if name == "lstm_cell":
+        check_op(lambda x, h, c, *w: fn(x, (h, c), *w), [x, h, c, w_ih, w_hh, b_ih, b_hh],
+                 torch_fn=_torch_cell_reference(name), dtype=dtype, k=I + H)
+    else:
+        check_op(lambda x, h, *w: fn(x, h, *w), [x, h, w_ih, w_hh, b_ih, b_hh], torch_fn=_torch_cell_reference(name),
+                 dtype=dtype, k=I + H)
+
+
+@pytest.mark.parametrize("name", ["lstm_cell", "gru_cell", "rnn_tanh_cell", "rnn_relu_cell"])
+def test_functional_cells_gradcheck(name):
+    rng = np.random.default_rng(24)
+    gates = {"lstm_cell": 4, "gru_cell": 3}.get(name, 1)
+    B, I, H = 2, 3, 4
+    arrays = [rng.standard_normal((B, I)), rng.standard_normal((B, H)), rng.standard_normal((gates * H, I)) * 0.5,
+              rng.standard_normal((gates * H, H)) * 0.5, rng.standard_normal(gates * H), rng.standard_normal(gates * H)]
+    fn = getattr(F, name)
+    if name == "lstm_cell":
+        arrays.insert(2, rng.standard_normal((B, H)))
+        gradcheck(lambda x, h, c, *w: fn(x, (h, c), *w), arrays)
+    else:
+        gradcheck(lambda x, h, *w: fn(x, h, *w), arrays)
+
+
+def test_functional_cells_without_state():
+    rng = np.random.default_rng(25)
+    x = fastdl.Tensor(rng.standard_normal((2, 3)))
+    for name, gates in (("lstm_cell", 4), ("gru_cell", 3), ("rnn_tanh_cell", 1), ("rnn_relu_cell", 1)):
+        w_ih, w_hh = fastdl.Tensor(rng.standard_normal((gates * 4, 3))), fastdl.Tensor(rng.standard_normal((gates * 4, 4)))
+        b = fastdl.Tensor(rng.standard_normal(gates * 4))
+        zero = fastdl.zeros(2, 4, dtype=fastdl.float64)
+        fn = getattr(F, name)
+        if name == "lstm_cell":
+            for a, r in zip(fn(x, None, w_ih, w_hh, b, b), fn(x, (zero, zero), w_ih, w_hh, b, b)):
+                np.testing.assert_allclose(a.numpy(), r.numpy(), rtol=1e-14, atol=1e-15)
+        else:
+            np.testing.assert_allclose(fn(x, None, w_ih, w_hh, b, b).numpy(), fn(x, zero, w_ih, w_hh, b, b).numpy(),
+                                       rtol=1e-14, atol=1e-15)
+
+
+@pytest.mark.parametrize("name,gates", [("gru", 3), ("rnn", 1)])
+@pytest.mark.parametrize("T,B,I,H", [(1, 1, 1, 1), (17, 3, 4, 5), (2, 32, 17, 3)])
+def test_functional_gru_rnn_sequences_match_torch(name, gates, T, B, I, H):
+    torch = _torch()
+    if torch is None:
+        pytest.skip("PyTorch is not installed")
+    rng = np.random.default_rng(26)
+    k = 1 / np.sqrt(H)
+    x, h0 = rng.standard_normal((T, B, I)), rng.standard_normal((B, H))
+    w = [rng.uniform(-k, k, s) for s in ((gates * H, I), (gates * H, H), (gates * H,), (gates * H,))]
+    for nonlinearity in (("tanh", "relu") if name == "rnn" else (None,)):
+        module = (torch.nn.GRU(I, H) if name == "gru" else torch.nn.RNN(I, H, nonlinearity=nonlinearity)).double()
+        with torch.no_grad():
+            for p, a in zip(("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0"), w):
+                getattr(module, p).copy_(torch.from_numpy(a))
+        ty, th = module(torch.from_numpy(x), torch.from_numpy(h0)[None])
+        extra = {} if name == "gru" else {"nonlinearity": nonlinearity}
+        y, h = getattr(F, name)(fastdl.Tensor(x), fastdl.Tensor(h0), *(fastdl.Tensor(a) for a in w), **extra)
+        assert_close(y.numpy(), ty.detach().numpy(), np.float64, seq_k(T, I, H))
+        assert_close(h.numpy(), th.detach().numpy()[0], np.float64, seq_k(T, I, H))
+
+
+@pytest.mark.parametrize("name,gates", [("gru", 3), ("rnn", 1)])
+def test_functional_gru_rnn_gradcheck(name, gates):
+    rng = np.random.default_rng(27)
+    T, B, I, H = 3, 2, 3, 4
+    arrays = [rng.standard_normal((T, B, I)), rng.standard_normal((B, H)), rng.standard_normal((gates * H, I)) * 0.5,
+              rng.standard_normal((gates * H, H)) * 0.5, rng.standard_normal(gates * H), rng.standard_normal(gates * H)]
+
+    def fn(x, h0, *w):
+        return getattr(F, name)(x, h0, *w)
+
+    gradcheck(fn, arrays)
+
+
+def test_composed_gru_rnn_are_declared_and_counted():
+    runs = {(f["family"], f["case"]): f["runs"] for f in fastdl.backend_info()["fallbacks"]}
+    before = runs[("lstm", "GRU/RNN")]
+    F.gru(fastdl.ones(2, 1, 3), None, fastdl.ones(6, 3), fastdl.ones(6, 2))
+    runs = {(f["family"], f["case"]): f["runs"] for f in fastdl.backend_info()["fallbacks"]}
+    assert runs[("lstm", "GRU/RNN")] == before + 1
+    assert fastdl.backend_info()["families"]["lstm"]["cpu"].startswith("native")
+
+
+BAD_FUNCTIONAL = [
+    (lambda: F.lstm(fastdl.ones(4, 5), None, fastdl.ones(8, 5), fastdl.ones(8, 2)), ValueError, "3-D (T, B, I)"),
+    (lambda: F.lstm(fastdl.ones(4, 3, 5), (fastdl.ones(3, 2), fastdl.ones(2, 2)), fastdl.ones(8, 5),
+                    fastdl.ones(8, 2)), ValueError, "c0 must be (3, 2)"),
+    (lambda: F.lstm(fastdl.ones(4, 3, 5), fastdl.ones(3, 2), fastdl.ones(8, 5), fastdl.ones(8, 2)), TypeError,
+     "pair (h, c)"),
+    (lambda: F.lstm(fastdl.ones(4, 3, 5), None, fastdl.ones(8, 5, dtype=fastdl.float64), fastdl.ones(8, 2)),
+     TypeError, "dtypes differ"),
+    (lambda: F.lstm(np.ones((4, 3, 5)), None, fastdl.ones(8, 5), fastdl.ones(8, 2)), TypeError, "must be a Tensor"),
+    (lambda: F.lstm_cell(fastdl.ones(3, 5), None, fastdl.ones(8, 4), fastdl.ones(8, 2)), ValueError,
+     "weight_ih must be (8, 5)"),
+    (lambda: F.lstm_cell(fastdl.ones(3, 5), (fastdl.ones(2, 2), fastdl.ones(3, 2)), fastdl.ones(8, 5),
+                         fastdl.ones(8, 2)), ValueError, "h must be (B, H) = (3, 2)"),
+    (lambda: F.lstm_cell(fastdl.ones(3, 4, 5), None, fastdl.ones(8, 5), fastdl.ones(8, 2)), ValueError,
+     "lstm_cell: input must be 2-D"),
+    (lambda: F.gru_cell(fastdl.ones(3, 5), None, fastdl.ones(8, 5), fastdl.ones(8, 2)), ValueError,
+     "weight_hh must be (3H, H)"),
+    (lambda: F.gru(fastdl.ones(3, 5), None, fastdl.ones(6, 5), fastdl.ones(6, 2)), ValueError, "gru: input must be 3-D"),
+    (lambda: F.rnn(fastdl.ones(2, 3, 5), None, fastdl.ones(2, 5), fastdl.ones(2, 2), nonlinearity="gelu"),
+     ValueError, "nonlinearity"),
+    (lambda: F.rnn_tanh_cell(fastdl.ones(3, 5), fastdl.ones(3, 4), fastdl.ones(2, 5), fastdl.ones(2, 2)), ValueError,
+     "hx must be (B, H) = (3, 2)"),
+]
+
+
+@pytest.mark.parametrize("call,exc,words", BAD_FUNCTIONAL)
+def test_functional_recurrent_bad_input(call, exc, words):
+    with pytest.raises(exc) as info:
+        call()
+    assert words in str(info.value)
+    assert any(op in str(info.value) for op in ("lstm", "gru", "rnn"))
