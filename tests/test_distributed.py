@@ -340,3 +340,11 @@ def test_cost_model_fit_recovers_alpha_and_bandwidth():
     for row in table:
         effs = [r["efficiency"] for r in row["ring"]]
         assert effs == sorted(effs, reverse=True) and 0 < effs[-1] <= effs[0] <= 1
+
+
+def test_backend_info_reports_distributed():
+    info = fastdl.backend_info()["distributed"]
+    assert set(info) == {"mpi4py", "launcher", "nccl", "backend", "rank", "world_size"}
+    assert info["backend"] is None and not dist.is_initialized()   # reporting starts no MPI
+    if dist.is_available():
+        assert info["mpi4py"]

@@ -159,7 +159,14 @@ def backend_info() -> dict:
         "cuda": cuda,
         "families": families,
         "fallbacks": [dict(v) for v in _FALLBACKS.values()],
+        "distributed": _distributed_info(),
     }
+
+
+def _distributed_info() -> dict:
+    from .distributed import distributed_info
+
+    return distributed_info()
 
 
 # ---- lstm family ----------------------------------------------------------------------------------

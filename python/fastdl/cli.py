@@ -32,6 +32,10 @@ def _info(args) -> int:
     else:
         print(f"CUDA     not built: {cuda['why_no_device']}")
     print(f"CuPy     {cuda['cupy_version'] or 'not installed'}")
+    dd = info["distributed"]
+    print(f"MPI      mpi4py {dd['mpi4py'] or 'not installed'}, launcher {dd['launcher'] or 'not found'}; "
+          f"NCCL {'available' if dd['nccl'] else 'not available'}"
+          + (f"; process group {dd['backend']} rank {dd['rank']} of {dd['world_size']}" if dd["backend"] else ""))
     print("families")
     for name, impls in info["families"].items():
         print(f"  {name:<10} " + "; ".join(f"{dev}: {text}" for dev, text in impls.items()))

@@ -44,6 +44,7 @@ __all__ = [
     "broadcast",
     "bucket_assignment",
     "destroy_process_group",
+    "distributed_info",
     "get_backend",
     "get_rank",
     "get_world_size",
@@ -83,6 +84,33 @@ def _import_mpi():
         raise ImportError(f"fastdl.distributed: mpi4py is installed but no MPI library could be loaded "
                           f"({exc}); {INSTALL_HINT}") from exc
     return MPI
+
+
+def distributed_info() -> dict:
+    """What ``fastdl info`` reports about data parallelism, without starting MPI: the mpi4py
+    version, the launcher found on PATH, whether CuPy has NCCL, and the process group if one is up."""
+    import importlib.metadata
+    import shutil
+
+    try:
+        mpi4py_version = importlib.metadata.version("mpi4py")
+    except importlib.metadata.PackageNotFoundError:
+        mpi4py_version = None
+    try:
+        from cupy.cuda import nccl
+
+        has_nccl = bool(nccl.available)
+    except Exception:
+        has_nccl = False
+    group = _group
+    return {
+        "mpi4py": mpi4py_version,
+        "launcher": shutil.which("mpirun") or shutil.which("mpiexec"),
+        "nccl": has_nccl,
+        "backend": group.backend if group else None,
+        "rank": group.rank if group else None,
+        "world_size": group.world_size if group else None,
+    }
 
 
 def is_available() -> bool:
