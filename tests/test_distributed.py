@@ -51,8 +51,8 @@ def mpirun_command(n=2):
 
 
 def launch(*cases, timeout=180, script=CASES, case_timeout=60, n=2):
-    """Run ``cases`` on ``n`` ranks; returns (returncode, stdout, stderr, seconds). The whole process
-    group is killed at ``timeout`` so a hang cannot outlive the test."""
+    """Run ``script`` with arguments ``cases`` on ``n`` ranks; returns (returncode, stdout, stderr,
+    seconds). The whole process group is killed at ``timeout`` so a hang cannot outlive the test."""
     require_mpi()
     python_dir = os.path.dirname(os.path.dirname(os.path.abspath(fastdl.__file__)))
     env = dict(os.environ)
@@ -348,3 +348,27 @@ def test_backend_info_reports_distributed():
     assert info["backend"] is None and not dist.is_initialized()   # reporting starts no MPI
     if dist.is_available():
         assert info["mpi4py"]
+
+
+def test_ddp_lenet_example(tmp_path):
+    """examples/ddp_lenet.py --fast on 2 ranks: one report (rank 0), and its weights load into the
+    plain LeNet-5 in this process, without MPI."""
+    _need_nn()
+    pytest.importorskip("fastdl.train", reason="fastdl.train has not landed")
+    from fastdl import nn
+
+    if not hasattr(nn, "Conv2d"):
+        pytest.skip("nn.Conv2d has not landed")
+    examples = os.path.join(os.path.dirname(HERE), "examples")
+    rc, out, err, _ = launch("--fast", "--out", str(tmp_path), script=os.path.join(examples, "ddp_lenet.py"),
+                             timeout=600)
+    assert rc == 0, f"stdout:\n{out}\nstderr:\n{err}"
+    assert out.count("ddp_lenet: ranks 2") == 1, out
+    sys.path.insert(0, examples)
+    try:
+        from lenet_digits import build_model
+    finally:
+        sys.path.remove(examples)
+    model = build_model()
+    model.load_state_dict(fastdl.load(str(tmp_path / "lenet.safetensors")))
+    assert (tmp_path / "metrics.json").is_file()
