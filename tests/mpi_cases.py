@@ -442,9 +442,38 @@ def fit_under_the_launcher():
         np.savez(os.path.join(out, "final.npz"), **{k: v.numpy() for k, v in ddp.module.state_dict().items()})
 
 
+@case
+def nccl_collectives():
+    """backend='nccl' on CuPy arrays, on as many ranks as GPUs (one rank works on one GPU)."""
+    import cupy
+
+    rank, world = dist.get_rank(), dist.get_world_size()
+    assert dist.get_backend() == "nccl"
+    for dtype in ("float32", "float64", "float16", "int32", "int64", "uint8"):
+        for op in ("sum", "mean", "max"):
+            if op == "mean" and np.dtype(dtype).kind != "f":
+                continue
+            expected = reference(op, [rank_data(r, (3, 5), dtype) for r in range(world)])
+            x = cupy.asarray(rank_data(rank, (3, 5), dtype))
+            dist.all_reduce(x, op=op)
+            view = cupy.zeros((3, 10), dtype)[:, ::2]
+            view[...] = cupy.asarray(rank_data(rank, (3, 5), dtype))
+            dist.all_reduce(view, op=op, async_op=True).wait()
+            for got in (x, view):
+                np.testing.assert_allclose(cupy.asnumpy(got).astype(np.float64), expected,
+                                           rtol=1e-3 if dtype == "float16" else 1e-6)
+    b = cupy.asarray(rank_data(rank, (4,), "float64"))
+    dist.broadcast(b, src=0)
+    np.testing.assert_array_equal(cupy.asnumpy(b), rank_data(0, (4,), "float64"))
+    outs = [cupy.zeros(3, cupy.float32) for _ in range(world)]
+    dist.all_gather(outs, cupy.full(3, rank, cupy.float32))
+    assert [cupy.asnumpy(o).tolist() for o in outs] == [[r] * 3 for r in range(world)]
+    dist.barrier()
+
+
 def main(names):
     timeout = float(os.environ.get("FASTDL_TEST_TIMEOUT", "60"))
-    dist.init_process_group("mpi", timeout=timeout)
+    dist.init_process_group(os.environ.get("FASTDL_TEST_BACKEND", "mpi"), timeout=timeout)
     for name in names:
         CASES[name]()
         dist.barrier()

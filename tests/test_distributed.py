@@ -372,3 +372,15 @@ def test_ddp_lenet_example(tmp_path):
     model = build_model()
     model.load_state_dict(fastdl.load(str(tmp_path / "lenet.safetensors")))
     assert (tmp_path / "metrics.json").is_file()
+
+
+def test_nccl_collectives_on_the_gpus(monkeypatch):
+    """The NCCL backend on one rank per GPU (one GPU is enough); skipped without CuPy, NCCL and a GPU."""
+    if not dist.is_nccl_available():
+        if os.environ.get("FASTDL_REQUIRE_CUDA") == "1":
+            pytest.fail("FASTDL_REQUIRE_CUDA=1 but the NCCL backend is not available (CuPy with NCCL and a GPU)")
+        pytest.skip("the NCCL backend needs CuPy with NCCL and a GPU")
+    import cupy
+
+    monkeypatch.setenv("FASTDL_TEST_BACKEND", "nccl")
+    run_ok("nccl_collectives", n=cupy.cuda.runtime.getDeviceCount())
