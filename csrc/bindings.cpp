@@ -5,7 +5,10 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <cstdint>
+#include <initializer_list>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "fastdl.h"
@@ -308,6 +311,183 @@ py::array lstm_vector_math(const std::string& fn, const py::array& x) {
   return y;
 }
 
+// ---- CUDA arrays: CuPy (or any producer) through __cuda_array_interface__ ---------------------
+
+// A device array as the interface describes it: pointer, shape, strides in elements, dtype.
+struct CudaView {
+  void* ptr = nullptr;
+  bool readonly = false;
+  std::vector<index_t> shape, strides;
+  fastdl::cuda::DType dtype = fastdl::cuda::DType::float32;
+  std::string dtype_name;
+  index_t size = 1;
+
+  std::string shape_str() const {
+    std::string s = "(";
+    for (std::size_t d = 0; d < shape.size(); ++d) s += (d ? ", " : "") + std::to_string(shape[d]);
+    return s + (shape.size() == 1 ? ",)" : ")");
+  }
+};
+
+bool is_cuda_array(const py::handle& obj) {
+  return !py::isinstance<py::array>(obj) && py::hasattr(obj, "__cuda_array_interface__");
+}
+
+// Reads and checks the interface dict (version 2 or 3): typestr float32/float64/float16, or a
+// 2-byte void type whose dtype is named bfloat16 (ml_dtypes, as CuPy exports it); strides must be
+// whole elements; a mask is refused.
+CudaView cuda_view(const py::handle& obj, const char* op, const char* name) {
+  if (!is_cuda_array(obj))
+    throw py::type_error(std::string(op) + ": " + name + " must be a CUDA array (CuPy), got " +
+                         py::str(py::type::of(obj).attr("__name__")).cast<std::string>() +
+                         "; do not mix CPU and CUDA arrays");
+  const py::dict cai = obj.attr("__cuda_array_interface__");
+  CudaView v;
+  const py::tuple data = cai["data"];
+  v.ptr = reinterpret_cast<void*>(data[0].cast<std::uintptr_t>());
+  v.readonly = data[1].cast<bool>();
+  for (const auto& d : cai["shape"].cast<py::tuple>()) v.shape.push_back(d.cast<index_t>());
+  if (cai.contains("mask") && !cai["mask"].is_none())
+    throw py::value_error(std::string(op) + ": " + name + " has a mask; masked arrays are not supported");
+  const std::string typestr = cai["typestr"].cast<std::string>();
+  const std::string kind = typestr.substr(1);
+  std::size_t itemsize = 0;
+  if (kind == "f4") {
+    v.dtype = fastdl::cuda::DType::float32, v.dtype_name = "float32", itemsize = 4;
+  } else if (kind == "f8") {
+    v.dtype = fastdl::cuda::DType::float64, v.dtype_name = "float64", itemsize = 8;
+  } else if (kind == "f2") {
+    v.dtype = fastdl::cuda::DType::float16, v.dtype_name = "float16", itemsize = 2;
+  } else if (kind == "V2" && py::hasattr(obj, "dtype") &&
+             py::str(obj.attr("dtype").attr("name")).cast<std::string>() == "bfloat16") {
+    v.dtype = fastdl::cuda::DType::bfloat16, v.dtype_name = "bfloat16", itemsize = 2;
+  } else {
+    const std::string shown = py::hasattr(obj, "dtype") ? py::str(obj.attr("dtype")).cast<std::string>() : typestr;
+    throw py::type_error(std::string(op) + ": " + name + " must be float32, float64, float16 or bfloat16, got " +
+                         shown);
+  }
+  for (const auto n : v.shape) v.size *= n;
+  if (!cai.contains("strides") || cai["strides"].is_none()) {  // C-contiguous
+    v.strides.assign(v.shape.size(), 1);
+    for (int d = static_cast<int>(v.shape.size()) - 2; d >= 0; --d)
+      v.strides[d] = v.strides[d + 1] * (v.shape[d + 1] > 1 ? v.shape[d + 1] : 1);
+  } else {
+    for (const auto& st : cai["strides"].cast<py::tuple>()) {
+      const auto bytes = st.cast<index_t>();
+      FASTDL_CHECK(bytes % static_cast<index_t>(itemsize) == 0, op, ": ", name,
+                   " strides must be multiples of the item size, got ", bytes, " bytes");
+      v.strides.push_back(bytes / static_cast<index_t>(itemsize));
+    }
+    FASTDL_CHECK(v.strides.size() == v.shape.size(), op, ": ", name, " has ", v.strides.size(), " strides for ",
+                 v.shape.size(), " dimensions");
+  }
+  return v;
+}
+
+#ifdef FASTDL_WITH_CUDA
+// Every non-empty operand must live on the current device (the one the stream belongs to).
+void check_same_device(const char* op, std::initializer_list<std::pair<const char*, const CudaView*>> views) {
+  const int current = fastdl::cuda::current_device();
+  for (const auto& [name, v] : views) {
+    if (v->size == 0) continue;
+    const int dev = fastdl::cuda::device_of_pointer(v->ptr, op);
+    FASTDL_CHECK(dev == current, op, ": ", name, " ", v->shape_str(), " is on cuda:", dev,
+                 " but the current device is cuda:", current, " (use `with cupy.cuda.Device(", dev, "):`)");
+  }
+}
+#endif
+
+#ifndef FASTDL_WITH_CUDA
+[[noreturn]] void cuda_not_built(const char* op) {
+  throw py::value_error(std::string(op) +
+                        ": fastdl was built without CUDA (no nvcc at build time, or FASTDL_CUDA=OFF); reinstall "
+                        "from source on a machine with the CUDA toolkit: FASTDL_CUDA=ON pip install .");
+}
+#endif
+
+void check_cuda_dtypes(const char* op, const CudaView& a, const CudaView& b, const CudaView& out) {
+  if (a.dtype != b.dtype || a.dtype != out.dtype)
+    throw py::type_error(std::string(op) + ": dtypes differ: a " + a.dtype_name + " " + a.shape_str() + ", b " +
+                         b.dtype_name + " " + b.shape_str() + ", out " + out.dtype_name + " " + out.shape_str());
+  if (out.readonly) throw py::value_error(std::string(op) + ": out " + out.shape_str() + " is read-only");
+}
+
+// out = alpha · op(a) · op(b) + beta · out for 2-D CUDA arrays, on `stream`.
+void gemm_cuda(const py::object& a_obj, const py::object& b_obj, const py::object& out_obj, bool trans_a,
+               bool trans_b, double alpha, double beta, bool allow_tf32, std::uintptr_t stream) {
+  const CudaView a = cuda_view(a_obj, "gemm", "a"), b = cuda_view(b_obj, "gemm", "b");
+  const CudaView out = cuda_view(out_obj, "gemm", "out");
+  check_cuda_dtypes("gemm", a, b, out);
+  if (a.shape.size() != 2 || b.shape.size() != 2 || out.shape.size() != 2)
+    throw py::value_error("gemm: a, b and out must be 2-D, got a " + a.shape_str() + ", b " + b.shape_str() +
+                          ", out " + out.shape_str());
+  const index_t M = trans_a ? a.shape[1] : a.shape[0], K = trans_a ? a.shape[0] : a.shape[1];
+  const index_t Kb = trans_b ? b.shape[1] : b.shape[0], N = trans_b ? b.shape[0] : b.shape[1];
+  if (K != Kb)
+    throw py::value_error("gemm: inner dimensions differ: op(a) is (" + std::to_string(M) + ", " + std::to_string(K) +
+                          ") and op(b) is (" + std::to_string(Kb) + ", " + std::to_string(N) + ") for a " +
+                          a.shape_str() + ", b " + b.shape_str());
+  if (out.shape[0] != M || out.shape[1] != N)
+    throw py::value_error("gemm: out must have shape (" + std::to_string(M) + ", " + std::to_string(N) + "), got " +
+                          out.shape_str());
+#ifdef FASTDL_WITH_CUDA
+  check_same_device("gemm", {{"a", &a}, {"b", &b}, {"out", &out}});
+  const index_t rsa = a.strides[trans_a ? 1 : 0], csa = a.strides[trans_a ? 0 : 1];
+  const index_t rsb = b.strides[trans_b ? 1 : 0], csb = b.strides[trans_b ? 0 : 1];
+  py::gil_scoped_release release;
+  fastdl::cuda::gemm_strided(a.dtype, allow_tf32, M, N, K, alpha, a.ptr, rsa, csa, b.ptr, rsb, csb, beta, out.ptr,
+                             out.strides[0], out.strides[1], stream);
+#else
+  cuda_not_built("gemm");
+#endif
+}
+
+// out[...] = a[...] @ b[...] over equal batch shapes (zero strides broadcast), on `stream`.
+void matmul_batched_cuda(const py::object& a_obj, const py::object& b_obj, const py::object& out_obj,
+                         bool allow_tf32, std::uintptr_t stream) {
+  const CudaView a = cuda_view(a_obj, "matmul", "a"), b = cuda_view(b_obj, "matmul", "b");
+  const CudaView out = cuda_view(out_obj, "matmul", "out");
+  check_cuda_dtypes("matmul", a, b, out);
+  const std::size_t nd = out.shape.size();
+  bool ok = nd >= 2 && a.shape.size() == nd && b.shape.size() == nd && a.shape[nd - 1] == b.shape[nd - 2] &&
+            out.shape[nd - 2] == a.shape[nd - 2] && out.shape[nd - 1] == b.shape[nd - 1];
+  for (std::size_t d = 0; ok && d + 2 < nd; ++d) ok = a.shape[d] == out.shape[d] && b.shape[d] == out.shape[d];
+  if (!ok)
+    throw py::value_error("matmul: shapes do not match: a " + a.shape_str() + ", b " + b.shape_str() + ", out " +
+                          out.shape_str());
+  if (nd - 2 > static_cast<std::size_t>(fastdl::cuda::kMaxBatchDims))
+    throw py::value_error("matmul: at most " + std::to_string(fastdl::cuda::kMaxBatchDims) +
+                          " batch dimensions on CUDA, got out " + out.shape_str());
+#ifdef FASTDL_WITH_CUDA
+  check_same_device("matmul", {{"a", &a}, {"b", &b}, {"out", &out}});
+  fastdl::cuda::GemmBatch batch;
+  batch.ndim = static_cast<int>(nd - 2);
+  for (int d = 0; d < batch.ndim; ++d)
+    batch.size[d] = out.shape[d], batch.a[d] = a.strides[d], batch.b[d] = b.strides[d], batch.c[d] = out.strides[d];
+  py::gil_scoped_release release;
+  fastdl::cuda::gemm_batched(batch, a.dtype, allow_tf32, out.shape[nd - 2], out.shape[nd - 1], a.shape[nd - 1], 1.0,
+                             a.ptr, a.strides[nd - 2], a.strides[nd - 1], b.ptr, b.strides[nd - 2],
+                             b.strides[nd - 1], 0.0, out.ptr, out.strides[nd - 2], out.strides[nd - 1], stream);
+#else
+  cuda_not_built("matmul");
+#endif
+}
+
+std::string cuda_gemm_path(const std::string& dtype, bool allow_tf32, index_t M, index_t N, index_t batch) {
+#ifdef FASTDL_WITH_CUDA
+  using fastdl::cuda::DType;
+  const DType d = dtype == "float64" ? DType::float64
+                  : dtype == "float16" ? DType::float16
+                  : dtype == "bfloat16" ? DType::bfloat16
+                  : DType::float32;
+  FASTDL_CHECK(dtype == "float32" || dtype == "float64" || dtype == "float16" || dtype == "bfloat16",
+               "cuda_gemm_path: unknown dtype ", dtype);
+  return fastdl::cuda::gemm_path(d, allow_tf32, M, N, batch);
+#else
+  cuda_not_built("gemm");
+#endif
+}
+
 py::dict cuda_info() {
   py::dict info;
 #ifdef FASTDL_WITH_CUDA
@@ -389,4 +569,13 @@ PYBIND11_MODULE(_C, m) {
         "the gate kernels' vectorised exp/sigmoid/tanh at the current CPU level (accuracy tests)");
 
   m.def("cuda_info", &cuda_info);
+  m.def("gemm_cuda", &gemm_cuda, py::arg("a"), py::arg("b"), py::arg("out"), py::arg("trans_a") = false,
+        py::arg("trans_b") = false, py::arg("alpha") = 1.0, py::arg("beta") = 0.0, py::arg("allow_tf32") = false,
+        py::arg("stream") = 0,
+        "gemm on CUDA arrays (__cuda_array_interface__), launched on the stream handle `stream`");
+  m.def("matmul_batched_cuda", &matmul_batched_cuda, py::arg("a"), py::arg("b"), py::arg("out"),
+        py::arg("allow_tf32") = false, py::arg("stream") = 0,
+        "matmul_batched on CUDA arrays, launched on the stream handle `stream`");
+  m.def("cuda_gemm_path", &cuda_gemm_path, py::arg("dtype"), py::arg("allow_tf32"), py::arg("M"), py::arg("N"),
+        py::arg("batch") = 1, "which CUDA GEMM kernel runs for these arguments on the current device");
 }

@@ -114,5 +114,45 @@ bool built();                          // compiled with CUDA
 std::vector<DeviceInfo> devices(std::string* why);
 int runtime_version();                 // e.g. 13000; 0 when built without CUDA
 
+// ---- cuda/gemm.cu --------------------------------------------------------------------------
+// Element types the CUDA GEMM takes. float16/bfloat16 run on tensor cores with float32
+// accumulation; float32 runs on CUDA cores, or on TF32 tensor cores when allow_tf32 is set.
+enum class DType : int { float32 = 0, float64 = 1, float16 = 2, bfloat16 = 3 };
+const char* dtype_name(DType dtype);
+
+// Leading (batch) dimensions of a batched GEMM: matrix z of the batch, with multi-index
+// (i_0, …, i_{ndim-1}) over size[], starts at A + Σ i_d·a[d], B + Σ i_d·b[d], C + Σ i_d·c[d]
+// (elements; a[d] and b[d] may be 0 for broadcast operands). ndim == 0 is a single product.
+constexpr int kMaxBatchDims = 8;
+struct GemmBatch {
+  int ndim = 0;
+  index_t size[kMaxBatchDims] = {};
+  index_t a[kMaxBatchDims] = {}, b[kMaxBatchDims] = {}, c[kMaxBatchDims] = {};
+};
+
+// C (M×N) = alpha · op(A) · op(B) + beta · C on the GPU, with the stride convention of
+// cpu::gemm_strided: element (i, k) of op(A) is A[i*rsa + k*csa], (k, j) of op(B) is
+// B[k*rsb + j*csb], (i, j) of C is C[i*rsc + j*csc]. A, B and C are device pointers of the
+// current device holding `dtype`; C must not overlap A or B; beta == 0 does not read C.
+// Launched on `stream` (a cudaStream_t as an integer, e.g. CuPy's current stream); returns
+// without synchronising. Nothing is allocated.
+void gemm_strided(DType dtype, bool allow_tf32, index_t M, index_t N, index_t K, double alpha, const void* A,
+                  index_t rsa, index_t csa, const void* B, index_t rsb, index_t csb, double beta, void* C,
+                  index_t rsc, index_t csc, std::uintptr_t stream);
+// The same over the batch dimensions of `batch`, one launch for the whole batch.
+void gemm_batched(const GemmBatch& batch, DType dtype, bool allow_tf32, index_t M, index_t N, index_t K,
+                  double alpha, const void* A, index_t rsa, index_t csa, const void* B, index_t rsb, index_t csb,
+                  double beta, void* C, index_t rsc, index_t csc, std::uintptr_t stream);
+// BLAS argument order on row-major matrices, as cpu::gemm.
+void gemm(DType dtype, bool allow_tf32, bool transA, bool transB, index_t M, index_t N, index_t K, double alpha,
+          const void* A, index_t lda, const void* B, index_t ldb, double beta, void* C, index_t ldc,
+          std::uintptr_t stream);
+// Which kernel gemm_strided would run for these arguments ("simt-128x128", "tensor-core tf32", …).
+std::string gemm_path(DType dtype, bool allow_tf32, index_t M, index_t N, index_t batch);
+
+// The CUDA device that holds `ptr` (ValueError naming `op` if it is not device memory).
+int device_of_pointer(const void* ptr, const char* op);
+int current_device();
+
 }  // namespace cuda
 }  // namespace fastdl

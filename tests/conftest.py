@@ -16,14 +16,15 @@ AVAILABLE_LEVELS = LEVELS[: LEVELS.index(_DETECTED) + 1]
 
 
 def _cuda_unavailable_reason():
-    info = fastdl.backend_info()["cuda"]
-    if not info["built"]:
-        return "fastdl was built without CUDA"
-    if not info["devices"]:
-        return f"no usable GPU: {info['why_no_device']}"
-    if info["cupy_version"] is None:
-        return "CuPy is not installed (pip install 'fastdl[cuda]')"
-    return "the CUDA backend for tensors is not implemented yet (issue: CUDA backend)"
+    return fastdl.backend.cuda_unavailable_reason()
+
+
+def _skip_or_fail_without_cuda():
+    reason = _cuda_unavailable_reason()
+    if reason:
+        if os.environ.get("FASTDL_REQUIRE_CUDA") == "1":
+            pytest.fail(f"FASTDL_REQUIRE_CUDA=1 but CUDA cannot run: {reason}")
+        pytest.skip(reason)
 
 
 @pytest.fixture(params=AVAILABLE_LEVELS)
@@ -38,12 +39,18 @@ def cpu_level(request):
 @pytest.fixture(params=["cpu", "cuda"])
 def device(request):
     if request.param == "cuda":
-        reason = _cuda_unavailable_reason()
-        if reason:
-            if os.environ.get("FASTDL_REQUIRE_CUDA") == "1":
-                pytest.fail(f"FASTDL_REQUIRE_CUDA=1 but CUDA cannot run: {reason}")
-            pytest.skip(reason)
+        _skip_or_fail_without_cuda()
     return request.param
+
+
+@pytest.fixture
+def cuda():
+    """The CuPy module, for tests that only make sense on the GPU (skipped, or failed under
+    FASTDL_REQUIRE_CUDA=1, where CUDA cannot run)."""
+    _skip_or_fail_without_cuda()
+    import cupy
+
+    return cupy
 
 
 @pytest.fixture

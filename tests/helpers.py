@@ -3,6 +3,9 @@ awkward shapes every kernel is tested on."""
 import numpy as np
 
 EPS = {np.dtype(np.float32): np.finfo(np.float32).eps, np.dtype(np.float64): np.finfo(np.float64).eps}
+# GPU tensor-core formats (cuda branch): the unit roundoff of their 10 (float16, TF32) or 7
+# (bfloat16) stored mantissa bits, named by string since NumPy has no TF32/bfloat16 dtype.
+EPS.update({np.dtype(np.float16): 2.0**-10, "tf32": 2.0**-10, "bfloat16": 2.0**-7})
 
 
 def tol(dtype, k: int = 1) -> float:
@@ -11,7 +14,7 @@ def tol(dtype, k: int = 1) -> float:
     Rounding errors of a k-term sum grow like sqrt(k)·eps for random signs (worst case k·eps); we
     allow 8·sqrt(k)·eps plus a floor, measured against the magnitude of the reference.
     """
-    eps = EPS[np.dtype(dtype)]
+    eps = EPS[dtype] if isinstance(dtype, str) and dtype in EPS else EPS[np.dtype(dtype)]
     return 8.0 * np.sqrt(max(int(k), 1)) * eps + 4 * eps
 
 

@@ -49,6 +49,11 @@ _TORCH_NAMES = [
 globals().update({name: getattr(functional, name) for name in _TORCH_NAMES})
 # ---- end tensor branch ----------------------------------------------------------------------------
 
+# ---- CUDA (cuda branch) ---------------------------------------------------------------------------
+from . import cuda
+from . import backend as backends  # fastdl.backends.allow_tf32 = True: TF32 tensor cores for float32
+# ---- end cuda branch ------------------------------------------------------------------------------
+
 __all__ = [
     "__version__",
     "backend_info",
@@ -60,4 +65,6 @@ __all__ = [
     # tensor branch
     "autograd", "functional", "random", "manual_seed", "seed", "initial_seed", "get_rng_state", "set_rng_state",
     "bool", "half", "float", "double", "short", "int", "long", *_tensor_all, *_TORCH_NAMES,
+    # cuda branch
+    "cuda", "backends",
 ]

@@ -29,11 +29,18 @@ __all__ = [
     "note_fallback",
     "array_module",
     "device_of",
+    "allow_tf32",
+    "is_cuda_array",
+    "cuda_unavailable_reason",
+    "require_cuda",
 ]
 
 # family -> device -> implementation; each family's module adds its entry.
 FAMILY_IMPLEMENTATIONS: dict[str, dict[str, str]] = {
-    "gemm": {"cpu": "native: BLIS-style packed GEMM, {level} micro-kernel", "cuda": "not yet implemented"},
+    "gemm": {
+        "cpu": "native: BLIS-style packed GEMM, {level} micro-kernel",
+        "cuda": "native: tiled SIMT float32/float64; wmma tensor cores for TF32 (opt-in), float16, bfloat16",
+    },
 }
 _FALLBACKS: dict[tuple[str, str], dict] = {}
 
@@ -111,6 +118,62 @@ def device_of(x) -> str:
     dev = getattr(x, "device", None)
     index = getattr(dev, "id", None)
     return "cpu" if index is None else f"cuda:{index}"
+
+
+# ---- CUDA (cuda branch) ---------------------------------------------------------------------------
+# The GPU needs three things: fastdl built with CUDA, CuPy installed, and a usable GPU. Every entry
+# point that is asked for "cuda" calls require_cuda(), whose error says which are missing and how
+# to fix each.
+
+#: TF32 tensor cores for float32 GEMMs on CUDA (``fastdl.backends.allow_tf32 = True``); off by
+#: default as in PyTorch, since TF32 keeps 10 mantissa bits of each input.
+allow_tf32 = False
+
+_CUDA_FIXES = {
+    "built": "fastdl was built without CUDA: reinstall from source with the CUDA toolkit's nvcc on PATH "
+    "(FASTDL_CUDA=ON pip install .)",
+    "cupy": "CuPy is not installed: pip install 'fastdl[cuda]' (cupy-cuda13x)",
+    "gpu": "no usable GPU: {why} (check the NVIDIA driver with nvidia-smi, and CUDA_VISIBLE_DEVICES)",
+}
+
+
+def is_cuda_array(x) -> bool:
+    """Whether ``x`` is a GPU array (CuPy, or anything with ``__cuda_array_interface__``).
+
+    >>> import numpy as np
+    >>> is_cuda_array(np.ones(2))
+    False
+    """
+    return not isinstance(x, np.ndarray) and hasattr(x, "__cuda_array_interface__")
+
+
+def cuda_unavailable_reason() -> str | None:
+    """``None`` when fastdl can run on the GPU, else what is missing, each with its fix.
+
+    >>> import fastdl
+    >>> r = fastdl.backend.cuda_unavailable_reason()
+    >>> r is None or "CUDA" in r or "CuPy" in r or "GPU" in r
+    True
+    """
+    info = _C.cuda_info()
+    missing = []
+    if not info["built"]:
+        missing.append(_CUDA_FIXES["built"])
+    if _cupy_version() is None:
+        missing.append(_CUDA_FIXES["cupy"])
+    if info["built"] and not info["devices"]:
+        missing.append(_CUDA_FIXES["gpu"].format(why=info["why_no_device"]))
+    return "; ".join(missing) or None
+
+
+def require_cuda(op: str):
+    """Return the ``cupy`` module, or raise RuntimeError naming ``op`` and what is missing."""
+    reason = cuda_unavailable_reason()
+    if reason:
+        raise RuntimeError(f"{op}: CUDA is not available: {reason}")
+    import cupy
+
+    return cupy
 
 
 def _cupy_version() -> str | None:

@@ -612,3 +612,145 @@ def fit_alpha_beta(rows: list, impl: str = "fastdl") -> tuple:
     a = np.stack([np.full_like(x, 2 * (n - 1)), x], axis=1) / t[:, None]
     (alpha, inv_bw), *_ = np.linalg.lstsq(a, np.ones_like(t), rcond=None)
     return max(float(alpha), 0.0), 1.0 / max(float(inv_bw), 1e-30)
+
+
+# ---- GEMM on the GPU (cuda branch) ------------------------------------------------------------------
+# fastdl's CUDA GEMM next to cuBLAS (through cupy.matmul) and PyTorch when it has CUDA, timed with
+# CUDA events after a warm-up, as TFLOP/s, ratios, and % of the GPU's dense peak for the format.
+
+# Dense peaks of the H100 SXM (TFLOP/s): CUDA-core float32/float64, tensor-core TF32/BF16/FP16.
+_GPU_PEAKS = {
+    "H100": {"float32": 67.0, "float64": 34.0, "tf32": 494.7, "bfloat16": 989.4, "float16": 989.4},
+}
+
+
+def gpu_peak_tflops(name: str, kind: str) -> float | None:
+    """The GPU's dense peak for ``kind`` (float32, float64, tf32, bfloat16, float16), if known."""
+    for key, peaks in _GPU_PEAKS.items():
+        if key in name:
+            return peaks.get(kind)
+    return None
+
+
+def cuda_best_times(impls: dict[str, Callable[[], object]], repeats: int = 5, min_ms: float = 20.0) -> dict[str, float]:
+    """Seconds per call of each implementation on the GPU: CUDA events on the current stream around
+    a batch of calls lasting ``min_ms``, after a warm-up; implementations interleaved, best repeat."""
+    from .backend import require_cuda
+
+    cp = require_cuda("bench")
+    start, end = cp.cuda.Event(), cp.cuda.Event()
+
+    def timed(fn, n):
+        start.record()
+        for _ in range(n):
+            fn()
+        end.record()
+        end.synchronize()
+        return cp.cuda.get_elapsed_time(start, end)  # milliseconds
+
+    loops = {}
+    for name, fn in impls.items():
+        fn()
+        cp.cuda.Device().synchronize()
+        loops[name] = max(1, int(min_ms / max(timed(fn, 1), 1e-3)))
+    best = {name: float("inf") for name in impls}
+    for _ in range(repeats):
+        for name, fn in impls.items():
+            best[name] = min(best[name], timed(fn, loops[name]) / loops[name] / 1e3)
+    return best
+
+
+def _cupy_tf32(cp, enabled: bool) -> bool:
+    """Switch cupy.matmul's float32 compute type to TF32 (or back); False where CuPy cannot."""
+    try:
+        from cupy._core import _routines_linalg as linalg
+
+        linalg.set_compute_type(np.float32, linalg.COMPUTE_TYPE_TF32 if enabled else linalg.COMPUTE_TYPE_DEFAULT)
+        return True
+    except Exception:
+        return False
+
+
+def cuda_gemm_problems(full: bool = False) -> list[tuple[int, int, int, str]]:
+    """(M, N, K, kind) for kind in float32 (CUDA cores), tf32, bfloat16, float16, float64: square
+    1024…4096 (…8192 with ``full``) and skinny shapes."""
+    squares = (1024, 2048, 4096) + ((8192,) if full else ())
+    skinny = [(4096, 64, 4096), (64, 4096, 4096), (1, 4096, 4096), (16384, 1024, 256)]
+    problems = []
+    for kind in ("float32", "tf32", "bfloat16", "float16"):
+        problems += [(n, n, n, kind) for n in squares] + [(m, n, k, kind) for m, n, k in skinny]
+    problems += [(n, n, n, "float64") for n in (1024, 2048)]
+    return problems
+
+
+def run_cuda(full: bool = False, repeats: int = 5, printer=print) -> list[dict]:
+    """Time the CUDA GEMM problems; print and return the rows."""
+    from . import backend
+    from .backend import require_cuda
+
+    cp = require_cuda("bench")
+    torch = _torch()
+    torch_cuda = torch is not None and torch.cuda.is_available()
+    name = _C.cuda_info()["devices"][cp.cuda.runtime.getDevice()]["name"]
+    rows = []
+    saved_tf32 = backend.allow_tf32
+    try:
+        for M, N, K, kind in cuda_gemm_problems(full):
+            dtype = {"tf32": "float32"}.get(kind, kind)
+            if dtype == "bfloat16":
+                try:
+                    import ml_dtypes
+
+                    np_dtype = np.dtype(ml_dtypes.bfloat16)
+                    cp.zeros(1, np_dtype)
+                except Exception:
+                    printer(f"{M}x{N}x{K} bfloat16: skipped (CuPy here has no bfloat16; pip install ml_dtypes)")
+                    continue
+            else:
+                np_dtype = np.dtype(dtype)
+            rng = cp.random.default_rng(0)
+            a = rng.standard_normal((M, K), dtype=cp.float32).astype(np_dtype)
+            b = rng.standard_normal((K, N), dtype=cp.float32).astype(np_dtype)
+            backend.allow_tf32 = kind == "tf32"
+            cupy_tf32 = _cupy_tf32(cp, kind == "tf32")
+            impls = {"fastdl": lambda: kernels.matmul(a, b), "cublas": lambda: cp.matmul(a, b)}
+            if torch_cuda:
+                ta = torch.as_tensor(a.astype(cp.float32), device="cuda").to(getattr(torch, dtype))
+                tb = torch.as_tensor(b.astype(cp.float32), device="cuda").to(getattr(torch, dtype))
+                torch.backends.cuda.matmul.allow_tf32 = kind == "tf32"
+                impls["torch"] = lambda: torch.matmul(ta, tb)
+            times = cuda_best_times(impls, repeats=repeats)
+            _cupy_tf32(cp, False)
+            flops = 2.0 * M * N * K
+            row = {
+                "family": "gemm", "device": name, "problem": f"{M}x{N}x{K}", "kind": kind,
+                "tflops": {k: flops / t / 1e12 for k, t in times.items()}, "seconds": times,
+                "peak_tflops": gpu_peak_tflops(name, kind),
+                "cublas_tf32": cupy_tf32 if kind == "tf32" else None,
+                "path": _C.cuda_gemm_path(dtype, kind == "tf32", M, N, 1),
+            }
+            rows.append(row)
+            printer(format_cuda_row(row))
+    finally:
+        backend.allow_tf32 = saved_tf32
+        _cupy_tf32(cp, False)
+    return rows
+
+
+def format_cuda_header() -> str:
+    return (f"{'problem':>18} {'kind':>8} {'fastdl':>8} {'cuBLAS':>8} {'torch':>8} {'x cuBLAS':>8} {'x torch':>8} "
+            f"{'% peak':>7}  kernel")
+
+
+def format_cuda_row(row: dict) -> str:
+    t = row["tflops"]
+    fd, cb, tch = t.get("fastdl"), t.get("cublas"), t.get("torch")
+
+    def cell(v, width=8, fmt="{:.1f}"):
+        return f"{fmt.format(v) if v is not None else '-':>{width}}"
+
+    peak = row["peak_tflops"]
+    note = " (cuBLAS ran float32: CuPy could not switch it to TF32)" if row["cublas_tf32"] is False else ""
+    return (f"{row['problem']:>18} {row['kind']:>8} {cell(fd)} {cell(cb)} {cell(tch)} "
+            f"{cell(fd / cb if cb else None, 8, '{:.2f}')} {cell(fd / tch if tch else None, 8, '{:.2f}')} "
+            f"{cell(100 * fd / peak if peak else None, 7, '{:.0f}')}  {row['path']}{note}")

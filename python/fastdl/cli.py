@@ -60,6 +60,8 @@ def _bench(args) -> int:
             print(f"fastdl bench: unknown family {family!r}; choose from {', '.join(bench.PROBLEMS)} or all",
                   file=sys.stderr)
             return 2
+    if args.device == "cuda":
+        return _bench_cuda(args, families)
     info = fastdl.backend_info()
     print(f"# fastdl {info['version']} | CPU {info['cpu']['model']} | kernels {info['cpu']['capability']} | "
           f"{bench.openblas_description()}")
@@ -90,6 +92,33 @@ def _bench_ddp(args) -> int:
         return 2
 
 
+def _bench_cuda(args, families) -> int:
+    """`fastdl bench gemm --device cuda`: the GPU table, or a clear message where no GPU is usable."""
+    import fastdl
+    from fastdl import bench
+
+    reason = fastdl.cuda.unavailable_reason()
+    if reason:
+        print(f"fastdl bench --device cuda: CUDA is not available: {reason}", file=sys.stderr)
+        return 1
+    if families != ["gemm"]:
+        print("fastdl bench --device cuda: only the gemm family has CUDA benchmarks so far", file=sys.stderr)
+        return 2
+    info = fastdl.backend_info()
+    gpu = info["cuda"]["devices"][fastdl.cuda.current_device()]
+    print(f"# fastdl {info['version']} | GPU {gpu['name']} (sm_{gpu['compute_capability'].replace('.', '')}, "
+          f"{gpu['multiprocessors']} SMs) | CUDA runtime {info['cuda']['runtime_version']} | "
+          f"CuPy {info['cuda']['cupy_version']}")
+    print(f"\n## gemm on CUDA: TFLOP/s (CUDA events, best of {args.repeats} interleaved repeats after warm-up); "
+          "cuBLAS through cupy.matmul; % of the GPU's dense peak for the format")
+    print(bench.format_cuda_header())
+    rows = bench.run_cuda(full=args.full, repeats=args.repeats)
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"info": info, "rows": rows}, fh, indent=1)
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="fastdl", description="fastdl: native deep-learning kernels")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -97,8 +126,10 @@ def main(argv=None) -> int:
     p_info.add_argument("--json", action="store_true", help="print backend_info() as JSON")
     p_info.set_defaults(func=_info)
     p_bench = sub.add_parser("bench", help="time fastdl against NumPy and PyTorch in the same run")
-    p_bench.add_argument("family", nargs="?", default="gemm", help="kernel family, 'all', or 'ddp' (data parallel on MPI ranks) (default gemm)")
-    p_bench.add_argument("--device", default="cpu", choices=["cpu"], help="cpu (cuda: see the CUDA issue)")
+    p_bench.add_argument("family", nargs="?", default="gemm",
+                         help="kernel family, 'all', or 'ddp' (data parallel on MPI ranks) (default gemm)")
+    p_bench.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                         help="cpu (default) or cuda (fastdl vs cuBLAS and PyTorch on the current GPU)")
     p_bench.add_argument("--threads", default="1,2", help="comma-separated thread counts (default 1,2)")
     p_bench.add_argument("--full", action="store_true", help="include the largest problems")
     p_bench.add_argument("--repeats", type=int, default=5)

@@ -1,7 +1,8 @@
-"""The raw-array API: fastdl's native kernels on NumPy arrays, without autodiff.
+"""The raw-array API: fastdl's native kernels on NumPy and CuPy arrays, without autodiff.
 
 Each function checks its arguments (a ValueError/TypeError naming the op and the shapes), allocates
-its output from Python and calls ``fastdl._C`` with the GIL released.
+its output from Python (NumPy, or CuPy's memory pool on the GPU) and calls ``fastdl._C`` with the
+GIL released; GPU kernels run on CuPy's current stream and device.
 
 >>> import numpy as np
 >>> from fastdl import kernels
@@ -14,7 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .backend import _C
+from . import backend
+from .backend import _C, is_cuda_array
 
 __all__ = ["gemm", "matmul"]
 
@@ -45,13 +47,16 @@ def gemm(a, b, out=None, *, trans_a: bool = False, trans_b: bool = False, alpha:
     a: (M, K), or (K, M) with ``trans_a``; b: (K, N), or (N, K) with ``trans_b``; out: (M, N).
     float32 or float64, any strides (transposed and sliced views are read without a copy).
     ``beta`` needs ``out``; with ``beta == 0`` the old contents of ``out`` are not read.
+    CuPy arrays (float32, float64, float16, bfloat16) run on the GPU; see :func:`_gemm_cuda`.
 
     >>> import numpy as np
     >>> c = np.ones((2, 2))
     >>> gemm(np.eye(2), np.full((2, 2), 3.0), c, alpha=2.0, beta=1.0)
-    array([[7., 1.],
-           [1., 7.]])
+    array([[7., 7.],
+           [7., 7.]])
     """
+    if is_cuda_array(a) or is_cuda_array(b) or is_cuda_array(out):
+        return _gemm_cuda(a, b, out, trans_a, trans_b, alpha, beta)
     a = _float_array("gemm", "a", a)
     b = _float_array("gemm", "b", b)
     _same_dtype("gemm", a, b)
@@ -105,6 +110,8 @@ def matmul(a, b, out=None):
         result = np.empty((a.shape[0], b.shape[1]), dtype=a.dtype)
         _C.gemm(a, b, result, False, False, 1.0, 0.0)
         return result
+    if is_cuda_array(a) or is_cuda_array(b) or is_cuda_array(out):
+        return _matmul_cuda(a, b, out)
     a = _float_array("matmul", "a", a)
     b = _float_array("matmul", "b", b)
     _same_dtype("matmul", a, b)
@@ -261,4 +268,118 @@ def lstm_backward(grad_y, grad_h_n, grad_c_n, x, w_ih, w_hh, h0, c0, y, saved, *
               out("w_ih", (4 * H, I)), out("w_hh", (4 * H, H)), out("b", (4 * H,)))
     _C.lstm_backward(given["grad_y"], given["grad_h_n"], given["grad_c_n"], a["input"], a["w_ih"], a["w_hh"],
                      a["h0"], a["c0"], y, gates, cell, *result, np.empty((T, B, 4 * H), dtype), path)
+    return result
+
+
+# ---- CUDA (cuda branch) ---------------------------------------------------------------------------
+# CuPy arrays: the same checks, outputs from CuPy's memory pool, launch on CuPy's current stream of
+# the operands' device. float32 uses CUDA cores unless fastdl.backends.allow_tf32 is set; float16 and
+# bfloat16 always use tensor cores (float32 accumulation, result rounded to the input dtype).
+
+_CUDA_DTYPES = ("float32", "float64", "float16", "bfloat16")
+
+
+def _cuda_operand(op: str, name: str, x):
+    if not is_cuda_array(x):
+        raise TypeError(
+            f"{op}: {name} is a CPU {type(x).__name__} but another operand is on CUDA; "
+            "move it with cupy.asarray (fastdl does not copy between devices silently)"
+        )
+    if x.dtype.name not in _CUDA_DTYPES:
+        raise TypeError(f"{op}: {name} must be float32, float64, float16 or bfloat16, got {x.dtype} {x.shape}")
+    return x
+
+
+def _same_device(op: str, **arrays) -> int:
+    devices = {name: x.device.id for name, x in arrays.items()}
+    if len(set(devices.values())) > 1:
+        where = ", ".join(f"{name} {arrays[name].shape} on cuda:{d}" for name, d in devices.items())
+        raise ValueError(f"{op}: operands are on different GPUs: {where}")
+    return next(iter(devices.values()))
+
+
+def _unit_stride(cp, x):
+    """``x`` itself when one of its last two dimensions has unit stride (what the kernels read),
+    else a C-contiguous copy."""
+    item = x.dtype.itemsize
+    if x.ndim < 2 or x.strides[-1] == item or x.strides[-2] == item or 1 in x.shape[-2:]:
+        return x
+    return cp.ascontiguousarray(x)
+
+
+def _gemm_cuda(a, b, out, trans_a, trans_b, alpha, beta):
+    cp = backend.require_cuda("gemm")
+    a, b = _cuda_operand("gemm", "a", a), _cuda_operand("gemm", "b", b)
+    if a.dtype != b.dtype:
+        raise TypeError(f"gemm: dtypes differ: a {a.dtype} {a.shape}, b {b.dtype} {b.shape}")
+    if a.ndim != 2 or b.ndim != 2:
+        raise ValueError(f"gemm: a and b must be 2-D, got a {a.shape}, b {b.shape}")
+    M, K = (a.shape[1], a.shape[0]) if trans_a else a.shape
+    Kb, N = (b.shape[1], b.shape[0]) if trans_b else b.shape
+    if K != Kb:
+        raise ValueError(
+            f"gemm: inner dimensions differ: op(a) is ({M}, {K}) and op(b) is ({Kb}, {N}) for a {a.shape}, b {b.shape}"
+        )
+    operands = {"a": a, "b": b} if out is None else {"a": a, "b": b, "out": _cuda_operand("gemm", "out", out)}
+    device = _same_device("gemm", **operands)
+    with cp.cuda.Device(device):
+        if out is None:
+            if beta != 0:
+                raise ValueError("gemm: beta != 0 needs out (the C that beta scales)")
+            out = cp.empty((M, N), dtype=a.dtype)
+        else:
+            if out.dtype != a.dtype:
+                raise TypeError(f"gemm: out must be {a.dtype}, got {out.dtype} {out.shape}")
+            if out.shape != (M, N):
+                raise ValueError(f"gemm: out must have shape {(M, N)}, got {out.shape} for a {a.shape}, b {b.shape}")
+            if cp.may_share_memory(out, a) or cp.may_share_memory(out, b):
+                a, b = a.copy(), b.copy()
+        _C.gemm_cuda(_unit_stride(cp, a), _unit_stride(cp, b), out, trans_a, trans_b, alpha, beta,
+                     bool(backend.allow_tf32), cp.cuda.get_current_stream().ptr)
+    return out
+
+
+def _matmul_cuda(a, b, out):
+    cp = backend.require_cuda("matmul")
+    a, b = _cuda_operand("matmul", "a", a), _cuda_operand("matmul", "b", b)
+    if a.dtype != b.dtype:
+        raise TypeError(f"matmul: dtypes differ: a {a.dtype} {a.shape}, b {b.dtype} {b.shape}")
+    if a.ndim == 0 or b.ndim == 0:
+        raise ValueError(f"matmul: operands must have at least one dimension, got a {a.shape}, b {b.shape}")
+    device = _same_device("matmul", a=a, b=b)
+    a2 = a[None, :] if a.ndim == 1 else a
+    b2 = b[:, None] if b.ndim == 1 else b
+    if a2.shape[-1] != b2.shape[-2]:
+        raise ValueError(
+            f"matmul: inner dimensions differ: a {a.shape} has {a2.shape[-1]}, b {b.shape} has {b2.shape[-2]}"
+        )
+    try:
+        batch = np.broadcast_shapes(a2.shape[:-2], b2.shape[:-2])
+    except ValueError:
+        raise ValueError(f"matmul: batch dimensions do not broadcast: a {a.shape}, b {b.shape}") from None
+    M, N = a2.shape[-2], b2.shape[-1]
+    with cp.cuda.Device(device):
+        result = cp.empty(batch + (M, N), dtype=a.dtype)
+        if result.size:
+            stream = cp.cuda.get_current_stream().ptr
+            tf32 = bool(backend.allow_tf32)
+            if not batch:
+                _C.gemm_cuda(_unit_stride(cp, a2), _unit_stride(cp, b2), result, False, False, 1.0, 0.0, tf32, stream)
+            else:
+                a3 = cp.broadcast_to(_unit_stride(cp, a2), batch + a2.shape[-2:])
+                b3 = cp.broadcast_to(_unit_stride(cp, b2), batch + b2.shape[-2:])
+                _C.matmul_batched_cuda(a3, b3, result, tf32, stream)
+        if a.ndim == 1:
+            result = result[..., 0, :]
+        if b.ndim == 1:
+            result = result[..., 0]
+        if out is not None:
+            out = _cuda_operand("matmul", "out", out)
+            if out.shape != result.shape or out.dtype != result.dtype:
+                raise ValueError(
+                    f"matmul: out must be a {result.dtype} array of shape {result.shape}, got {out.dtype} {out.shape}"
+                )
+            _same_device("matmul", a=a, out=out)
+            out[...] = result
+            return out
     return result

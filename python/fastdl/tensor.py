@@ -31,7 +31,7 @@ import weakref
 import numpy as np
 
 from . import random as _random
-from .backend import array_module, device_of
+from .backend import array_module, device_of, is_cuda_array, require_cuda
 
 __all__ = [
     "Tensor", "Function", "tensor", "as_tensor", "from_numpy", "from_dlpack",
@@ -280,7 +280,9 @@ class Function:
                 d = a.data
                 if first is None:
                     first = d
-                elif d.__class__ is not first.__class__:
+                elif d.__class__ is not first.__class__ or (
+                    d.__class__ is not _ndarray and d.device.id != first.device.id
+                ):
                     _raise_devices(cls, args)
                 arrays.append(d)
                 if a.requires_grad:
@@ -596,6 +598,13 @@ def _as_array(data):
 def _infer_array(data, op):
     if isinstance(data, Tensor):
         return data.data
+    if is_cuda_array(data):
+        import cupy
+
+        arr = cupy.asarray(data)
+        if arr.dtype not in _SUPPORTED:
+            raise TypeError(f"{op}: cannot make a tensor of dtype {arr.dtype} from {type(data).__name__}")
+        return arr
     if isinstance(data, (list, tuple)) and any(isinstance(v, Tensor) for v in data):
         data = [v.detach().numpy() if isinstance(v, Tensor) else v for v in data]
     try:
@@ -710,7 +719,9 @@ class Tensor:
         return self.data.dtype.kind == "f"
 
     def data_ptr(self) -> int:
-        return self.data.__array_interface__["data"][0]
+        if isinstance(self.data, _ndarray):
+            return self.data.__array_interface__["data"][0]
+        return self.data.data.ptr
 
     # -- conversion --
     def item(self):
@@ -754,9 +765,9 @@ class Tensor:
                 device = a
             else:
                 dtype = a
-        if device is not None:
-            _xp_for_device(device, "to")
         result = self if dtype is None else _F.to_dtype(self, _as_dtype(dtype, "to"))
+        if device is not None:
+            result = _device_ops.to_device(result, device)
         if copy and result is self:
             result = _F.clone(self)
         return result
@@ -788,7 +799,8 @@ class Tensor:
         return _F.to_dtype(self, bool_)
 
     def cpu(self) -> "Tensor":
-        return self
+        """This tensor on the CPU (itself when it is already there); differentiable."""
+        return self.to("cpu")
 
     def cuda(self, device=None):
         return self.to("cuda" if device is None else f"cuda:{device}")
@@ -1405,16 +1417,56 @@ def _shape_args(args) -> tuple:
 
 # ---- creation -------------------------------------------------------------------------------------
 
-def _xp_for_device(device, op: str):
+def _parse_device(device, op: str):
+    """``None``, ``("cpu", None)`` or ``("cuda", index)`` for a device argument ("cpu", "cuda",
+    "cuda:N", or an object whose str() is one of those); asking for CUDA where it cannot run raises
+    RuntimeError saying what is missing (fastdl built with CUDA, CuPy, a GPU) and how to fix it."""
     if device is None:
-        return np
+        return None
     name = str(device)
     if name == "cpu":
+        return "cpu", None
+    if name == "cuda" or name.startswith("cuda:"):
+        cupy = require_cuda(op)
+        if name == "cuda":
+            return "cuda", cupy.cuda.runtime.getDevice()
+        try:
+            index = int(name[5:])
+        except ValueError:
+            raise ValueError(f"{op}: bad device {name!r}; use 'cpu', 'cuda' or 'cuda:N'") from None
+        count = cupy.cuda.runtime.getDeviceCount()
+        if not 0 <= index < count:
+            raise ValueError(f"{op}: device {name!r} does not exist; {count} GPU(s) are visible")
+        return "cuda", index
+    raise ValueError(f"{op}: unknown device {name!r}; use 'cpu', 'cuda' or 'cuda:N'")
+
+
+def _xp_for_device(device, op: str):
+    """The array module of ``device`` (NumPy for "cpu" and None, CuPy for "cuda[:N]")."""
+    parsed = _parse_device(device, op)
+    if parsed is None or parsed[0] == "cpu":
         return np
-    raise ValueError(
-        f"{op}: device {name!r} is not available; fastdl tensors live on 'cpu' (the CUDA device comes "
-        "with the CUDA backend)"
-    )
+    import cupy
+
+    return cupy
+
+
+def _to_device(array, device, op: str):
+    """``array`` on ``device``: itself when it is already there, else one copy (host↔device or
+    device↔device). Nothing ever moves unless asked for here."""
+    parsed = _parse_device(device, op)
+    if parsed is None:
+        return array
+    kind, index = parsed
+    on_gpu = not isinstance(array, _ndarray)
+    if kind == "cpu":
+        return array.get() if on_gpu else array
+    if on_gpu and array.device.id == index:
+        return array
+    import cupy
+
+    with cupy.cuda.Device(index):
+        return array.copy() if on_gpu else cupy.asarray(array)
 
 
 def _size(op: str, size) -> tuple:
@@ -1427,18 +1479,19 @@ def _size(op: str, size) -> tuple:
     return tuple(int(s) for s in shape)
 
 
-def _finish(op, array, requires_grad) -> Tensor:
-    t = Tensor(array)
+def _finish(op, array, requires_grad, device=None) -> Tensor:
+    t = Tensor(_to_device(array, device, op))
     if requires_grad:
         t.requires_grad_(True)
     return t
 
 
-def tensor(data, dtype=None, device="cpu", requires_grad=False) -> Tensor:
+def tensor(data, dtype=None, device=None, requires_grad=False) -> Tensor:
     """A new tensor holding a copy of ``data`` (nested lists, scalars, NumPy arrays, tensors).
 
     Python floats become the default dtype (float32), Python ints int64, bools bool; a NumPy array
-    keeps its dtype.
+    keeps its dtype. ``device`` ("cpu", "cuda", "cuda:N") defaults to where ``data`` is (CuPy
+    arrays and CUDA tensors stay on their GPU).
 
     >>> import fastdl
     >>> fastdl.tensor([[1, 2], [3, 4]]).dtype
@@ -1446,21 +1499,22 @@ def tensor(data, dtype=None, device="cpu", requires_grad=False) -> Tensor:
     >>> fastdl.tensor(2.5, requires_grad=True)
     tensor(2.5, dtype=float32, device='cpu', requires_grad=True)
     """
-    _xp_for_device(device, "tensor")
+    _parse_device(device, "tensor")
     arr = _infer_array(data, "tensor")
-    arr = np.array(arr, dtype=None if dtype is None else _as_dtype(dtype, "tensor"), copy=True)
-    return _finish("tensor", arr, requires_grad)
+    arr = array_module(arr).array(arr, dtype=None if dtype is None else _as_dtype(dtype, "tensor"), copy=True)
+    return _finish("tensor", arr, requires_grad, device)
 
 
-def as_tensor(data, dtype=None, device="cpu") -> Tensor:
-    """Like :func:`tensor` but shares memory with a NumPy array (or tensor) when the dtype allows."""
-    _xp_for_device(device, "as_tensor")
+def as_tensor(data, dtype=None, device=None) -> Tensor:
+    """Like :func:`tensor` but shares memory with a NumPy/CuPy array (or tensor) when the dtype and
+    device allow."""
+    _parse_device(device, "as_tensor")
     if isinstance(data, Tensor):
-        return data if dtype is None else data.to(dtype)
+        return data.to(device=device, dtype=dtype)
     arr = _infer_array(data, "as_tensor")
     if dtype is not None:
         arr = arr.astype(_as_dtype(dtype, "as_tensor"), copy=False)
-    return Tensor(arr)
+    return Tensor(_to_device(arr, device, "as_tensor"))
 
 
 def from_numpy(array: np.ndarray) -> Tensor:
@@ -1503,8 +1557,7 @@ def zeros(*size, dtype=None, device="cpu", requires_grad=False) -> Tensor:
     >>> fastdl.zeros(2, 3).shape
     (2, 3)
     """
-    xp = _xp_for_device(device, "zeros")
-    return _finish("zeros", xp.zeros(_size("zeros", size), _float_dtype(dtype, "zeros")), requires_grad)
+    return _finish("zeros", np.zeros(_size("zeros", size), _float_dtype(dtype, "zeros")), requires_grad, device)
 
 
 def ones(*size, dtype=None, device="cpu", requires_grad=False) -> Tensor:
@@ -1514,8 +1567,7 @@ def ones(*size, dtype=None, device="cpu", requires_grad=False) -> Tensor:
     >>> fastdl.ones(2).tolist()
     [1.0, 1.0]
     """
-    xp = _xp_for_device(device, "ones")
-    return _finish("ones", xp.ones(_size("ones", size), _float_dtype(dtype, "ones")), requires_grad)
+    return _finish("ones", np.ones(_size("ones", size), _float_dtype(dtype, "ones")), requires_grad, device)
 
 
 def empty(*size, dtype=None, device="cpu", requires_grad=False) -> Tensor:
@@ -1525,8 +1577,7 @@ def empty(*size, dtype=None, device="cpu", requires_grad=False) -> Tensor:
     >>> fastdl.empty(4, 2).shape
     (4, 2)
     """
-    xp = _xp_for_device(device, "empty")
-    return _finish("empty", xp.empty(_size("empty", size), _float_dtype(dtype, "empty")), requires_grad)
+    return _finish("empty", np.empty(_size("empty", size), _float_dtype(dtype, "empty")), requires_grad, device)
 
 
 def _scalar_dtype(value):
@@ -1544,11 +1595,10 @@ def full(size, fill_value, dtype=None, device="cpu", requires_grad=False) -> Ten
     >>> fastdl.full((2,), 7).tolist()
     [7, 7]
     """
-    xp = _xp_for_device(device, "full")
     if isinstance(fill_value, Tensor):
         fill_value = fill_value.item()
     d = _scalar_dtype(fill_value) if dtype is None else _as_dtype(dtype, "full")
-    return _finish("full", xp.full(_size("full", (size,) if _is_int(size) else size), fill_value, d), requires_grad)
+    return _finish("full", np.full(_size("full", (size,) if _is_int(size) else size), fill_value, d), requires_grad, device)
 
 
 def arange(start, end=None, step=1, dtype=None, device="cpu", requires_grad=False) -> Tensor:
@@ -1560,14 +1610,13 @@ def arange(start, end=None, step=1, dtype=None, device="cpu", requires_grad=Fals
     >>> fastdl.arange(0, 1, 0.25).dtype
     dtype('float32')
     """
-    xp = _xp_for_device(device, "arange")
     if end is None:
         start, end = 0, start
     if step == 0:
         raise ValueError("arange: step must be nonzero")
     if dtype is None:
         dtype = int64 if all(_is_int(v) for v in (start, end, step)) else _defaults.dtype
-    return _finish("arange", xp.arange(start, end, step).astype(_as_dtype(dtype, "arange")), requires_grad)
+    return _finish("arange", np.arange(start, end, step).astype(_as_dtype(dtype, "arange")), requires_grad, device)
 
 
 def linspace(start, end, steps, dtype=None, device="cpu", requires_grad=False) -> Tensor:
@@ -1577,11 +1626,10 @@ def linspace(start, end, steps, dtype=None, device="cpu", requires_grad=False) -
     >>> fastdl.linspace(0, 1, 3).tolist()
     [0.0, 0.5, 1.0]
     """
-    xp = _xp_for_device(device, "linspace")
     if not _is_int(steps) or steps < 0:
         raise ValueError(f"linspace: steps must be a non-negative integer, got {steps!r}")
     d = _float_dtype(dtype, "linspace")
-    return _finish("linspace", xp.linspace(start, end, steps).astype(d), requires_grad)
+    return _finish("linspace", np.linspace(start, end, steps).astype(d), requires_grad, device)
 
 
 def eye(n, m=None, dtype=None, device="cpu", requires_grad=False) -> Tensor:
@@ -1591,12 +1639,11 @@ def eye(n, m=None, dtype=None, device="cpu", requires_grad=False) -> Tensor:
     >>> fastdl.eye(2).tolist()
     [[1.0, 0.0], [0.0, 1.0]]
     """
-    xp = _xp_for_device(device, "eye")
     n, m = _size("eye", (n, n if m is None else m))
-    return _finish("eye", xp.eye(n, m, dtype=_float_dtype(dtype, "eye")), requires_grad)
+    return _finish("eye", np.eye(n, m, dtype=_float_dtype(dtype, "eye")), requires_grad, device)
 
 
-def _random_float(op, sampler, size, dtype, requires_grad):
+def _random_float(op, sampler, size, dtype, requires_grad, device):
     d = _float_dtype(dtype, op)
     if d.kind != "f":
         raise TypeError(f"{op}: dtype must be floating point, got {d}")
@@ -1605,7 +1652,7 @@ def _random_float(op, sampler, size, dtype, requires_grad):
         arr = sampler(shape, np.float32).astype(np.float16)
     else:
         arr = sampler(shape, d)
-    return _finish(op, arr, requires_grad)
+    return _finish(op, arr, requires_grad, device)
 
 
 def rand(*size, dtype=None, device="cpu", requires_grad=False) -> Tensor:
@@ -1617,8 +1664,10 @@ def rand(*size, dtype=None, device="cpu", requires_grad=False) -> Tensor:
     >>> bool((x >= 0).all() and (x < 1).all())
     True
     """
-    _xp_for_device(device, "rand")
-    return _random_float("rand", lambda s, d: _random.generator().random(s, dtype=d), size, dtype, requires_grad)
+    _parse_device(device, "rand")
+    return _random_float(
+        "rand", lambda s, d: _random.generator().random(s, dtype=d), size, dtype, requires_grad, device
+    )
 
 
 def randn(*size, dtype=None, device="cpu", requires_grad=False) -> Tensor:
@@ -1628,9 +1677,9 @@ def randn(*size, dtype=None, device="cpu", requires_grad=False) -> Tensor:
     >>> fastdl.randn(2, 3).shape
     (2, 3)
     """
-    _xp_for_device(device, "randn")
+    _parse_device(device, "randn")
     return _random_float(
-        "randn", lambda s, d: _random.generator().standard_normal(s, dtype=d), size, dtype, requires_grad
+        "randn", lambda s, d: _random.generator().standard_normal(s, dtype=d), size, dtype, requires_grad, device
     )
 
 
@@ -1642,7 +1691,7 @@ def randint(*args, size=None, dtype=None, device="cpu", requires_grad=False) -> 
     >>> x.dtype, bool((x >= 0).all() and (x < 10).all())
     (dtype('int64'), True)
     """
-    _xp_for_device(device, "randint")
+    _parse_device(device, "randint")
     args = list(args)
     if size is None:
         if not args or not isinstance(args[-1], (tuple, list)):
@@ -1658,7 +1707,7 @@ def randint(*args, size=None, dtype=None, device="cpu", requires_grad=False) -> 
         raise ValueError(f"randint: high ({high}) must be greater than low ({low})")
     d = int64 if dtype is None else _as_dtype(dtype, "randint")
     arr = _random.generator().integers(low, high, _size("randint", size)).astype(d)
-    return _finish("randint", arr, requires_grad)
+    return _finish("randint", arr, requires_grad, device)
 
 
 def randperm(n, dtype=None, device="cpu") -> Tensor:
@@ -1668,9 +1717,9 @@ def randperm(n, dtype=None, device="cpu") -> Tensor:
     >>> sorted(fastdl.randperm(4).tolist())
     [0, 1, 2, 3]
     """
-    _xp_for_device(device, "randperm")
+    _parse_device(device, "randperm")
     d = int64 if dtype is None else _as_dtype(dtype, "randperm")
-    return Tensor(_random.generator().permutation(_size("randperm", (n,))[0]).astype(d))
+    return _finish("randperm", _random.generator().permutation(_size("randperm", (n,))[0]).astype(d), False, device)
 
 
 def _like(op, t, dtype):
@@ -1732,3 +1781,4 @@ def randint_like(input, low=0, high=None, dtype=None, device=None) -> Tensor:
 # The ops need Tensor and Function defined first; Tensor's methods look them up at call time.
 from . import functional as _F  # noqa: E402
 from .ops import elementwise as _ew  # noqa: E402
+from .ops import device as _device_ops  # noqa: E402

@@ -18,10 +18,11 @@ from __future__ import annotations
 import numpy as np
 
 from .. import kernels
-from ..backend import _C, declare_fallback, note_fallback
+from ..backend import _C, array_module, declare_fallback, note_fallback
 from ..tensor import Function, _sum_to_shape
 
 _NATIVE = (np.dtype(np.float32), np.dtype(np.float64))
+_CUDA_HALF = ("float16", "bfloat16")
 declare_fallback("gemm", "float16/integer matmul", "numpy.matmul (the native GEMM is float32/float64)")
 
 
@@ -36,13 +37,14 @@ def gemm(a, b, out=None, trans_a=False, trans_b=False, beta=0.0):
 
 
 def matmul(a, b):
-    """``a @ b`` with NumPy's rules: native for float32/float64, NumPy's matmul otherwise."""
-    if a.dtype in _NATIVE:
+    """``a @ b`` with NumPy's rules: native for float32/float64 (and float16/bfloat16 on CUDA, on
+    tensor cores), NumPy's matmul otherwise."""
+    if a.dtype in _NATIVE or (a.__class__ is not np.ndarray and a.dtype.name in _CUDA_HALF):
         if a.ndim == 2 and b.ndim == 2 and a.__class__ is np.ndarray:
             return gemm(a, b)
         return kernels.matmul(a, b)
     note_fallback("gemm", "float16/integer matmul")
-    return np.matmul(a, b)
+    return array_module(a).matmul(a, b)
 
 
 def _swap(x):
