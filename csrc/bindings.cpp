@@ -311,6 +311,107 @@ py::array lstm_vector_math(const std::string& fn, const py::array& x) {
   return y;
 }
 
+// ---- optim ----------------------------------------------------------------------------------
+// optim_step(rule, hyper, params, grads, states, coefs): one fused step over a parameter group.
+// params/grads are lists of arrays; states is a list of 3 lists (each empty or one array per
+// parameter); coefs a (count, 4) float64 array. Every array must be C-contiguous (the Python layer
+// copies where it is not) and have its parameter's dtype and size; params and states are written.
+fastdl::cpu::OptimHyper optim_hyper(const py::dict& d) {
+  fastdl::cpu::OptimHyper h;
+  for (const auto& item : d) {
+    const std::string key = py::str(item.first);
+    const py::handle v = item.second;
+    if (key == "lr") h.lr = v.cast<double>();
+    else if (key == "beta1") h.beta1 = v.cast<double>();
+    else if (key == "beta2") h.beta2 = v.cast<double>();
+    else if (key == "eps") h.eps = v.cast<double>();
+    else if (key == "weight_decay") h.weight_decay = v.cast<double>();
+    else if (key == "momentum") h.momentum = v.cast<double>();
+    else if (key == "dampening") h.dampening = v.cast<double>();
+    else if (key == "alpha") h.alpha = v.cast<double>();
+    else if (key == "rho") h.rho = v.cast<double>();
+    else if (key == "nesterov") h.nesterov = v.cast<bool>();
+    else if (key == "maximize") h.maximize = v.cast<bool>();
+    else if (key == "amsgrad") h.amsgrad = v.cast<bool>();
+    else if (key == "decoupled") h.decoupled = v.cast<bool>();
+    else if (key == "centered") h.centered = v.cast<bool>();
+    else throw py::value_error("optim_step: unknown hyperparameter '" + key + "'");
+  }
+  return h;
+}
+
+py::array optim_array(const py::handle& obj, const char* what, std::size_t k, bool writable) {
+  if (!py::isinstance<py::array>(obj))
+    throw py::type_error(std::string("optim_step: ") + what + " " + std::to_string(k) + " must be a NumPy array, got " +
+                         py::str(py::type::of(obj).attr("__name__")).cast<std::string>());
+  py::array a = py::reinterpret_borrow<py::array>(obj);
+  if (!(a.flags() & py::array::c_style))
+    throw py::value_error(std::string("optim_step: ") + what + " " + std::to_string(k) + " " + shape_of(a) +
+                          " must be C-contiguous");
+  if (writable) check_writable(a, "optim_step");
+  return a;
+}
+
+template <class T>
+void optim_step_typed(fastdl::cpu::OptimRule rule, const fastdl::cpu::OptimHyper& h, const py::list& params,
+                      const py::list& grads, const py::list& states, const py::array_t<double>& coefs) {
+  const std::size_t count = params.size();
+  std::vector<fastdl::cpu::OptimTensor<T>> tensors(count);
+  const std::string dtype_name = py::str(py::dtype::of<T>()).cast<std::string>();
+  for (std::size_t k = 0; k < count; ++k) {
+    py::array p = optim_array(params[k], "param", k, true);
+    py::array g = optim_array(grads[k], "grad", k, false);
+    auto& t = tensors[k];
+    t.n = static_cast<index_t>(p.size());
+    auto check = [&](const py::array& a, const char* what) {
+      if (!py::isinstance<py::array_t<T>>(a))
+        throw py::type_error(std::string("optim_step: ") + what + " " + std::to_string(k) + " is " +
+                             py::str(a.dtype()).cast<std::string>() + ", parameter is " + dtype_name);
+      if (a.size() != p.size())
+        throw py::value_error(std::string("optim_step: ") + what + " " + std::to_string(k) + " " + shape_of(a) +
+                              " does not match parameter " + shape_of(p));
+    };
+    check(p, "param");
+    check(g, "grad");
+    t.param = static_cast<T*>(p.mutable_data());
+    t.grad = static_cast<const T*>(g.data());
+    for (int slot = 0; slot < 3; ++slot) {
+      const py::list lst = states[slot].cast<py::list>();
+      t.state[slot] = nullptr;
+      if (lst.size() == 0) continue;
+      if (lst.size() != count)
+        throw py::value_error("optim_step: state list " + std::to_string(slot) + " has " +
+                              std::to_string(lst.size()) + " arrays for " + std::to_string(count) + " parameters");
+      py::array s = optim_array(lst[k], "state", k, true);
+      check(s, "state");
+      t.state[slot] = static_cast<T*>(s.mutable_data());
+    }
+    for (int c = 0; c < 4; ++c) t.coef[c] = coefs.at(k, c);
+  }
+  py::gil_scoped_release release;
+  fastdl::cpu::optim_step<T>(rule, h, tensors.data(), static_cast<index_t>(count));
+}
+
+void optim_step(const std::string& rule_name, const py::dict& hyper, const py::list& params, const py::list& grads,
+                const py::list& states, const py::array_t<double, py::array::c_style>& coefs) {
+  const fastdl::cpu::OptimRule rule = fastdl::cpu::parse_optim_rule(rule_name);
+  const fastdl::cpu::OptimHyper h = optim_hyper(hyper);
+  const std::size_t count = params.size();
+  if (grads.size() != count)
+    throw py::value_error("optim_step: " + std::to_string(count) + " params but " + std::to_string(grads.size()) +
+                          " grads");
+  if (states.size() != 3) throw py::value_error("optim_step: states must be a list of 3 lists");
+  if (coefs.ndim() != 2 || coefs.shape(0) != static_cast<py::ssize_t>(count) || coefs.shape(1) != 4)
+    throw py::value_error("optim_step: coefs must have shape (" + std::to_string(count) + ", 4), got " +
+                          shape_of(coefs));
+  if (count == 0) return;
+  const DType dt = float_dtype(optim_array(params[0], "param", 0, true), "optim_step", "param 0");
+  if (dt == DType::f32)
+    optim_step_typed<float>(rule, h, params, grads, states, coefs);
+  else
+    optim_step_typed<double>(rule, h, params, grads, states, coefs);
+}
+
 // ---- CUDA arrays: CuPy (or any producer) through __cuda_array_interface__ ---------------------
 
 // A device array as the interface describes it: pointer, shape, strides in elements, dtype.
@@ -567,6 +668,10 @@ PYBIND11_MODULE(_C, m) {
         "LSTM backward through time into the given gradient arrays (None: not wanted)");
   m.def("lstm_vector_math", &lstm_vector_math, py::arg("fn"), py::arg("x"),
         "the gate kernels' vectorised exp/sigmoid/tanh at the current CPU level (accuracy tests)");
+
+  m.def("optim_step", &optim_step, py::arg("rule"), py::arg("hyper"), py::arg("params"), py::arg("grads"),
+        py::arg("states"), py::arg("coefs"),
+        "one fused optimizer step over a parameter group (rules: sgd adagrad adadelta rmsprop adam nadam adamax)");
 
   m.def("cuda_info", &cuda_info);
   m.def("gemm_cuda", &gemm_cuda, py::arg("a"), py::arg("b"), py::arg("out"), py::arg("trans_a") = false,

@@ -97,6 +97,38 @@ void lstm_backward(S* dx, S* dh0, S* dc0, S* dw_ih, S* dw_hh, S* db, S* dgates, 
 template <class S>
 void lstm_vector_math(const std::string& fn, const S* x, S* y, index_t n);
 
+// ---- optim.cpp -----------------------------------------------------------------------------
+// One optimizer step for every tensor of a parameter group, fused: each element of p, grad and
+// the state is read and written once. Rules and their state slots (nullptr where unused):
+//   sgd      [0] momentum_buffer (momentum != 0)          coef[0] = 1 on the buffer's first step
+//   adagrad  [0] sum                                       coef[0] = clr = lr / (1 + (t−1)·lr_decay)
+//   adadelta [0] square_avg [1] acc_delta
+//   rmsprop  [0] square_avg [1] grad_avg (centered) [2] momentum_buffer (momentum > 0)
+//   adam     [0] exp_avg [1] exp_avg_sq [2] max_exp_avg_sq (amsgrad)
+//                                                          coef[0] = lr/(1−β1ᵗ), coef[1] = √(1−β2ᵗ)
+//   nadam    [0] exp_avg [1] exp_avg_sq                    coef[0] = 1−β2ᵗ, coef[1], coef[2] = the
+//                                                          grad and exp_avg step sizes (μ schedule)
+//   adamax   [0] exp_avg [1] exp_inf                       coef[0] = lr/(1−β1ᵗ)
+// Every tensor is contiguous with n elements; state arrays have the parameter's size.
+enum class OptimRule : int { sgd, adagrad, adadelta, rmsprop, adam, nadam, adamax };
+struct OptimHyper {
+  double lr = 0, beta1 = 0, beta2 = 0, eps = 0, weight_decay = 0, momentum = 0, dampening = 0, alpha = 0,
+         rho = 0;
+  bool nesterov = false, maximize = false, amsgrad = false, decoupled = false, centered = false;
+};
+template <class T>
+struct OptimTensor {
+  index_t n;
+  T* param;
+  const T* grad;
+  T* state[3];
+  double coef[4];
+};
+const char* optim_rule_name(OptimRule rule);
+OptimRule parse_optim_rule(const std::string& name);  // ValueError for an unknown name
+template <class T>
+void optim_step(OptimRule rule, const OptimHyper& h, const OptimTensor<T>* tensors, index_t count);
+
 }  // namespace cpu
 
 namespace cuda {

@@ -1,5 +1,7 @@
 """Test helpers: tolerances derived from the dtype and the reduction length, seeded inputs, and the
 awkward shapes every kernel is tested on."""
+import os
+
 import numpy as np
 
 EPS = {np.dtype(np.float32): np.finfo(np.float32).eps, np.dtype(np.float64): np.finfo(np.float64).eps}
@@ -51,6 +53,8 @@ try:
     import torch
 except ImportError:  # pragma: no cover - CI installs torch; the NumPy path keeps tests running without
     torch = None
+if os.environ.get("FASTDL_TEST_WITHOUT_TORCH") == "1":  # exercise the NumPy references on purpose
+    torch = None
 
 
 def noncontiguous(a: np.ndarray) -> np.ndarray:
@@ -64,7 +68,7 @@ def noncontiguous(a: np.ndarray) -> np.ndarray:
     return view
 
 
-def _to_tensors(arrays, dtype, grad, strided):
+def _to_tensors(arrays, dtype, grad, strided, device):
     import fastdl
 
     tensors = []
@@ -72,9 +76,10 @@ def _to_tensors(arrays, dtype, grad, strided):
         if a.dtype.kind == "f":
             v = a.astype(dtype)
             v = noncontiguous(v) if strided else v
-            tensors.append(fastdl.Tensor(v, requires_grad=grad))
+            t = fastdl.Tensor(v) if device == "cpu" else fastdl.tensor(v, device=device)
+            tensors.append(t.requires_grad_(grad))
         else:
-            tensors.append(fastdl.Tensor(a))
+            tensors.append(fastdl.Tensor(a) if device == "cpu" else fastdl.tensor(a, device=device))
     return tensors
 
 
@@ -97,7 +102,7 @@ def _numerical_grads(numpy_fn, arrays, upstream, eps=1e-6):
             grads.append(None)
             continue
         g = np.zeros(a.shape)
-        args = [x.astype(np.float64) if x.dtype.kind == "f" else x for x in arrays]
+        args = [np.array(x, dtype=np.float64) if x.dtype.kind == "f" else x for x in arrays]
         flat = args[i].reshape(-1)
         for j in range(flat.size):
             old = flat[j]
@@ -111,16 +116,19 @@ def _numerical_grads(numpy_fn, arrays, upstream, eps=1e-6):
     return grads
 
 
-def check_op(fn, arrays, torch_fn=None, numpy_fn=None, dtype=np.float64, grad=True, k=1, strided=True, seed=0):
+def check_op(fn, arrays, torch_fn=None, numpy_fn=None, dtype=np.float64, grad=True, k=1, strided=True, seed=0,
+             device="cpu"):
     """Check ``fn`` (fastdl tensors → tensor or tuple) on ``arrays`` (NumPy; float arrays become
     ``dtype`` tensors that require grad, integer/bool arrays constant tensors) against the float64
     reference: ``torch_fn`` (same call on torch tensors) when PyTorch is importable, else
     ``numpy_fn`` (on float64 arrays; its gradients by central differences). Values and gradients
     (for a random upstream gradient) must agree within ``tol(dtype, k)`` of the reference's
-    magnitude; with ``strided`` the check is repeated on non-contiguous views of the inputs."""
+    magnitude; with ``strided`` the check is repeated on non-contiguous views of the inputs. The
+    fastdl tensors live on ``device``."""
     import fastdl
 
     dtype = np.dtype(dtype)
+    arrays = [np.asarray(a) for a in arrays]
     rng = np.random.default_rng(seed)
     # The reference sees exactly the values fastdl sees (rounded to dtype), in float64.
     rounded = [a.astype(dtype).astype(np.float64) if a.dtype.kind == "f" else a for a in arrays]
@@ -152,13 +160,13 @@ def check_op(fn, arrays, torch_fn=None, numpy_fn=None, dtype=np.float64, grad=Tr
         else:
             ref_grads = _numerical_grads(numpy_fn, rounded, upstream)
     for variant in ((False, True) if strided else (False,)):
-        tensors = _to_tensors(arrays, dtype, grad, variant)
+        tensors = _to_tensors(arrays, dtype, grad, variant, device)
         outs = _float_outputs(fn(*tensors))
         assert len(outs) == len(ref_values), f"{len(outs)} float outputs, reference has {len(ref_values)}"
         for o, r in zip(outs, ref_values):
             assert o.shape == r.shape, f"output shape {o.shape} != reference {r.shape}"
             assert o.dtype == dtype, f"output dtype {o.dtype} != {dtype}"
-            assert_close(o.numpy(), r, dtype, k)
+            assert_close(np.asarray(o.detach().cpu()), r, dtype, k)
         if not grad:
             continue
         live = [(o, g) for o, g in zip(outs, upstream) if o.requires_grad]
@@ -167,7 +175,7 @@ def check_op(fn, arrays, torch_fn=None, numpy_fn=None, dtype=np.float64, grad=Tr
         for i, (t, r) in enumerate(zip(tensors, ref_grads)):
             if r is None:
                 continue
-            got = np.zeros(t.shape) if t.grad is None else t.grad.numpy()
+            got = np.zeros(t.shape) if t.grad is None else np.asarray(t.grad.cpu())
             assert t.grad is None or t.grad.shape == t.shape, f"grad {i} shape {t.grad.shape} != {t.shape}"
             bound_dtype = dtype if use_torch else np.dtype(np.float64)
             if use_torch:
@@ -183,6 +191,7 @@ def gradcheck(fn, arrays, **kwargs):
     require grad; integer/bool arrays are constants)."""
     import fastdl
 
+    arrays = [np.asarray(a) for a in arrays]
     tensors = [fastdl.Tensor(a.astype(np.float64), requires_grad=True) if a.dtype.kind == "f" else fastdl.Tensor(a)
                for a in arrays]
     assert fastdl.autograd.gradcheck(fn, tensors, **kwargs)

@@ -129,7 +129,7 @@ def test_backward_frees_saved_arrays():
     node = y.grad_fn
     y.sum().backward()
     with pytest.raises(RuntimeError, match="freed"):
-        node.saved_tensors
+        _ = node.saved_tensors
 
 
 def test_backward_with_explicit_gradient_for_non_scalar():
@@ -406,3 +406,12 @@ def test_gradcheck_catches_a_wrong_backward():
 def test_gradcheck_requires_float64():
     with pytest.raises(TypeError, match="float64"):
         fastdl.autograd.gradcheck(lambda t: t * 2, (fastdl.ones(2, requires_grad=True),))
+
+
+def test_autodiff_graph_example_checks_its_derivatives():
+    import pathlib
+    import runpy
+
+    example = runpy.run_path(str(pathlib.Path(__file__).parents[1] / "examples" / "autodiff_graph.py"))
+    assert example["main"](["autodiff_graph.py"]) == 0
+    assert example["main"](["autodiff_graph.py", "-0.3", "1.7", "2.5"]) == 0

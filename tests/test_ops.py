@@ -35,7 +35,7 @@ def _np_sigmoid(x):
 
 
 def _np_erf(x):
-    return np.vectorize(math.erf)(x)
+    return np.array([math.erf(v) for v in np.ravel(x)]).reshape(np.shape(x))
 
 
 # name: (fastdl fn, torch fn, numpy fn, domain)
@@ -365,9 +365,9 @@ def test_linear(x_shape, bias, dtype, cpu_level):
 
 
 def test_mm_bmm_dot():
-    check_op(fastdl.mm, [data((3, 4)), data((4, 2))], torch.mm, np.matmul)
-    check_op(fastdl.bmm, [data((2, 3, 4)), data((2, 4, 2))], torch.bmm, np.matmul)
-    check_op(fastdl.dot, [data((5,)), data((5,))], torch.dot, np.dot)
+    check_op(fastdl.mm, [data((3, 4)), data((4, 2))], lambda a, b: torch.mm(a, b), np.matmul)
+    check_op(fastdl.bmm, [data((2, 3, 4)), data((2, 4, 2))], lambda a, b: torch.bmm(a, b), np.matmul)
+    check_op(fastdl.dot, [data((5,)), data((5,))], lambda a, b: torch.dot(a, b), np.dot)
 
 
 # ---- shapes ---------------------------------------------------------------------------------------
@@ -573,3 +573,15 @@ def test_composite_chain_against_torch():
 
     check_op(lambda x, w: f(fastdl, x, w), [data((4, 3)), data((3, 5), seed=1)], lambda x, w: f(torch, x, w),
              None, dtype=np.float32, k=5)
+
+
+def test_clamp_with_tensor_bounds_gradcheck():
+    gradcheck(lambda x, lo, hi: fastdl.clamp(x, lo, hi), [data((3, 4)), data((4,), seed=1) - 1, data((3, 1), seed=2) + 1])
+
+
+def test_dropout_gradcheck_with_a_fixed_mask():
+    def fn(x):
+        fastdl.manual_seed(11)
+        return F.dropout(x, 0.3)
+
+    gradcheck(fn, [data((4, 5))])

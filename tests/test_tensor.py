@@ -271,3 +271,14 @@ def test_torch_style_top_level_functions():
     assert fastdl.max(x).item() == 4 and fastdl.max(x, 0).values.tolist() == [3, 4]
     assert fastdl.max(x, fastdl.zeros_like(x)).tolist() == [[1, 0], [3, 4]]
     assert fastdl.functional is fastdl.functional and fastdl.autograd.Function is fastdl.Function
+
+
+def test_overhead_benchmark_problems_run_and_format():
+    from fastdl import bench
+
+    for problem in bench.overhead_problems():
+        for fn in problem.make().values():
+            fn()
+    row = {"problem": "add 8x8", "dtype": "float32", "threads": 1, "us": {"fastdl": 1.0, "numpy": 0.5, "torch": 2.0}}
+    assert bench.format_row(row).split()[-2:] == ["2.00", "0.50"]
+    assert "torch us" in bench.format_header("overhead") and "% peak" in bench.format_header("gemm")

@@ -28,6 +28,7 @@ from .backend import (
 from . import random
 from .tensor import *  # noqa: F401,F403 - Tensor, creation functions, dtypes, grad modes
 from .tensor import __all__ as _tensor_all
+from .tensor import bool_, float16, float32, float64, int16, int32, int64
 from . import functional, autograd
 from .random import get_rng_state, initial_seed, manual_seed, seed, set_rng_state
 
@@ -68,3 +69,9 @@ __all__ = [
     # cuda branch
     "cuda", "backends",
 ]
+
+# ---- nn, optim and saving (nn branch) --------------------------------------------------------------
+from . import nn, optim  # noqa: E402
+from .serialization import load, load_torch_state_dict, save  # noqa: E402
+
+__all__ += ["nn", "optim", "save", "load", "load_torch_state_dict"]

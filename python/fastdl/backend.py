@@ -96,10 +96,14 @@ def array_module(x):
     """The array module of ``x``: ``numpy`` for CPU arrays and Python scalars (CuPy on "cuda").
 
     >>> import numpy as np
+    >>> from fastdl.backend import array_module
     >>> array_module(np.ones(2)) is np
     True
     """
-    if type(x).__module__.startswith("cupy"):
+    cls = type(x)
+    if cls is np.ndarray:
+        return np
+    if cls.__module__.startswith("cupy"):
         import cupy
 
         return cupy
@@ -110,6 +114,7 @@ def device_of(x) -> str:
     """The device an array lives on: ``"cpu"`` for NumPy arrays, ``"cuda:N"`` for GPU arrays.
 
     >>> import numpy as np
+    >>> from fastdl.backend import device_of
     >>> device_of(np.ones(2))
     'cpu'
     """
@@ -141,6 +146,7 @@ def is_cuda_array(x) -> bool:
     """Whether ``x`` is a GPU array (CuPy, or anything with ``__cuda_array_interface__``).
 
     >>> import numpy as np
+    >>> from fastdl.backend import is_cuda_array
     >>> is_cuda_array(np.ones(2))
     False
     """
@@ -238,3 +244,9 @@ FAMILY_IMPLEMENTATIONS["lstm"] = {
     "cuda": "not yet implemented",
 }
 declare_fallback("lstm", "GRU/RNN", "composed from linear, sigmoid, tanh/relu and elementwise ops per time step")
+
+# ---- optim (nn branch) ----------------------------------------------------------------------------
+FAMILY_IMPLEMENTATIONS["optim"] = {
+    "cpu": "native: fused multi-tensor optimizer step (one pass per group), {level}",
+    "cuda": "not yet implemented",
+}

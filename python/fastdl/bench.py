@@ -98,7 +98,82 @@ def _gemm_problem(M: int, N: int, K: int, batch: int, dtype: str) -> Problem:
     return Problem("gemm", name, 2.0 * M * N * K * batch, make, dtype)
 
 
-PROBLEMS: dict[str, Callable[..., list[Problem]]] = {"gemm": gemm_problems}
+# ---- per-op overhead (tensor branch) ---------------------------------------------------------------
+# Not FLOP problems: microseconds per call of tiny ops, where Python dispatch and graph bookkeeping
+# dominate (Problem.flops = 0 marks them; rows report µs and the ratio fastdl / reference).
+
+def overhead_problems(full: bool = False) -> list[Problem]:
+    """Single small ops (add of two 8×8 tensors, a 32×32 matmul) and a Linear(64, 64) layer on a
+    batch of 32: its forward (graph recorded, as in training) and forward + backward (ReLU, sum)."""
+    return [Problem("overhead", name, 0.0, make) for name, make in (
+        ("add 8x8", _overhead_add), ("matmul 32x32", _overhead_matmul),
+        ("linear 64->64 fwd", lambda: _overhead_linear(False)), ("linear 64->64 fwd+bwd", lambda: _overhead_linear(True)),
+    )]
+
+
+def _overhead_add():
+    import fastdl
+
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((2, 8, 8)).astype(np.float32)
+    fa, fb = fastdl.tensor(a), fastdl.tensor(b)
+    impls = {"fastdl": lambda: fa + fb, "numpy": lambda: a + b}
+    torch = _torch()
+    if torch is not None:
+        ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+        impls["torch"] = lambda: ta + tb
+    return impls
+
+
+def _overhead_matmul():
+    import fastdl
+
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((2, 32, 32)).astype(np.float32)
+    fa, fb = fastdl.tensor(a), fastdl.tensor(b)
+    impls = {"fastdl": lambda: fa @ fb, "numpy": lambda: a @ b}
+    torch = _torch()
+    if torch is not None:
+        ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+        impls["torch"] = lambda: ta @ tb
+    return impls
+
+
+def _overhead_linear(backward: bool):
+    import fastdl
+    from fastdl import functional as F
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((32, 64)).astype(np.float32)
+    w = (rng.standard_normal((64, 64)) / 8).astype(np.float32)
+    b = np.zeros(64, np.float32)
+    fx, fw, fb = fastdl.tensor(x), fastdl.tensor(w, requires_grad=True), fastdl.tensor(b, requires_grad=True)
+
+    def fastdl_step():
+        if not backward:
+            return F.linear(fx, fw, fb)
+        fw.grad = fb.grad = None
+        F.linear(fx, fw, fb).relu().sum().backward()
+
+    impls = {"fastdl": fastdl_step}
+    torch = _torch()
+    if torch is not None:
+        tx = torch.from_numpy(x)
+        tw, tb = torch.tensor(w, requires_grad=True), torch.tensor(b, requires_grad=True)
+
+        def torch_step():
+            if not backward:
+                return torch.nn.functional.linear(tx, tw, tb)
+            tw.grad = tb.grad = None
+            torch.nn.functional.linear(tx, tw, tb).relu().sum().backward()
+
+        impls["torch"] = torch_step
+    return impls
+
+
+PROBLEMS: dict[str, Callable[..., list[Problem]]] = {"gemm": gemm_problems, "overhead": overhead_problems}
+# Families reported in µs per call (their problems have flops = 0) rather than GFLOP/s.
+TIME_FAMILIES: tuple = ("overhead",)
 
 
 # ---- LSTM ----------------------------------------------------------------------------------------
@@ -218,6 +293,89 @@ def _per_step(row: dict) -> str:
 PROBLEMS["lstm"] = lstm_problems
 
 
+# ---- optim: one optimizer step --------------------------------------------------------------------
+
+def optim_problems(full: bool = False) -> list[Problem]:
+    """One optimizer step, in µs: Adam, AdamW and SGD-momentum on a 1M-parameter MLP
+    (Linear(512, 1024) + Linear(1024, 512): 4 tensors, 1,050,112 parameters), and Adam on
+    1M parameters split into 100 tensors (the per-parameter overhead). Against
+    ``torch.optim`` with ``foreach=True`` and a per-parameter NumPy Adam (the loop it replaces)."""
+    mlp = [(1024, 512), (1024,), (512, 1024), (512,)]
+    many = [(10_000,)] * 100
+    problems = [
+        _optim_problem("adam", "mlp-1M", mlp),
+        _optim_problem("adam", "100x10k", many),
+        _optim_problem("adamw", "mlp-1M", mlp),
+        _optim_problem("sgd", "mlp-1M", mlp),
+    ]
+    if full:
+        problems.append(_optim_problem("adam", "mlp-1M", mlp, "float64"))
+    return problems
+
+
+def _numpy_adam(params, grads, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8):
+    """Adam as a per-parameter loop of in-place NumPy operations (the baseline of the fused step)."""
+    state = [(np.zeros_like(p), np.zeros_like(p), np.empty_like(p)) for p in params]
+    step = [0]
+
+    def run():
+        step[0] += 1
+        t = step[0]
+        step_size = lr / (1 - beta1**t)
+        bc2_sqrt = (1 - beta2**t) ** 0.5
+        for p, g, (m, v, tmp) in zip(params, grads, state):
+            m *= beta1
+            m += (1 - beta1) * g
+            v *= beta2
+            np.multiply(g, g, out=tmp)
+            tmp *= 1 - beta2
+            v += tmp
+            np.sqrt(v, out=tmp)
+            tmp /= bc2_sqrt
+            tmp += eps
+            np.divide(m, tmp, out=tmp)
+            tmp *= step_size
+            p -= tmp
+
+    return run
+
+
+def _optim_problem(rule: str, name: str, shapes, dtype: str = "float32") -> Problem:
+    def make():
+        from . import nn, optim
+        from .tensor import Tensor
+
+        rng = np.random.default_rng(0)
+        arrays = [rng.standard_normal(s).astype(dtype) for s in shapes]
+        grads = [rng.standard_normal(s).astype(dtype) * 1e-2 for s in shapes]
+        params = [nn.Parameter(Tensor(a.copy())) for a in arrays]
+        for p, g in zip(params, grads):
+            p.grad = Tensor(g)
+
+        def build(module, ps, **extra):
+            if rule == "sgd":
+                return module.SGD(ps, lr=1e-3, momentum=0.9, **extra)
+            return (module.AdamW if rule == "adamw" else module.Adam)(ps, lr=1e-3, **extra)
+
+        impls = {"fastdl": build(optim, params).step}
+        if rule == "adam":
+            impls["numpy"] = _numpy_adam([a.copy() for a in arrays], grads)
+        torch = _torch()
+        if torch is not None:
+            tparams = [torch.tensor(a, requires_grad=True) for a in arrays]
+            for p, g in zip(tparams, grads):
+                p.grad = torch.from_numpy(g)
+            impls["torch"] = build(torch.optim, tparams, foreach=True).step
+        return impls
+
+    # flops = 0: the row reports µs per step (as the overhead family).
+    return Problem("optim", f"{rule}-{name}", 0.0, make, dtype)
+
+
+PROBLEMS["optim"] = optim_problems
+TIME_FAMILIES = TIME_FAMILIES + ("optim",)
+
+
 def peak_gflops(dtype: str, threads: int) -> float:
     """The measured FMA peak for the ISA in use, in GFLOP/s, on ``threads`` cores."""
     return _C.measure_peak_gflops(cpu_capability(), dtype == "float64", threads, 0.1)
@@ -238,9 +396,15 @@ def run(family: str, threads_list=(1, 2), full: bool = False, repeats: int = 5, 
             peaks = {}
             with threadpoolctl.threadpool_limits(limits=threads):
                 for problem in PROBLEMS[family](full=full):
+                    times = best_times(problem.make(), repeats=repeats)
+                    if not problem.flops:
+                        row = {"family": family, "problem": problem.name, "dtype": problem.dtype, "threads": threads,
+                               "us": {k: t * 1e6 for k, t in times.items()}, "seconds": times}
+                        rows.append(row)
+                        printer(format_row(row))
+                        continue
                     if problem.dtype not in peaks:
                         peaks[problem.dtype] = peak_gflops(problem.dtype, threads)
-                    times = best_times(problem.make(), repeats=repeats)
                     row = {
                         "family": family,
                         "problem": problem.name,
@@ -258,7 +422,10 @@ def run(family: str, threads_list=(1, 2), full: bool = False, repeats: int = 5, 
     return rows
 
 
-def format_header() -> str:
+def format_header(family: str = "gemm") -> str:
+    if family in TIME_FAMILIES:
+        return (f"{'problem':>22} {'dtype':>7} {'thr':>3} {'fastdl us':>10} {'numpy us':>10} {'torch us':>10} "
+                f"{'x numpy':>8} {'x torch':>8}")
     return (
         f"{'problem':>22} {'dtype':>7} {'thr':>3} {'fastdl':>9} {'numpy':>9} {'torch':>9} "
         f"{'x numpy':>8} {'x torch':>8} {'% peak':>7}"
@@ -266,6 +433,13 @@ def format_header() -> str:
 
 
 def format_row(row: dict) -> str:
+    if "us" in row:
+        us = row["us"]
+        fd, npy, tch = us.get("fastdl"), us.get("numpy"), us.get("torch")
+        cells = [f"{v:.2f}" if v is not None else "-" for v in (fd, npy, tch)]
+        ratios = [f"{fd / v:.2f}" if v else "-" for v in (npy, tch)]
+        return (f"{row['problem']:>22} {row['dtype']:>7} {row['threads']:>3} {cells[0]:>10} {cells[1]:>10} "
+                f"{cells[2]:>10} {ratios[0]:>8} {ratios[1]:>8}")
     g = row["gflops"]
     fd, npy, tch = g.get("fastdl"), g.get("numpy"), g.get("torch")
 

@@ -68,8 +68,9 @@ def _bench(args) -> int:
     threads = [int(t) for t in args.threads.split(",")]
     rows = []
     for family in families:
-        print(f"\n## {family}: GFLOP/s, best of {args.repeats} interleaved repeats")
-        print(bench.format_header())
+        unit = "microseconds per call (x = fastdl / reference)" if family in bench.TIME_FAMILIES else "GFLOP/s"
+        print(f"\n## {family}: {unit}, best of {args.repeats} interleaved repeats")
+        print(bench.format_header(family))
         rows += bench.run(family, threads_list=threads, full=args.full, repeats=args.repeats)
     if args.json:
         with open(args.json, "w") as fh:

@@ -21,7 +21,7 @@ import numbers
 import numpy as np
 
 from . import random as _random
-from .backend import array_module
+from .backend import _C, array_module
 from .ops import elementwise as _ew
 from .ops import gemm as _gemm
 from .ops import reduce as _red
@@ -48,7 +48,15 @@ __all__ = [
     "gather", "scatter_add", "masked_fill", "index_select", "one_hot", "tril", "triu",
     # random
     "dropout",
+    # nn: normalisation, embedding, losses (nn branch)
+    "dropout2d", "batch_norm", "layer_norm", "group_norm", "embedding", "bilinear", "cosine_similarity",
+    "cross_entropy", "nll_loss", "mse_loss", "l1_loss", "smooth_l1_loss", "binary_cross_entropy",
+    "binary_cross_entropy_with_logits", "kl_div", "cosine_embedding_loss",
 ]
+
+
+_F32, _F64 = np.dtype(np.float32), np.dtype(np.float64)
+_ndarray, _empty = np.ndarray, np.empty
 
 
 # ---- argument helpers -----------------------------------------------------------------------------
@@ -101,7 +109,12 @@ def _index_array(index, op: str, name: str = "index"):
 
 
 def _record(*tensors) -> bool:
-    return _grad_mode.enabled and builtins.any(isinstance(t, Tensor) and t.requires_grad for t in tensors)
+    """Whether an op on ``tensors`` records the graph (grad mode on and one of them requires grad)."""
+    if _grad_mode.enabled:
+        for t in tensors:
+            if isinstance(t, Tensor) and t.requires_grad:
+                return True
+    return False
 
 
 # ---- elementwise ----------------------------------------------------------------------------------
@@ -309,7 +322,7 @@ def leaky_relu(input, negative_slope=0.01, inplace=False) -> Tensor:
     """input where positive, negative_slope · input elsewhere.
 
     >>> import fastdl
-    >>> fastdl.functional.leaky_relu(fastdl.tensor([-1.0, 2.0]), 0.1).tolist()
+    >>> fastdl.functional.leaky_relu(fastdl.tensor([-1.0, 2.0], dtype=fastdl.float64), 0.1).tolist()
     [-0.1, 2.0]
     """
     return _unary_op(_ew.LeakyReluFn, input, "leaky_relu", float(negative_slope))
@@ -680,12 +693,12 @@ def sum(input, dim=None, keepdim=False, *, dtype=None) -> Tensor:
     (6.0, [3.0, 3.0], (1, 1))
     """
     x = _with_dtype(_tensor(input, "sum"), dtype, "sum")
-    dims = _dims(dim, x, "sum")
+    dims = None if dim is None else _dims(dim, x, "sum")
     if x.data.dtype.kind in "biu" and x.data.dtype != np.int64:
         x = _ew.to_dtype(x, np.dtype(np.int64))
     if x.requires_grad and _grad_mode.enabled:
         return _red.SumFn.apply(x, dims, bool(keepdim))
-    return Tensor(x.data.sum(axis=dims, keepdims=bool(keepdim)))
+    return Tensor(_red.sum_array(x.data, dims, bool(keepdim)))
 
 
 def mean(input, dim=None, keepdim=False, *, dtype=None) -> Tensor:
@@ -831,7 +844,7 @@ def logsumexp(input, dim, keepdim=False) -> Tensor:
     """log Σ exp(input) over ``dim``, computed stably.
 
     >>> import fastdl
-    >>> round(fastdl.logsumexp(fastdl.tensor([1000.0, 1000.0]), 0).item(), 4)
+    >>> round(fastdl.logsumexp(fastdl.tensor([1000.0, 1000.0], dtype=fastdl.float64), 0).item(), 4)
     1000.6931
     """
     x = _float_input(_tensor(input, "logsumexp"), "logsumexp")
@@ -947,13 +960,25 @@ def matmul(input, other) -> Tensor:
     >>> fastdl.matmul(fastdl.ones(3), fastdl.ones(3)).item()
     3.0
     """
+    if input.__class__ is Tensor and other.__class__ is Tensor:
+        # The common case first: two float32/float64 matrices on the CPU with no graph to record.
+        ad, bd = input.data, other.data
+        dtype = ad.dtype
+        if dtype is bd.dtype and (dtype is _F32 or dtype is _F64) and ad.__class__ is _ndarray \
+                and bd.__class__ is _ndarray and not (_grad_mode.enabled and (input.requires_grad or other.requires_grad)):
+            sa, sb = ad.shape, bd.shape
+            if len(sa) == 2 and len(sb) == 2 and sa[1] == sb[0]:
+                out = _empty((sa[0], sb[1]), dtype)
+                _C.gemm(ad, bd, out, False, False, 1.0, 0.0)
+                return Tensor(out)
     a = input if isinstance(input, Tensor) else _ew._as_operand(input)
     b = other if isinstance(other, Tensor) else _ew._as_operand(other)
     if a is NotImplemented or b is NotImplemented:
         raise TypeError(f"matmul: operands must be tensors or arrays, got {type(input).__name__} and "
                         f"{type(other).__name__}")
-    a, b = _ew.promote_tensors("matmul", a, b)
-    sa, sb = a.shape, b.shape
+    if a.data.dtype is not b.data.dtype or a.data.__class__ is not b.data.__class__:
+        a, b = _ew.promote_tensors("matmul", a, b)
+    sa, sb = a.data.shape, b.data.shape
     if len(sa) == 0 or len(sb) == 0:
         raise ValueError(f"matmul: both operands need at least one dimension, got {sa} and {sb}")
     ka = sa[-1]
@@ -967,7 +992,7 @@ def matmul(input, other) -> Tensor:
             raise ValueError(f"matmul: batch dimensions do not broadcast: {sa} @ {sb}") from None
     if a.data.dtype == np.bool_:
         raise TypeError(f"matmul: bool tensors are not supported ({sa} @ {sb})")
-    if _record(a, b):
+    if _grad_mode.enabled and (a.requires_grad or b.requires_grad):
         return _gemm.MatmulFn.apply(a, b)
     return Tensor(_gemm.matmul(a.data, b.data))
 
@@ -1019,23 +1044,26 @@ def linear(input, weight, bias=None) -> Tensor:
     [3.0, 3.0]
     """
     x, w = _tensor(input, "linear"), _tensor(weight, "linear", "weight")
-    if w.data.ndim != 2 or x.data.ndim < 1 or x.shape[-1] != w.shape[1]:
+    xd, wd = x.data, w.data
+    if wd.ndim != 2 or xd.ndim < 1 or xd.shape[-1] != wd.shape[1]:
         raise ValueError(f"linear: input {x.shape} vs weight {w.shape}: the last dimension of input must "
                          "equal weight's second (in_features)")
+    bd = None
     if bias is not None:
-        bias = _tensor(bias, "linear", "bias")
-        if bias.shape != (w.shape[0],):
-            raise ValueError(f"linear: bias {bias.shape} must be ({w.shape[0]},) for weight {w.shape}")
-    operands = (x, w) if bias is None else (x, w, bias)
-    if builtins.any(t.data.dtype != x.data.dtype for t in operands):
-        raise TypeError("linear: dtypes differ: " + ", ".join(f"{t.dtype} {t.shape}" for t in operands))
-    if x.data.dtype.kind != "f":
+        bd = _tensor(bias, "linear", "bias").data
+        if bd.shape != (wd.shape[0],):
+            raise ValueError(f"linear: bias {bias.shape} must be ({wd.shape[0]},) for weight {w.shape}")
+    if xd.dtype is not wd.dtype or (bd is not None and bd.dtype is not xd.dtype):
+        operands = (x, w) if bias is None else (x, w, bias)
+        if builtins.any(t.data.dtype != xd.dtype for t in operands):
+            raise TypeError("linear: dtypes differ: " + ", ".join(f"{t.dtype} {t.shape}" for t in operands))
+    if xd.dtype.kind != "f":
         raise TypeError(f"linear: input must be floating point, got {x.dtype} {x.shape}")
-    if builtins.any(t.data.__class__ is not x.data.__class__ for t in operands):
-        _raise_devices("linear", operands)
-    if _record(x, w, bias):
+    if xd.__class__ is not wd.__class__ or (bd is not None and bd.__class__ is not xd.__class__):
+        _raise_devices("linear", (x, w) if bias is None else (x, w, bias))
+    if _grad_mode.enabled and (x.requires_grad or w.requires_grad or (bias is not None and bias.requires_grad)):
         return _gemm.GemmFn.apply(x, w, bias)
-    return Tensor(_gemm.GemmFn.forward(_NULL_CTX, x.data, w.data, None if bias is None else bias.data))
+    return Tensor(_gemm.GemmFn.forward(_NULL_CTX, xd, wd, bd))
 
 
 # ---- shapes ---------------------------------------------------------------------------------------
@@ -1184,7 +1212,7 @@ def expand(input, shape) -> Tensor:
     """A broadcast view with size-1 dims stretched to ``shape`` (-1 keeps a size).
 
     >>> import fastdl
-    >>> fastdl.expand(fastdl.ones(3, 1), (2, 3, 4)).shape
+    >>> fastdl.functional.expand(fastdl.ones(3, 1), (2, 3, 4)).shape
     (2, 3, 4)
     """
     x = _tensor(input, "expand")
@@ -1799,3 +1827,321 @@ def rnn(input, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None, nonlinearit
         h = act(gi + linear(h, weight_hh, bias_hh))
         outputs.append(h)
     return stack(outputs), h
+
+
+# ---- nn: dropout, normalisation, embedding and losses (the functional forms of fastdl.nn) ----------
+
+from .ops import nn as _nn_ops  # noqa: E402
+from .tensor import ones_like as _ones_like  # noqa: E402
+from .tensor import tensor as _new_tensor  # noqa: E402
+from .tensor import zeros_like as _zeros_like  # noqa: E402
+
+
+def _nn_optional(value):
+    return value if value is None or isinstance(value, Tensor) else _new_tensor(value)
+
+
+def dropout2d(input, p: float = 0.5, training: bool = True, inplace: bool = False):
+    """Zero whole channels: input (N, C, H, W) or (C, H, W), one Bernoulli(1 − p) per channel."""
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
+    if input.ndim not in (3, 4):
+        raise ValueError(f"dropout2d: expected input (N, C, H, W) or (C, H, W), got {input.shape}")
+    if not training or p == 0.0:
+        return input
+    if p == 1.0:
+        return input * 0.0
+    mask_shape = input.shape[:-2] + (1, 1)
+    keep = _random.generator().random(mask_shape) >= p
+    return input * Tensor((keep / (1.0 - p)).astype(input.dtype))
+
+
+def batch_norm(input, running_mean, running_var, weight=None, bias=None, training: bool = False,
+               momentum: float = 0.1, eps: float = 1e-5):
+    """Batch normalisation of input (N, C, *) per channel (Ioffe & Szegedy, 2015).
+
+    training: normalise with the batch statistics and update ``running_mean``/``running_var``
+    (in place, when given) with ``momentum`` (the running variance is unbiased); otherwise use
+    the running statistics. weight, bias: (C,) or None.
+    """
+    if input.ndim < 2:
+        raise ValueError(f"batch_norm: expected input (N, C, *), got {input.shape}")
+    C = input.shape[1]
+    for name, t in (("running_mean", running_mean), ("running_var", running_var), ("weight", weight), ("bias", bias)):
+        if t is not None and tuple(t.shape) != (C,):
+            raise ValueError(f"batch_norm: {name} has shape {tuple(t.shape)}, expected ({C},) for input {input.shape}")
+    if training and input.numel() // C <= 1:
+        raise ValueError(f"batch_norm: expected more than 1 value per channel when training, got input {input.shape}")
+    if not training and (running_mean is None or running_var is None):
+        raise ValueError("batch_norm: running_mean and running_var are needed when not training")
+    rm = running_mean.data if running_mean is not None else None
+    rv = running_var.data if running_var is not None else None
+    return _nn_ops.BatchNormFn.apply(input, _nn_optional(weight), _nn_optional(bias), rm, rv, training,
+                                     momentum, eps)
+
+
+def layer_norm(input, normalized_shape, weight=None, bias=None, eps: float = 1e-5):
+    """Layer normalisation (Ba et al., 2016) over the trailing ``normalized_shape`` axes.
+
+    >>> import fastdl
+    >>> y = fastdl.functional.layer_norm(fastdl.tensor([[1.0, 2.0, 3.0]]), (3,))
+    >>> y.numpy().round(4)
+    array([[-1.2247,  0.    ,  1.2247]], dtype=float32)
+    """
+    shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
+    k = len(shape)
+    if k == 0 or tuple(input.shape[input.ndim - k:]) != shape:
+        raise ValueError(f"layer_norm: input {input.shape} does not end with normalized_shape {shape}")
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t is not None and tuple(t.shape) != shape:
+            raise ValueError(f"layer_norm: {name} has shape {tuple(t.shape)}, expected {shape}")
+    return _nn_ops.LayerNormFn.apply(input, _nn_optional(weight), _nn_optional(bias), k, eps)
+
+
+def group_norm(input, num_groups: int, weight=None, bias=None, eps: float = 1e-5):
+    """Group normalisation (Wu & He, 2018): input (N, C, *) normalised over groups of
+    C/num_groups channels and the spatial axes."""
+    if input.ndim < 2:
+        raise ValueError(f"group_norm: expected input (N, C, *), got {input.shape}")
+    C = input.shape[1]
+    if num_groups <= 0 or C % num_groups:
+        raise ValueError(f"group_norm: {C} channels are not divisible into {num_groups} groups (input {input.shape})")
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t is not None and tuple(t.shape) != (C,):
+            raise ValueError(f"group_norm: {name} has shape {tuple(t.shape)}, expected ({C},)")
+    return _nn_ops.GroupNormFn.apply(input, _nn_optional(weight), _nn_optional(bias), num_groups, eps)
+
+
+def embedding(input, weight, padding_idx=None, max_norm=None, norm_type: float = 2.0,
+              scale_grad_by_freq: bool = False, sparse: bool = False):
+    """Rows of weight (num_embeddings, dim) at the integer indices ``input`` (any shape) →
+    input.shape + (dim,). The ``padding_idx`` row gets no gradient; ``max_norm`` renormalises
+    the looked-up rows in place first (as PyTorch)."""
+    if sparse:
+        raise ValueError("embedding: sparse gradients are not supported; use sparse=False")
+    idx = input.data if isinstance(input, Tensor) else np.asarray(input)
+    if idx.dtype.kind not in "iu":
+        raise TypeError(f"embedding: indices must be an integer tensor, got {idx.dtype} {idx.shape}")
+    num = weight.shape[0]
+    if idx.size and (int(idx.min()) < 0 or int(idx.max()) >= num):
+        bad = int(idx.max()) if int(idx.max()) >= num else int(idx.min())
+        raise ValueError(f"embedding: index {bad} is out of range for {num} embeddings (indices {idx.shape})")
+    if padding_idx is not None and padding_idx < 0:
+        padding_idx += num
+    if max_norm is not None:
+        rows = np.unique(idx)
+        w = weight.data
+        norms = np.linalg.norm(w[rows].astype(np.float64), ord=norm_type, axis=1)
+        scale = np.where(norms > max_norm, max_norm / (norms + 1e-7), 1.0)
+        w[rows] *= scale[:, None].astype(w.dtype)
+    return _nn_ops.EmbeddingFn.apply(idx, weight, padding_idx, scale_grad_by_freq)
+
+
+def bilinear(input1, input2, weight, bias=None):
+    """y_k = x1ᵀ·W_k·x2 + b_k: input1 (*, in1), input2 (*, in2), weight (out, in1, in2) → (*, out)."""
+    out, in1, in2 = weight.shape
+    if input1.shape[-1] != in1 or input2.shape[-1] != in2 or input1.shape[:-1] != input2.shape[:-1]:
+        raise ValueError(f"bilinear: input1 {input1.shape} and input2 {input2.shape} do not match weight "
+                         f"{weight.shape} (expected (*, {in1}) and (*, {in2}))")
+    lead = input1.shape[:-1]
+    x1 = input1.reshape(-1, in1)
+    x2 = input2.reshape(-1, in2)
+    t = (x1 @ weight.permute(1, 0, 2).reshape(in1, out * in2)).reshape(-1, out, in2)
+    y = (t * x2.unsqueeze(1)).sum(-1)
+    if bias is not None:
+        y = y + bias
+    return y.reshape(lead + (out,))
+
+
+def cosine_similarity(x1, x2, dim: int = 1, eps: float = 1e-8):
+    """x1·x2 / max(‖x1‖·‖x2‖, eps) along ``dim`` (broadcasting)."""
+    dot = (x1 * x2).sum(dim)
+    norms = ((x1 * x1).sum(dim) * (x2 * x2).sum(dim)).clamp(min=eps * eps)
+    return dot / norms.sqrt()
+
+
+_REDUCTIONS = ("none", "mean", "sum")
+
+
+def _check_reduction(op: str, reduction: str, extra=()) -> None:
+    if reduction not in _REDUCTIONS + tuple(extra):
+        raise ValueError(f"{op}: reduction must be one of {', '.join(_REDUCTIONS + tuple(extra))}, got {reduction!r}")
+
+
+def _reduce_loss(loss, reduction: str):
+    if reduction == "mean":
+        return loss.mean()
+    if reduction == "sum":
+        return loss.sum()
+    return loss
+
+
+def _same_shape(op: str, input, target) -> None:
+    if tuple(input.shape) != tuple(target.shape):
+        raise ValueError(f"{op}: input {tuple(input.shape)} and target {tuple(target.shape)} must have the same shape "
+                         "(fastdl does not broadcast a loss's target; reshape one of them)")
+
+
+def _classes_last(op: str, input):
+    """input (N, C, d1, …) or (C,) → (M, C) with the class axis last; index targets → (M,)."""
+    if input.ndim == 0:
+        raise ValueError(f"{op}: input must have a class dimension, got a scalar")
+    C = input.shape[1] if input.ndim > 1 else input.shape[0]
+    x = input.unsqueeze(0) if input.ndim == 1 else input
+    if x.ndim > 2:
+        x = x.permute(0, *range(2, x.ndim), 1)
+    x = x.reshape(-1, C)
+    return x, C
+
+
+def cross_entropy(input, target, weight=None, *, ignore_index: int = -100, reduction: str = "mean",
+                  label_smoothing: float = 0.0):
+    """Cross-entropy of logits against class indices or class probabilities (stable
+    log-sum-exp; PyTorch's weights, ignore_index, label smoothing and reductions).
+
+    input (N, C), (N, C, d1, …) or (C,); target: indices (N,), (N, d1, …) or () — or
+    probabilities with the input's shape. weight (C,). The "mean" of index targets is weighted:
+    Σ loss / Σ weight[target] over the targets not ignored.
+
+    >>> import fastdl
+    >>> logits = fastdl.tensor([[2.0, 0.0, 0.0]])
+    >>> print(f"{fastdl.functional.cross_entropy(logits, fastdl.tensor([0])).item():.4f}")
+    0.2395
+    """
+    _check_reduction("cross_entropy", reduction)
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"cross_entropy: label_smoothing must be between 0.0 and 1.0, got {label_smoothing}")
+    x, C = _classes_last("cross_entropy", input)
+    if weight is not None and tuple(weight.shape) != (C,):
+        raise ValueError(f"cross_entropy: weight has shape {tuple(weight.shape)}, expected ({C},) for input "
+                         f"{input.shape}")
+    batch_shape = input.shape[:1] + input.shape[2:] if input.ndim > 1 else ()
+    t = target if isinstance(target, Tensor) else _new_tensor(target)
+    if t.dtype.kind == "f":
+        _same_shape("cross_entropy (probability targets)", input, t)
+        t2 = t.unsqueeze(0) if input.ndim == 1 else t
+        if t2.ndim > 2:
+            t2 = t2.permute(0, *range(2, t2.ndim), 1)
+        t2 = t2.reshape(-1, C)
+    else:
+        if t.dtype.kind not in "iu":
+            raise TypeError(f"cross_entropy: target must hold class indices (integers) or probabilities (floats), "
+                            f"got {t.dtype}")
+        if tuple(t.shape) != tuple(batch_shape):
+            raise ValueError(f"cross_entropy: target {tuple(t.shape)} must have shape {tuple(batch_shape)} for "
+                             f"input {tuple(input.shape)} (class indices) or {tuple(input.shape)} (probabilities)")
+        t2 = t.reshape(-1)
+        valid = t2.data[t2.data != ignore_index]
+        if valid.size and (int(valid.min()) < 0 or int(valid.max()) >= C):
+            bad = int(valid.max()) if int(valid.max()) >= C else int(valid.min())
+            raise ValueError(f"cross_entropy: target contains class {bad} but input {tuple(input.shape)} has {C} "
+                             "classes")
+    loss = _nn_ops.CrossEntropyFn.apply(x, t2, _nn_optional(weight), ignore_index, reduction, label_smoothing)
+    return loss.reshape(batch_shape) if reduction == "none" else loss
+
+
+def nll_loss(input, target, weight=None, *, ignore_index: int = -100, reduction: str = "mean"):
+    """Negative log-likelihood of log-probabilities input (N, C, *) at class indices target
+    (N, *); weighted mean as in :func:`cross_entropy`."""
+    _check_reduction("nll_loss", reduction)
+    x, C = _classes_last("nll_loss", input)
+    if weight is not None and tuple(weight.shape) != (C,):
+        raise ValueError(f"nll_loss: weight has shape {tuple(weight.shape)}, expected ({C},)")
+    batch_shape = input.shape[:1] + input.shape[2:] if input.ndim > 1 else ()
+    t = target if isinstance(target, Tensor) else _new_tensor(target)
+    if t.dtype.kind not in "iu" or tuple(t.shape) != tuple(batch_shape):
+        raise ValueError(f"nll_loss: target must be integer class indices of shape {tuple(batch_shape)} for input "
+                         f"{tuple(input.shape)}, got {t.dtype} {tuple(t.shape)}")
+    t2 = t.reshape(-1)
+    valid = t2.data[t2.data != ignore_index]
+    if valid.size and (int(valid.min()) < 0 or int(valid.max()) >= C):
+        bad = int(valid.max()) if int(valid.max()) >= C else int(valid.min())
+        raise ValueError(f"nll_loss: target contains class {bad} but input {tuple(input.shape)} has {C} classes")
+    loss = _nn_ops.NllLossFn.apply(x, t2, _nn_optional(weight), ignore_index, reduction)
+    return loss.reshape(batch_shape) if reduction == "none" else loss
+
+
+def mse_loss(input, target, *, reduction: str = "mean"):
+    """(input − target)², reduced."""
+    _check_reduction("mse_loss", reduction)
+    _same_shape("mse_loss", input, target)
+    diff = input - target
+    return _reduce_loss(diff * diff, reduction)
+
+
+def l1_loss(input, target, *, reduction: str = "mean"):
+    """|input − target|, reduced."""
+    _check_reduction("l1_loss", reduction)
+    _same_shape("l1_loss", input, target)
+    return _reduce_loss((input - target).abs(), reduction)
+
+
+def smooth_l1_loss(input, target, *, reduction: str = "mean", beta: float = 1.0):
+    """Huber-like: 0.5·d²/beta where |d| < beta, |d| − 0.5·beta elsewhere (d = input − target)."""
+    _check_reduction("smooth_l1_loss", reduction)
+    _same_shape("smooth_l1_loss", input, target)
+    if beta < 0:
+        raise ValueError(f"smooth_l1_loss: beta must be non-negative, got {beta}")
+    d = input - target
+    ad = d.abs()
+    if beta == 0:
+        return _reduce_loss(ad, reduction)
+    loss = where(ad < beta, d * d * (0.5 / beta), ad - 0.5 * beta)
+    return _reduce_loss(loss, reduction)
+
+
+def binary_cross_entropy(input, target, weight=None, *, reduction: str = "mean"):
+    """−weight·(t·log x + (1 − t)·log(1 − x)) for probabilities x in [0, 1] (logs clamped at −100)."""
+    _check_reduction("binary_cross_entropy", reduction)
+    _same_shape("binary_cross_entropy", input, target)
+    x = input.data
+    if x.size and (float(x.min()) < 0.0 or float(x.max()) > 1.0):
+        raise ValueError("binary_cross_entropy: all elements of input should be between 0 and 1 "
+                         "(apply sigmoid first, or use binary_cross_entropy_with_logits)")
+    return _nn_ops.BinaryCrossEntropyFn.apply(input, target, _nn_optional(weight), reduction)
+
+
+def binary_cross_entropy_with_logits(input, target, weight=None, *, reduction: str = "mean", pos_weight=None):
+    """BCE of sigmoid(input) in the stable log-sigmoid form; ``pos_weight`` (broadcast along the
+    last axis) weighs the positive term."""
+    _check_reduction("binary_cross_entropy_with_logits", reduction)
+    _same_shape("binary_cross_entropy_with_logits", input, target)
+    return _nn_ops.BinaryCrossEntropyWithLogitsFn.apply(input, target, _nn_optional(weight),
+                                                       _nn_optional(pos_weight), reduction)
+
+
+def kl_div(input, target, *, reduction: str = "mean", log_target: bool = False):
+    """KL(target ‖ q) with input = log q: target·(log target − input) (0 where target = 0), or
+    exp(target)·(target − input) when ``log_target``. "batchmean" divides the sum by the batch size
+    (the true KL); "mean", as PyTorch, by the number of elements."""
+    _check_reduction("kl_div", reduction, ("batchmean",))
+    _same_shape("kl_div", input, target)
+    if log_target:
+        loss = target.exp() * (target - input)
+    else:
+        positive = target > 0
+        ones = _ones_like(target)
+        loss = where(positive, target * where(positive, target, ones).log(), _zeros_like(target)) - target * input
+    if reduction == "batchmean":
+        return loss.sum() / (input.shape[0] if input.ndim else 1)
+    return _reduce_loss(loss, reduction)
+
+
+def cosine_embedding_loss(input1, input2, target, margin: float = 0.0, *, reduction: str = "mean"):
+    """1 − cos(x1, x2) where target = 1, max(0, cos(x1, x2) − margin) where target = −1;
+    input1, input2 (N, D) or (D,), target (N,) or ()."""
+    _check_reduction("cosine_embedding_loss", reduction)
+    if tuple(input1.shape) != tuple(input2.shape) or input1.ndim not in (1, 2):
+        raise ValueError(f"cosine_embedding_loss: input1 {tuple(input1.shape)} and input2 {tuple(input2.shape)} must "
+                         "have the same shape (N, D) or (D,)")
+    if tuple(target.shape) != tuple(input1.shape[:-1]):
+        raise ValueError(f"cosine_embedding_loss: target {tuple(target.shape)} must have shape "
+                         f"{tuple(input1.shape[:-1])}")
+    eps = 1e-12
+    dot = (input1 * input2).sum(-1)
+    mag = ((input1 * input1).sum(-1) + eps) * ((input2 * input2).sum(-1) + eps)
+    cos = dot / mag.sqrt()
+    zeros = _zeros_like(cos)
+    pos = where(target == 1, 1 - cos, zeros)
+    neg = where(target == -1, (cos - margin).clamp(min=0), zeros)
+    return _reduce_loss(pos + neg, reduction)

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import collections
 import functools
-import math
 import threading
 import weakref
 
@@ -215,7 +214,7 @@ class Function:
     gradients over the broadcast axes.
 
     >>> import fastdl
-    >>> class Cube(Function):
+    >>> class Cube(fastdl.Function):
     ...     @staticmethod
     ...     def forward(ctx, x):
     ...         ctx.save_for_backward(x)
@@ -258,7 +257,7 @@ class Function:
     @property
     def next_functions(self) -> tuple:
         """The nodes (or leaf tensors) the gradient of each input flows to, as PyTorch shows them."""
-        return tuple(None if e is None else (e[0], e[1]) for e in (self._next or ()))
+        return tuple(None if e is None else (e[0], e[1]) for e in self._next)
 
     def name(self) -> str:
         return type(self).__name__ + "Backward"
@@ -272,8 +271,7 @@ class Function:
         ctx = object.__new__(cls)
         ctx._saved = ()
         ctx._retained = None
-        arrays = []
-        record = False
+        arrays, needs, edges = [], [], []
         first = None
         for a in args:
             if isinstance(a, Tensor):
@@ -286,24 +284,24 @@ class Function:
                     _raise_devices(cls, args)
                 arrays.append(d)
                 if a.requires_grad:
-                    record = True
+                    # An edge: (producing node or leaf tensor, output index, shape, dtype, is a node).
+                    fn = a.grad_fn
+                    edges.append((a, 0, d.shape, d.dtype, False) if fn is None else
+                                 (fn, a._output_nr, d.shape, d.dtype, True))
+                    needs.append(True)
+                    continue
             else:
                 arrays.append(a)
-        record = record and _grad_mode.enabled
-        if record:
-            ctx.needs_input_grad = tuple(isinstance(a, Tensor) and a.requires_grad for a in args)
-        else:
-            ctx.needs_input_grad = (False,) * len(args)
+            edges.append(None)
+            needs.append(False)
+        record = _grad_mode.enabled and True in needs
+        ctx.needs_input_grad = tuple(needs) if record else (False,) * len(args)
         out = cls.forward(ctx, *arrays)
         if not record:
             if out.__class__ is tuple:
                 return tuple(Tensor(o) for o in out)
             return Tensor(out)
-        ctx._next = tuple(
-            ((a.grad_fn or a), a._output_nr, a.data.shape, a.data.dtype)
-            if isinstance(a, Tensor) and a.requires_grad else None
-            for a in args
-        )
+        ctx._next = tuple(edges)
         if out.__class__ is tuple:
             outs = tuple(_graph_output(o, ctx, i) for i, o in enumerate(out))
             ctx._nout = len(outs)
@@ -367,9 +365,10 @@ def _sum_to_shape(g, shape):
 
 def _free(node):
     node._saved = _FREED
-    state = getattr(node, "__dict__", None)
-    if state:
-        state.clear()
+    try:
+        node.__dict__.clear()
+    except AttributeError:  # a Function subclass with __slots__
+        pass
 
 
 def _check_gradient(node, i, g, edge):
@@ -494,16 +493,15 @@ def _run_backward(roots, root_grads, retain_graph: bool, inputs=None):
                 "arrays were freed by the first backward); use backward(retain_graph=True) the first time"
             )
         for edge in node._next:
-            if edge is not None:
+            if edge is not None and edge[4]:
                 target = edge[0]
-                if isinstance(target, Function):
-                    if target in deps:
-                        deps[target] += 1
-                    else:
-                        deps[target] = 1
-                        stack.append(target)
-                elif hooked is not None and id(target) in _POST_ACCUMULATE_HOOKS:
-                    hooked[id(target)] = hooked.get(id(target), 0) + 1
+                if target in deps:
+                    deps[target] += 1
+                else:
+                    deps[target] = 1
+                    stack.append(target)
+            elif hooked is not None and edge is not None and id(edge[0]) in _POST_ACCUMULATE_HOOKS:
+                hooked[id(edge[0])] = hooked.get(id(edge[0]), 0) + 1
 
     ready = [n for n in deps if deps[n] == 0]
     while ready:
@@ -542,7 +540,7 @@ def _run_backward(roots, root_grads, retain_graph: bool, inputs=None):
                 continue
             target = edge[0]
             g = None if grads_in is None else grads_in[i]
-            is_node = isinstance(target, Function)
+            is_node = edge[4]
             if g is not None:
                 if g.__class__ is not _ndarray:
                     g = _as_array(g)
@@ -595,28 +593,30 @@ def _as_array(data):
     return _infer_array(data, "tensor")
 
 
-def _infer_array(data, op):
+def _infer_array(data, op, dtype=None):
+    """An array for Python/NumPy data: ``dtype`` when given, else PyTorch's inference (Python
+    floats → the default dtype, ints → int64, bools → bool; NumPy data keeps its dtype)."""
     if isinstance(data, Tensor):
-        return data.data
-    if is_cuda_array(data):
+        arr = data.data
+    elif is_cuda_array(data):
         import cupy
 
         arr = cupy.asarray(data)
-        if arr.dtype not in _SUPPORTED:
-            raise TypeError(f"{op}: cannot make a tensor of dtype {arr.dtype} from {type(data).__name__}")
-        return arr
-    if isinstance(data, (list, tuple)) and any(isinstance(v, Tensor) for v in data):
-        data = [v.detach().numpy() if isinstance(v, Tensor) else v for v in data]
-    try:
-        arr = np.asarray(data)
-    except (ValueError, TypeError) as exc:
-        raise TypeError(f"{op}: cannot make a tensor from {type(data).__name__}: {exc}") from None
-    kind = arr.dtype.kind
-    if kind == "f" and not isinstance(data, (np.ndarray, np.generic)):
-        arr = arr.astype(_defaults.dtype)
-    elif kind in "iu" and not isinstance(data, (np.ndarray, np.generic)):
-        arr = arr.astype(np.int64)
-    elif arr.dtype not in _SUPPORTED:
+    else:
+        if isinstance(data, (list, tuple)) and any(isinstance(v, Tensor) for v in data):
+            data = [v.detach().numpy() if isinstance(v, Tensor) else v for v in data]
+        try:
+            arr = np.asarray(data)
+        except (ValueError, TypeError) as exc:
+            raise TypeError(f"{op}: cannot make a tensor from {type(data).__name__}: {exc}") from None
+    if dtype is not None:
+        return arr.astype(dtype, copy=False)
+    python_data = not (isinstance(data, (np.ndarray, np.generic, Tensor)) or is_cuda_array(data))
+    if python_data and arr.dtype.kind == "f":
+        return arr.astype(_defaults.dtype)
+    if python_data and arr.dtype.kind in "iu":
+        return arr.astype(np.int64)
+    if arr.dtype not in _SUPPORTED:
         raise TypeError(f"{op}: cannot make a tensor of dtype {arr.dtype} from {type(data).__name__}")
     return arr
 
@@ -928,7 +928,8 @@ class Tensor:
                     f"backward: gradient must be given for a non-scalar output of shape {self.shape} "
                     "(call .sum() first, or pass gradient= with the output's shape)"
                 )
-            g = xp.ones(self.data.shape, self.data.dtype)
+            g = xp.empty(self.data.shape, self.data.dtype)
+            g[...] = 1
         else:
             g = gradient.data if isinstance(gradient, Tensor) else xp.asarray(gradient)
             if g.shape != self.data.shape:
@@ -1153,34 +1154,34 @@ class Tensor:
         return _ew.unary(_ew.AbsFn, self)
 
     def exp(self):
-        return _F.exp(self)
+        return _ew.unary(_ew.ExpFn, self)
 
     def log(self):
-        return _F.log(self)
+        return _ew.unary(_ew.LogFn, self)
 
     def log1p(self):
-        return _F.log1p(self)
+        return _ew.unary(_ew.Log1pFn, self)
 
     def sqrt(self):
-        return _F.sqrt(self)
+        return _ew.unary(_ew.SqrtFn, self)
 
     def rsqrt(self):
-        return _F.rsqrt(self)
+        return _ew.unary(_ew.RsqrtFn, self)
 
     def sin(self):
-        return _F.sin(self)
+        return _ew.unary(_ew.SinFn, self)
 
     def cos(self):
-        return _F.cos(self)
+        return _ew.unary(_ew.CosFn, self)
 
     def tanh(self):
-        return _F.tanh(self)
+        return _ew.unary(_ew.TanhFn, self)
 
     def sigmoid(self):
-        return _F.sigmoid(self)
+        return _ew.unary(_ew.SigmoidFn, self)
 
     def relu(self):
-        return _F.relu(self)
+        return _ew.unary(_ew.ReluFn, self)
 
     def square(self):
         return _F.square(self)
@@ -1497,11 +1498,11 @@ def tensor(data, dtype=None, device=None, requires_grad=False) -> Tensor:
     >>> fastdl.tensor([[1, 2], [3, 4]]).dtype
     dtype('int64')
     >>> fastdl.tensor(2.5, requires_grad=True)
-    tensor(2.5, dtype=float32, device='cpu', requires_grad=True)
+    tensor(2.5000, dtype=float32, device='cpu', requires_grad=True)
     """
     _parse_device(device, "tensor")
-    arr = _infer_array(data, "tensor")
-    arr = array_module(arr).array(arr, dtype=None if dtype is None else _as_dtype(dtype, "tensor"), copy=True)
+    arr = _infer_array(data, "tensor", None if dtype is None else _as_dtype(dtype, "tensor"))
+    arr = array_module(arr).array(arr, copy=True)
     return _finish("tensor", arr, requires_grad, device)
 
 
@@ -1511,9 +1512,7 @@ def as_tensor(data, dtype=None, device=None) -> Tensor:
     _parse_device(device, "as_tensor")
     if isinstance(data, Tensor):
         return data.to(device=device, dtype=dtype)
-    arr = _infer_array(data, "as_tensor")
-    if dtype is not None:
-        arr = arr.astype(_as_dtype(dtype, "as_tensor"), copy=False)
+    arr = _infer_array(data, "as_tensor", None if dtype is None else _as_dtype(dtype, "as_tensor"))
     return Tensor(_to_device(arr, device, "as_tensor"))
 
 

@@ -462,11 +462,15 @@ class TanhFn(ElementwiseFn):
 
 
 def sigmoid_array(x):
-    """1 / (1 + e^-x) without overflow for either sign of x."""
+    """σ(x) = e^min(x, 0) / (1 + e^-|x|): no overflow for either sign, accurate for very negative x,
+    and branch-free (a data-dependent ``where`` is ten times slower on random signs)."""
     xp = array_module(x)
-    e = xp.exp(-abs(x))
-    r = 1 / (1 + e)
-    return xp.where(x >= 0, r, e * r)
+    return xp.exp(xp.minimum(x, 0)) / (1 + xp.exp(-abs(x)))
+
+
+def _mask(condition, dtype):
+    """A boolean array as 0/1 of ``dtype`` (multiplying by it beats ``where`` on random masks)."""
+    return condition.astype(dtype)
 
 
 class SigmoidFn(ElementwiseFn):
@@ -484,10 +488,23 @@ class SigmoidFn(ElementwiseFn):
         return g * (out * (1 - out))
 
 
+_ZEROS = {}
+
+
+def _zero(x):
+    """0 as a 0-d array of x's dtype (NumPy converts a Python 0 on every call otherwise)."""
+    if x.__class__ is not np.ndarray:
+        return 0
+    z = _ZEROS.get(x.dtype)
+    if z is None:
+        z = _ZEROS[x.dtype] = np.zeros((), x.dtype)
+    return z
+
+
 class ReluFn(ElementwiseFn):
     @staticmethod
     def forward(ctx, x):
-        out = array_module(x).maximum(x, 0)
+        out = array_module(x).maximum(x, _zero(x))
         ctx.save_for_backward(out)
         return out
 
@@ -500,29 +517,32 @@ class ReluFn(ElementwiseFn):
 class LeakyReluFn(ElementwiseFn):
     @staticmethod
     def forward(ctx, x, negative_slope):
+        xp = array_module(x)
         ctx.save_for_backward(x)
         ctx.negative_slope = negative_slope
-        return array_module(x).where(x > 0, x, x * negative_slope)
+        return xp.maximum(x, 0) + negative_slope * xp.minimum(x, 0)
 
     @staticmethod
     def backward(ctx, g):
         (x,) = ctx.saved_tensors
-        return array_module(x).where(x > 0, g, g * ctx.negative_slope), None
+        slope = ctx.negative_slope
+        return g * (_mask(x > 0, g.dtype) * (1 - slope) + slope), None
 
 
 class EluFn(ElementwiseFn):
     @staticmethod
     def forward(ctx, x, alpha):
         xp = array_module(x)
-        out = xp.where(x > 0, x, alpha * xp.expm1(xp.minimum(x, 0)))
-        ctx.save_for_backward(x, out)
+        ctx.save_for_backward(x)
         ctx.alpha = alpha
-        return out
+        return xp.maximum(x, 0) + alpha * xp.expm1(xp.minimum(x, 0))
 
     @staticmethod
     def backward(ctx, g):
-        x, out = ctx.saved_tensors
-        return array_module(x).where(x > 0, g, g * (out + ctx.alpha)), None
+        (x,) = ctx.saved_tensors
+        # d/dx = 1 for x > 0, α·e^x otherwise (as PyTorch, α at x = 0).
+        positive = _mask(x > 0, g.dtype)
+        return g * (positive + (1 - positive) * (ctx.alpha * array_module(x).exp(array_module(x).minimum(x, 0)))), None
 
 
 _erf_impl = None
@@ -603,14 +623,14 @@ class SoftplusFn(ElementwiseFn):
     def forward(ctx, x, beta, threshold):
         xp = array_module(x)
         z = x * beta
-        ctx.save_for_backward(z)
-        ctx.threshold = threshold
-        return xp.where(z > threshold, x, xp.log1p(xp.exp(xp.minimum(z, threshold))) / beta)
+        linear = _mask(z > threshold, x.dtype)
+        ctx.save_for_backward(z, linear)
+        return linear * x + (1 - linear) * (xp.log1p(xp.exp(xp.minimum(z, threshold))) / beta)
 
     @staticmethod
     def backward(ctx, g):
-        (z,) = ctx.saved_tensors
-        return array_module(z).where(z > ctx.threshold, g, g * sigmoid_array(z)), None, None
+        z, linear = ctx.saved_tensors
+        return g * (linear + (1 - linear) * sigmoid_array(z)), None, None
 
 
 class ClampFn(ElementwiseFn):
@@ -645,10 +665,16 @@ class MaximumFn(ElementwiseFn):
     @staticmethod
     def backward(ctx, g):
         a, b = ctx.saved_tensors
-        xp = array_module(g)
-        ga = xp.where(a > b, g, xp.where(a == b, g * 0.5, 0))
-        n = ctx.needs_input_grad
-        return (ga if n[0] else None), (g - ga if n[1] else None)
+        return _split_extremum(g, a > b, a == b, ctx.needs_input_grad)
+
+
+def _split_extremum(g, a_wins, ties, needs):
+    """Gradients of max/min(a, b): all of g to the winner, half to each at ties."""
+    weight = _mask(a_wins, g.dtype)
+    if ties.any():
+        weight += 0.5 * _mask(ties, g.dtype)
+    ga = g * weight
+    return (ga if needs[0] else None), (g - ga if needs[1] else None)
 
 
 class MinimumFn(ElementwiseFn):
@@ -660,10 +686,7 @@ class MinimumFn(ElementwiseFn):
     @staticmethod
     def backward(ctx, g):
         a, b = ctx.saved_tensors
-        xp = array_module(g)
-        ga = xp.where(a < b, g, xp.where(a == b, g * 0.5, 0))
-        n = ctx.needs_input_grad
-        return (ga if n[0] else None), (g - ga if n[1] else None)
+        return _split_extremum(g, a < b, a == b, ctx.needs_input_grad)
 
 
 class WhereFn(ElementwiseFn):
@@ -677,9 +700,8 @@ class WhereFn(ElementwiseFn):
     @staticmethod
     def backward(ctx, g):
         (cond,) = ctx.saved_tensors
-        xp = array_module(g)
         n = ctx.needs_input_grad
-        return None, (xp.where(cond, g, 0) if n[1] else None), (xp.where(cond, 0, g) if n[2] else None)
+        return None, (g * cond if n[1] else None), (g * ~cond if n[2] else None)
 
 
 class ZeroGradFn(ElementwiseFn):

@@ -21,7 +21,8 @@ from .. import kernels
 from ..backend import _C, array_module, declare_fallback, note_fallback
 from ..tensor import Function, _sum_to_shape
 
-_NATIVE = (np.dtype(np.float32), np.dtype(np.float64))
+_F32, _F64 = np.dtype(np.float32), np.dtype(np.float64)
+_NATIVE = (_F32, _F64)
 _CUDA_HALF = ("float16", "bfloat16")
 declare_fallback("gemm", "float16/integer matmul", "numpy.matmul (the native GEMM is float32/float64)")
 
@@ -39,7 +40,8 @@ def gemm(a, b, out=None, trans_a=False, trans_b=False, beta=0.0):
 def matmul(a, b):
     """``a @ b`` with NumPy's rules: native for float32/float64 (and float16/bfloat16 on CUDA, on
     tensor cores), NumPy's matmul otherwise."""
-    if a.dtype in _NATIVE or (a.__class__ is not np.ndarray and a.dtype.name in _CUDA_HALF):
+    if (a.dtype is _F32 or a.dtype is _F64 or a.dtype in _NATIVE
+            or (a.__class__ is not np.ndarray and a.dtype.name in _CUDA_HALF)):
         if a.ndim == 2 and b.ndim == 2 and a.__class__ is np.ndarray:
             return gemm(a, b)
         return kernels.matmul(a, b)
@@ -95,30 +97,30 @@ class GemmFn(Function):
     def forward(ctx, x, w, b):
         ctx.save_for_backward(x, w)
         out_features, in_features = w.shape
-        x2 = x.reshape(-1, in_features)
+        x2 = x if x.ndim == 2 else x.reshape(-1, in_features)
         if x.dtype not in _NATIVE or x.__class__ is not np.ndarray:
             out = matmul(x2, w.T)
             if b is not None:
                 out = out + b
-            return out.reshape(x.shape[:-1] + (out_features,))
-        out = np.empty((x2.shape[0], out_features), x.dtype)
-        if b is not None:
-            out[...] = b
-        _C.gemm(x2, w, out, False, True, 1.0, 0.0 if b is None else 1.0)
-        return out.reshape(x.shape[:-1] + (out_features,))
+        else:
+            out = np.empty((x2.shape[0], out_features), x.dtype)
+            if b is not None:
+                out[...] = b
+            _C.gemm(x2, w, out, False, True, 1.0, 0.0 if b is None else 1.0)
+        return out if x.ndim == 2 else out.reshape(x.shape[:-1] + (out_features,))
 
     @staticmethod
     def backward(ctx, g):
         x, w = ctx.saved_tensors
         need_x, need_w, need_b = ctx.needs_input_grad
         out_features, in_features = w.shape
-        g2 = g.reshape(-1, out_features)
+        g2 = g if g.ndim == 2 else g.reshape(-1, out_features)
         native = x.dtype in _NATIVE
         gx = gw = gb = None
         if need_x:
             gx = (gemm(g2, w) if native else matmul(g2, w)).reshape(x.shape)
         if need_w:
-            x2 = x.reshape(-1, in_features)
+            x2 = x if x.ndim == 2 else x.reshape(-1, in_features)
             gw = gemm(g2, x2, trans_a=True) if native else matmul(g2.T, x2)
         if need_b:
             gb = g2.sum(axis=0)

@@ -26,22 +26,39 @@ def _expand(g, dims, keepdim, ndim):
     return array_module(g).expand_dims(g, dims)
 
 
+def _broadcast(g, shape):
+    """``g`` stretched to ``shape``: written out when small (cheaper than a broadcast view's
+    set-up), a zero-stride view otherwise."""
+    xp = array_module(g)
+    if math.prod(shape) <= 4096:
+        out = xp.empty(shape, g.dtype)
+        out[...] = g
+        return out
+    return xp.broadcast_to(g, shape)
+
+
 def _count(shape, dims) -> int:
     if dims is None:
         return math.prod(shape)
     return math.prod(shape[d] for d in dims)
 
 
+def sum_array(x, dims, keepdim):
+    """x summed over ``dims`` (NumPy's C reduction directly, skipping ndarray.sum's Python layer)."""
+    if x.__class__ is np.ndarray:
+        return np.add.reduce(x, axis=dims, keepdims=keepdim)
+    return x.sum(axis=dims, keepdims=keepdim)
+
+
 class SumFn(Function):
     @staticmethod
     def forward(ctx, x, dims, keepdim):
         ctx.shape, ctx.dims, ctx.keepdim = x.shape, dims, keepdim
-        return x.sum(axis=dims, keepdims=keepdim)
+        return sum_array(x, dims, keepdim)
 
     @staticmethod
     def backward(ctx, g):
-        g = _expand(g, ctx.dims, ctx.keepdim, len(ctx.shape))
-        return array_module(g).broadcast_to(g, ctx.shape), None, None
+        return _broadcast(_expand(g, ctx.dims, ctx.keepdim, len(ctx.shape)), ctx.shape), None, None
 
 
 class MeanFn(Function):
@@ -53,8 +70,7 @@ class MeanFn(Function):
     @staticmethod
     def backward(ctx, g):
         n = _count(ctx.shape, ctx.dims)
-        g = _expand(g, ctx.dims, ctx.keepdim, len(ctx.shape)) / max(n, 1)
-        return array_module(g).broadcast_to(g, ctx.shape), None, None
+        return _broadcast(_expand(g, ctx.dims, ctx.keepdim, len(ctx.shape)) / max(n, 1), ctx.shape), None, None
 
 
 class VarFn(Function):
@@ -214,7 +230,7 @@ class NormFn(Function):
         g = _expand(g, ctx.dims, ctx.keepdim, x.ndim)
         with np.errstate(divide="ignore", invalid="ignore"):
             if p == 2:
-                d = xp.where(out == 0, 0, x / out)
+                d = x / (out + (out == 0))  # x is all zero where the norm is: 0, not 0/0
             elif p == 1:
                 d = xp.sign(x)
             elif p in (math.inf, -math.inf):
@@ -223,7 +239,7 @@ class NormFn(Function):
             elif p == 0:
                 d = xp.zeros_like(x)
             else:
-                d = xp.where(out == 0, 0, xp.sign(x) * abs(x) ** (p - 1) / out ** (p - 1))
+                d = xp.sign(x) * abs(x) ** (p - 1) / (out + (out == 0)) ** (p - 1)
         return g * d, None, None, None
 
 

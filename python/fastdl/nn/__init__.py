@@ -1,0 +1,61 @@
+"""``fastdl.nn``: modules, layers, losses, initialisers and utilities with PyTorch's names.
+
+>>> import fastdl
+>>> from fastdl import nn
+>>> model = nn.Sequential(nn.Linear(784, 128), nn.ReLU(), nn.Dropout(0.2), nn.Linear(128, 10))
+>>> loss = nn.CrossEntropyLoss()(model(fastdl.randn(32, 784)), fastdl.randint(0, 10, (32,)))
+>>> loss.backward()
+>>> model[0].weight.grad.shape
+(128, 784)
+"""
+from . import functional, init, utils
+from .layers import (
+    ELU,
+    GELU,
+    BatchNorm1d,
+    BatchNorm2d,
+    Bilinear,
+    Dropout,
+    Dropout2d,
+    Embedding,
+    Flatten,
+    GroupNorm,
+    LayerNorm,
+    LeakyReLU,
+    Linear,
+    LogSoftmax,
+    PositionalEncoding,
+    ReLU,
+    SiLU,
+    Sigmoid,
+    Softmax,
+    Softplus,
+    Tanh,
+    Unflatten,
+    sinusoidal_positional_encoding,
+)
+from .losses import (
+    BCELoss,
+    BCEWithLogitsLoss,
+    CosineEmbeddingLoss,
+    CrossEntropyLoss,
+    KLDivLoss,
+    L1Loss,
+    MSELoss,
+    NLLLoss,
+    SmoothL1Loss,
+)
+from .module import Identity, Module, ModuleDict, ModuleList, Parameter, Sequential
+from . import parallel  # DistributedDataParallel
+
+__all__ = [
+    "Module", "Parameter", "Sequential", "ModuleList", "ModuleDict", "Identity",
+    "Linear", "Bilinear", "Flatten", "Unflatten", "Dropout", "Dropout2d",
+    "BatchNorm1d", "BatchNorm2d", "LayerNorm", "GroupNorm", "Embedding",
+    "ReLU", "LeakyReLU", "ELU", "GELU", "SiLU", "Sigmoid", "Tanh", "Softmax", "LogSoftmax", "Softplus",
+    "PositionalEncoding", "sinusoidal_positional_encoding",
+    "MSELoss", "L1Loss", "SmoothL1Loss", "BCELoss", "BCEWithLogitsLoss", "CrossEntropyLoss", "NLLLoss",
+    "KLDivLoss", "CosineEmbeddingLoss",
+    "functional", "init", "utils",
+    "parallel",
+]
