@@ -197,7 +197,7 @@ def backend_info() -> dict:
     >>> import fastdl
     >>> info = fastdl.backend_info()
     >>> sorted(info)[:3]
-    ['cpu', 'cuda', 'fallbacks']
+    ['cpu', 'cuda', 'distributed']
     >>> info["families"]["gemm"]["cpu"].startswith("native")
     True
     """

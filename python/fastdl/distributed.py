@@ -653,6 +653,7 @@ def bucket_assignment(nbytes: list, keys: list, cap_bytes: float) -> list:
     device), a bucket closed when the next parameter would take it past ``cap_bytes``. Returns the
     buckets (lists of indices) in the order they are all-reduced.
 
+    >>> from fastdl.distributed import bucket_assignment
     >>> bucket_assignment([4, 4, 4, 4], ["f"] * 4, 8)
     [[3, 2], [1, 0]]
     """
