@@ -69,7 +69,8 @@ def _bench(args) -> int:
     rows = []
     for family in families:
         unit = "microseconds per call (x = fastdl / reference)" if family in bench.TIME_FAMILIES else "GFLOP/s"
-        print(f"\n## {family}: {unit}, best of {args.repeats} interleaved repeats")
+        print(f"\n## {family}: {unit}, best of {args.repeats} interleaved repeats "
+              "(1 thread: CPU time of the calling thread; more threads: wall time)")
         print(bench.format_header(family))
         rows += bench.run(family, threads_list=threads, full=args.full, repeats=args.repeats)
     if args.json:
