@@ -202,7 +202,7 @@ def backend_info() -> dict:
     >>> import fastdl
     >>> info = fastdl.backend_info()
     >>> sorted(info)[:3]
-    ['cpu', 'cuda', 'fallbacks']
+    ['cpu', 'cuda', 'distributed']
     >>> info["families"]["gemm"]["cpu"].startswith("native")
     True
     """
@@ -233,7 +233,14 @@ def backend_info() -> dict:
         "cuda": cuda,
         "families": families,
         "fallbacks": [dict(v) for v in _FALLBACKS.values()],
+        "distributed": _distributed_info(),
     }
+
+
+def _distributed_info() -> dict:
+    from .distributed import distributed_info
+
+    return distributed_info()
 
 
 # ---- lstm family ----------------------------------------------------------------------------------

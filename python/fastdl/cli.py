@@ -32,6 +32,10 @@ def _info(args) -> int:
     else:
         print(f"CUDA     not built: {cuda['why_no_device']}")
     print(f"CuPy     {cuda['cupy_version'] or 'not installed'}")
+    dd = info["distributed"]
+    print(f"MPI      mpi4py {dd['mpi4py'] or 'not installed'}, launcher {dd['launcher'] or 'not found'}; "
+          f"NCCL {'available' if dd['nccl'] else 'not available'}"
+          + (f"; process group {dd['backend']} rank {dd['rank']} of {dd['world_size']}" if dd["backend"] else ""))
     print("families")
     for name, impls in info["families"].items():
         print(f"  {name:<10} " + "; ".join(f"{dev}: {text}" for dev, text in impls.items()))
@@ -50,6 +54,8 @@ def _bench(args) -> int:
 
     if args.family == "train":
         return _bench_train(args)
+    if args.family == "ddp":
+        return _bench_ddp(args)
     families = list(bench.PROBLEMS) if args.family == "all" else [args.family]
     for family in families:
         if family not in bench.PROBLEMS:
@@ -73,6 +79,21 @@ def _bench(args) -> int:
         with open(args.json, "w") as fh:
             json.dump({"info": info, "rows": rows}, fh, indent=1)
     return 0
+
+
+def _bench_ddp(args) -> int:
+    """`fastdl bench ddp`: collectives and data-parallel training on --ranks MPI ranks."""
+    import fastdl
+    from fastdl import bench
+
+    info = fastdl.backend_info()
+    print(f"# fastdl {info['version']} | CPU {info['cpu']['model']} | kernels {info['cpu']['capability']} | "
+          f"{args.ranks} MPI ranks x 1 thread")
+    try:
+        return bench.run_ddp(ranks=args.ranks, repeats=args.repeats, json_prefix=args.json)
+    except FileNotFoundError as exc:
+        print(f"fastdl bench ddp: {exc}", file=sys.stderr)
+        return 2
 
 
 def _bench_cuda(args, families) -> int:
@@ -182,13 +203,14 @@ def main(argv=None) -> int:
     p_info.set_defaults(func=_info)
     p_bench = sub.add_parser("bench", help="time fastdl against NumPy and PyTorch in the same run")
     p_bench.add_argument("family", nargs="?", default="gemm",
-                         help="kernel family, 'all', or 'train' (whole models vs PyTorch) (default gemm)")
+                         help="kernel family, 'all', 'train' (whole models vs PyTorch) or 'ddp' (data parallel on MPI ranks) (default gemm)")
     p_bench.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
                          help="cpu (default) or cuda (fastdl vs cuBLAS and PyTorch on the current GPU)")
     p_bench.add_argument("--threads", default="1,2", help="comma-separated thread counts (default 1,2)")
     p_bench.add_argument("--full", action="store_true", help="include the largest problems")
     p_bench.add_argument("--repeats", type=int, default=5)
-    p_bench.add_argument("--json", help="also write the rows to this JSON file")
+    p_bench.add_argument("--json", help="also write the rows to this JSON file (ddp: a prefix)")
+    p_bench.add_argument("--ranks", type=int, default=2, help="MPI ranks for 'fastdl bench ddp' (default 2)")
     p_bench.add_argument("--keep-openblas-env", action="store_true",
                          help="do not unset OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE for the NumPy reference")
     p_bench.set_defaults(func=_bench)

@@ -47,6 +47,7 @@ from .losses import (
 )
 from .attention import MultiheadAttention
 from .module import Identity, Module, ModuleDict, ModuleList, Parameter, Sequential
+from . import parallel  # DistributedDataParallel
 
 __all__ = [
     "Module", "Parameter", "Sequential", "ModuleList", "ModuleDict", "Identity",
@@ -58,6 +59,7 @@ __all__ = [
     "KLDivLoss", "CosineEmbeddingLoss",
     "MultiheadAttention",
     "functional", "init", "utils",
+    "parallel",
 ]
 
 # ---- recurrent layers (lstm branch) ----------------------------------------------------------------
