@@ -278,3 +278,20 @@ def test_bench_train_rows(threads):
     if "torch" in row.speed:
         assert row.speedup() > 0 and 0.5 < row.quality["torch"] <= 1.0
     assert "MLP" in benchmark.format_table([row])
+
+
+def test_fit_sets_the_samplers_epoch():
+    class Recording(list):
+        def __init__(self, n):
+            super().__init__(range(n))
+            self.epochs = []
+
+        def set_epoch(self, epoch):
+            self.epochs.append(epoch)
+
+    x, y = blobs(n=12)
+    sampler = Recording(12)
+    model = mlp()
+    fit(model, nn.CrossEntropyLoss(), optim.SGD(model.parameters(), lr=0.1),
+        DataLoader(TensorDataset(x, y), batch_size=4, sampler=sampler), epochs=3, verbose=0)
+    assert sampler.epochs == [1, 2, 3]

@@ -149,7 +149,9 @@ class DataLoader:
     ``get_batch`` is then indexed once per batch). num_workers: processes loading batches in parallel
     (0: in the main process); worker ``w`` seeds NumPy's and Python's global generators and
     fastdl's with ``base_seed + w`` and then calls ``worker_init_fn(w)``; ``get_worker_info()``
-    describes the worker inside it. ``len(loader)`` is the number of batches per epoch.
+    describes the worker inside it. sampler: an iterable of indices (with ``len``) giving each
+    epoch's order instead of ``shuffle``, e.g. :class:`~fastdl.data.DistributedSampler`.
+    ``len(loader)`` is the number of batches per epoch.
 
     >>> import numpy as np
     >>> from fastdl.data import TensorDataset
@@ -164,7 +166,7 @@ class DataLoader:
     def __init__(self, dataset, batch_size: int = 1, shuffle: bool = False, drop_last: bool = False,
                  collate_fn=None, generator: np.random.Generator | None = None, seed: int | None = None,
                  num_workers: int = 0, worker_init_fn=None, prefetch_factor: int = 2,
-                 multiprocessing_context: str | None = None):
+                 multiprocessing_context: str | None = None, sampler=None):
         if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or batch_size < 1:
             raise ValueError(f"DataLoader: batch_size must be a positive integer, got {batch_size!r}")
         if not isinstance(num_workers, (int, np.integer)) or num_workers < 0:
@@ -175,7 +177,10 @@ class DataLoader:
             len(dataset)
         except TypeError as exc:
             raise TypeError(f"DataLoader: dataset must define __len__ and __getitem__ ({exc})") from None
+        if sampler is not None and shuffle:
+            raise ValueError("DataLoader: sampler and shuffle=True are exclusive (the sampler decides the order)")
         self.dataset = dataset
+        self.sampler = sampler
         self.batch_size = int(batch_size)
         self.shuffle = bool(shuffle)
         self.drop_last = bool(drop_last)
@@ -187,7 +192,7 @@ class DataLoader:
         self.multiprocessing_context = multiprocessing_context
 
     def __len__(self) -> int:
-        n = len(self.dataset)
+        n = len(self.dataset) if self.sampler is None else len(self.sampler)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def state_dict(self) -> dict:
@@ -205,8 +210,12 @@ class DataLoader:
     def __iter__(self):
         # The epoch's permutation and base seed are drawn now, not at the first next().
         gen = self.generator if self.generator is not None else seeding.global_generator()
-        n = len(self.dataset)
-        order = gen.permutation(n) if self.shuffle else np.arange(n)
+        if self.sampler is not None:
+            order = np.fromiter(iter(self.sampler), dtype=np.int64)
+        else:
+            n = len(self.dataset)
+            order = gen.permutation(n) if self.shuffle else np.arange(n)
+        n = order.size
         base_seed = int(gen.integers(1 << 63))
         stop = (n // self.batch_size) * self.batch_size if self.drop_last else n
         batches = [order[i:i + self.batch_size] for i in range(0, stop, self.batch_size)]

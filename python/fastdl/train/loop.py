@@ -68,6 +68,13 @@ def _detached(x):
     return x.detach() if hasattr(x, "detach") else x
 
 
+def _set_epoch(loader, epoch: int) -> None:
+    """Tell a loader's sampler the epoch (a DistributedSampler reshuffles from (seed, epoch))."""
+    sampler = getattr(loader, "sampler", None)
+    if hasattr(sampler, "set_epoch"):
+        sampler.set_epoch(epoch)
+
+
 def _generator_state():
     from ..data.seeding import global_generator
 
@@ -184,6 +191,7 @@ class Trainer:
         """One pass over ``train_loader``; returns the epoch's training logs."""
         model, optimizer = self.model, self.optimizer
         model.train()
+        _set_epoch(self.train_loader, self.epoch)
         metrics = [make_metric(m) for m in self.metrics]
         total, count = 0.0, 0
         for step, batch in enumerate(self.train_loader, 1):
