@@ -22,9 +22,11 @@ __all__ = ["Callback", "EarlyStopping", "ModelCheckpoint", "LRSchedulerCallback"
 
 
 class Callback:
-    """Base class; every hook does nothing."""
+    """Base class; every hook does nothing. ``rank_zero_only``: under fastdl.distributed, run only
+    on rank 0 (callbacks that print or write files)."""
 
     order = 0
+    rank_zero_only = False
 
     def on_train_begin(self, trainer) -> None:
         pass
@@ -132,6 +134,7 @@ class ModelCheckpoint(Callback):
     """
 
     order = 100
+    rank_zero_only = True
 
     def __init__(self, path, monitor: str = "val_loss", save_best_only: bool = False, mode: str = "auto",
                  every: int = 1):
@@ -199,6 +202,7 @@ class ProgressBar(Callback):
     Needs tqdm (``pip install 'fastdl[examples]'``)."""
 
     order = 50
+    rank_zero_only = True
 
     def __init__(self, file=None, leave: bool = True):
         try:
@@ -231,6 +235,7 @@ class CSVLogger(Callback):
     """Append one row per epoch (epoch, then every log) to ``path``; a resumed run appends to it."""
 
     order = 60
+    rank_zero_only = True
 
     def __init__(self, path):
         self.path = str(path)

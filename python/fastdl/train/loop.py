@@ -5,7 +5,9 @@ One training step: ``output, target = batch_fn(model, batch)`` (default: ``model
 batch ``(x, y)``); ``loss = loss_fn(output, target)``; ``loss.item()`` (the one host sync per step)
 is checked to be finite *before* the update, so a diverged run stops with the step named instead of
 writing NaNs into the weights; then ``zero_grad``, ``backward``, optional gradient clipping,
-``optimizer.step()``. Epoch values are sample-weighted means over the batches.
+``optimizer.step()``. Epoch values are sample-weighted means over the batches; under an initialised
+``fastdl.distributed`` process group, over the batches of every rank (one all-reduce per epoch),
+and only rank 0 prints and runs the callbacks that write (progress bar, checkpoints, CSV log).
 """
 from __future__ import annotations
 
@@ -68,6 +70,39 @@ def _detached(x):
     return x.detach() if hasattr(x, "detach") else x
 
 
+def _process_group():
+    """(rank, world size) of an initialised ``fastdl.distributed`` group, else (0, 1)."""
+    from .. import distributed
+
+    if not distributed.is_initialized():
+        return 0, 1
+    return distributed.get_rank(), distributed.get_world_size()
+
+
+def _sum_over_ranks(values: list[float]) -> list[float]:
+    """Sum each value over the ranks of the process group (identity in a single process), so
+    that epoch losses and metrics are averages over every rank's samples."""
+    if _process_group()[1] == 1:
+        return values
+    import numpy as np
+
+    from .. import distributed
+
+    buf = np.array(values, dtype=np.float64)
+    distributed.all_reduce(buf, "sum")
+    return buf.tolist()
+
+
+def _global_logs(total: float, count: int, metrics, loss: bool = True) -> dict:
+    """{"loss": total/count, metric: value}, with the sums taken over every rank."""
+    sums = _sum_over_ranks([total, count] + [v for m in metrics for v in (m.total, m.count)])
+    for i, m in enumerate(metrics):
+        m.total, m.count = sums[2 + 2 * i], int(sums[3 + 2 * i])
+    logs = {"loss": sums[0] / sums[1]} if loss else {}
+    logs.update({m.name: m.compute() for m in metrics})
+    return logs
+
+
 def _set_epoch(loader, epoch: int) -> None:
     """Tell a loader's sampler the epoch (a DistributedSampler reshuffles from (seed, epoch))."""
     sampler = getattr(loader, "sampler", None)
@@ -115,8 +150,10 @@ class Trainer:
             make_metric(m)
         self.batch_fn = batch_fn or default_batch_fn
         self.clip_grad_norm = clip_grad_norm
-        # A progress bar shows the epoch's logs itself: no second line per epoch.
-        self.verbose = verbose and not any(isinstance(cb, ProgressBar) for cb in callbacks)
+        # A progress bar shows the epoch's logs itself: no second line per epoch. Under
+        # fastdl.distributed only rank 0 prints, and runs the callbacks that write files.
+        self.rank, self.world_size = _process_group()
+        self.verbose = verbose and self.rank == 0 and not any(isinstance(cb, ProgressBar) for cb in callbacks)
         self.callbacks = sorted(callbacks, key=lambda cb: cb.order)
         self.history = History()
         self.epoch = 0
@@ -180,7 +217,8 @@ class Trainer:
 
     def _call(self, hook: str, *args) -> None:
         for cb in self.callbacks:
-            getattr(cb, hook)(self, *args)
+            if self.rank == 0 or not cb.rank_zero_only:
+                getattr(cb, hook)(self, *args)
 
     def _clip(self) -> None:
         from ..nn.utils import clip_grad_norm_
@@ -219,9 +257,7 @@ class Trainer:
             self._call("on_batch_end", step, value)
         if count == 0:
             raise ValueError("fit: train_loader yielded no batch")
-        logs = {"loss": total / count}
-        logs.update({m.name: m.compute() for m in metrics})
-        return logs
+        return _global_logs(total, count, metrics)
 
     def run(self) -> History:
         if self.device is not None and hasattr(self.model, "to"):
@@ -315,6 +351,4 @@ def evaluate(model, loss_fn, loader, metrics=(), device=None, batch_fn=None) -> 
         model.train(was_training)
     if count == 0:
         raise ValueError("evaluate: the loader yielded no batch")
-    logs = {"loss": total / count} if loss_fn is not None else {}
-    logs.update({m.name: m.compute() for m in metrics})
-    return logs
+    return _global_logs(total, count, metrics, loss=loss_fn is not None)
