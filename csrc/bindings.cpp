@@ -5,6 +5,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <array>
 #include <cstdint>
 #include <initializer_list>
 #include <string>
@@ -141,6 +142,295 @@ void matmul_batched(const py::array& a, const py::array& b, py::array out) {
     matmul_batched_typed<double>(a, b, out);
 }
 
+// ---- conv2d family -------------------------------------------------------------------------------
+// Arrays must be C-contiguous (the Python layer copies views); every size is checked here and again
+// in the kernel.
+
+std::string dtype_of(const py::array& a) { return py::str(a.dtype()).cast<std::string>(); }
+
+void check_conv_array(const py::array& a, const char* op, const char* name, DType want) {
+  if (float_dtype(a, op, name) != want)
+    throw py::type_error(std::string(op) + ": " + name + " must have the input's dtype " +
+                         (want == DType::f32 ? "float32" : "float64") + ", got " + dtype_of(a) + " " + shape_of(a));
+  if (!(a.flags() & py::array::c_style))
+    throw py::value_error(std::string(op) + ": " + name + " " + shape_of(a) + " must be C-contiguous");
+}
+
+void check_ndim(const py::array& a, py::ssize_t ndim, const char* op, const char* name) {
+  if (a.ndim() != ndim)
+    throw py::value_error(std::string(op) + ": " + name + " must be " + std::to_string(ndim) + "-D, got " +
+                          shape_of(a));
+}
+
+struct ConvArgs {
+  std::array<index_t, 2> stride;
+  std::array<index_t, 4> padding;  // top, left, bottom, right
+  std::array<index_t, 2> dilation;
+  index_t groups;
+};
+
+// The Conv2dShape of input (N, C_in, H, W), weight (C_out, C_in/groups, KH, KW), output (N, C_out, OH, OW).
+fastdl::cpu::Conv2dShape conv_shape(const py::array& input, const py::array& weight, const py::array& output,
+                                    const ConvArgs& a, const char* op) {
+  check_ndim(input, 4, op, "input");
+  check_ndim(weight, 4, op, "weight");
+  check_ndim(output, 4, op, "output");
+  const auto s = fastdl::cpu::Conv2dShape{input.shape(0), input.shape(1), input.shape(2), input.shape(3),
+                                          weight.shape(0), weight.shape(2), weight.shape(3), output.shape(2),
+                                          output.shape(3), a.stride[0], a.stride[1], a.padding[0], a.padding[1],
+                                          a.padding[2], a.padding[3], a.dilation[0], a.dilation[1], a.groups};
+  const std::string shapes =
+      "input " + shape_of(input) + ", weight " + shape_of(weight) + ", output " + shape_of(output);
+  if (a.groups < 1) throw py::value_error(std::string(op) + ": groups must be >= 1, got " + std::to_string(a.groups));
+  if (weight.shape(1) * a.groups != input.shape(1))
+    throw py::value_error(std::string(op) + ": input channels " + std::to_string(input.shape(1)) +
+                          " != weight.shape[1] * groups = " + std::to_string(weight.shape(1)) + " * " +
+                          std::to_string(a.groups) + " for " + shapes);
+  if (output.shape(0) != input.shape(0) || output.shape(1) != weight.shape(0))
+    throw py::value_error(std::string(op) + ": output must be (N, C_out, OH, OW) = (" +
+                          std::to_string(input.shape(0)) + ", " + std::to_string(weight.shape(0)) + ", ...) for " +
+                          shapes);
+  return s;
+}
+
+template <class T>
+const T* data_or_null(const py::object& a) {
+  return a.is_none() ? nullptr : static_cast<const T*>(a.cast<py::array>().data());
+}
+
+void conv2d_forward(const py::array& x, const py::array& w, const py::object& bias, py::array y, const ConvArgs& a) {
+  const DType t = float_dtype(x, "conv2d", "input");
+  check_conv_array(x, "conv2d", "input", t);
+  check_conv_array(w, "conv2d", "weight", t);
+  check_conv_array(y, "conv2d", "out", t);
+  check_writable(y, "conv2d");
+  const auto s = conv_shape(x, w, y, a, "conv2d");
+  if (!bias.is_none()) {
+    const auto b = bias.cast<py::array>();
+    check_conv_array(b, "conv2d", "bias", t);
+    if (b.ndim() != 1 || b.shape(0) != s.C_out)
+      throw py::value_error("conv2d: bias must be (" + std::to_string(s.C_out) + ",), got " + shape_of(b));
+  }
+  if (t == DType::f32) {
+    const float *px = static_cast<const float*>(x.data()), *pw = static_cast<const float*>(w.data());
+    const float* pb = data_or_null<float>(bias);
+    float* py_ = static_cast<float*>(y.mutable_data());
+    py::gil_scoped_release release;
+    fastdl::cpu::conv2d_forward<float>(py_, px, pw, pb, s);
+  } else {
+    const double *px = static_cast<const double*>(x.data()), *pw = static_cast<const double*>(w.data());
+    const double* pb = data_or_null<double>(bias);
+    double* py_ = static_cast<double*>(y.mutable_data());
+    py::gil_scoped_release release;
+    fastdl::cpu::conv2d_forward<double>(py_, px, pw, pb, s);
+  }
+}
+
+void conv2d_backward_input(const py::array& dy, const py::array& w, py::array dx, const ConvArgs& a) {
+  const char* op = "conv2d_backward_input";
+  const DType t = float_dtype(dy, op, "grad_output");
+  check_conv_array(dy, op, "grad_output", t);
+  check_conv_array(w, op, "weight", t);
+  check_conv_array(dx, op, "grad_input", t);
+  check_writable(dx, op);
+  const auto s = conv_shape(dx, w, dy, a, op);
+  if (t == DType::f32) {
+    const float *pdy = static_cast<const float*>(dy.data()), *pw = static_cast<const float*>(w.data());
+    float* pdx = static_cast<float*>(dx.mutable_data());
+    py::gil_scoped_release release;
+    fastdl::cpu::conv2d_backward_input<float>(pdx, pdy, pw, s);
+  } else {
+    const double *pdy = static_cast<const double*>(dy.data()), *pw = static_cast<const double*>(w.data());
+    double* pdx = static_cast<double*>(dx.mutable_data());
+    py::gil_scoped_release release;
+    fastdl::cpu::conv2d_backward_input<double>(pdx, pdy, pw, s);
+  }
+}
+
+void conv2d_backward_weight(const py::array& dy, const py::array& x, py::array dw, const py::object& dbias,
+                            const ConvArgs& a) {
+  const char* op = "conv2d_backward_weight";
+  const DType t = float_dtype(dy, op, "grad_output");
+  check_conv_array(dy, op, "grad_output", t);
+  check_conv_array(x, op, "input", t);
+  check_conv_array(dw, op, "grad_weight", t);
+  check_writable(dw, op);
+  const auto s = conv_shape(x, dw, dy, a, op);
+  py::array db;
+  if (!dbias.is_none()) {
+    db = dbias.cast<py::array>();
+    check_conv_array(db, op, "grad_bias", t);
+    check_writable(db, op);
+    if (db.ndim() != 1 || db.shape(0) != s.C_out)
+      throw py::value_error(std::string(op) + ": grad_bias must be (" + std::to_string(s.C_out) + ",), got " +
+                            shape_of(db));
+  }
+  if (t == DType::f32) {
+    const float *pdy = static_cast<const float*>(dy.data()), *px = static_cast<const float*>(x.data());
+    float* pdw = static_cast<float*>(dw.mutable_data());
+    float* pdb = dbias.is_none() ? nullptr : static_cast<float*>(db.mutable_data());
+    py::gil_scoped_release release;
+    fastdl::cpu::conv2d_backward_weight<float>(pdw, pdb, pdy, px, s);
+  } else {
+    const double *pdy = static_cast<const double*>(dy.data()), *px = static_cast<const double*>(x.data());
+    double* pdw = static_cast<double*>(dw.mutable_data());
+    double* pdb = dbias.is_none() ? nullptr : static_cast<double*>(db.mutable_data());
+    py::gil_scoped_release release;
+    fastdl::cpu::conv2d_backward_weight<double>(pdw, pdb, pdy, px, s);
+  }
+}
+
+std::size_t conv2d_forward_workspace(const std::array<index_t, 4>& input, const std::array<index_t, 4>& weight,
+                                     const std::array<index_t, 2>& output, const ConvArgs& a,
+                                     const std::string& dtype, int threads) {
+  FASTDL_CHECK(dtype == "float32" || dtype == "float64", "conv2d: dtype must be float32 or float64, got ", dtype);
+  FASTDL_CHECK(a.groups >= 1 && weight[1] * a.groups == input[1], "conv2d: input channels ", input[1],
+               " != weight.shape[1] * groups = ", weight[1], " * ", a.groups);
+  const fastdl::cpu::Conv2dShape s{input[0],    input[1],    input[2],     input[3],     weight[0],
+                                   weight[2],   weight[3],   output[0],    output[1],    a.stride[0],
+                                   a.stride[1], a.padding[0], a.padding[1], a.padding[2], a.padding[3],
+                                   a.dilation[0], a.dilation[1], a.groups};
+  return dtype == "float32" ? fastdl::cpu::conv2d_forward_workspace<float>(s, threads)
+                            : fastdl::cpu::conv2d_forward_workspace<double>(s, threads);
+}
+
+fastdl::cpu::Pool2dShape pool_shape(const py::array& input, const py::array& output,
+                                    const std::array<index_t, 2>& kernel, const std::array<index_t, 2>& stride,
+                                    const std::array<index_t, 2>& padding, const std::array<index_t, 2>& dilation,
+                                    const char* op) {
+  check_ndim(input, 4, op, "input");
+  check_ndim(output, 4, op, "output");
+  if (output.shape(0) != input.shape(0) || output.shape(1) != input.shape(1))
+    throw py::value_error(std::string(op) + ": output " + shape_of(output) + " must keep the batch and channels of input " +
+                          shape_of(input));
+  return {input.shape(0), input.shape(1), input.shape(2), input.shape(3), output.shape(2), output.shape(3),
+          kernel[0],      kernel[1],      stride[0],      stride[1],      padding[0],      padding[1],
+          dilation[0],    dilation[1]};
+}
+
+template <class Fn>
+void with_float(DType t, const Fn& fn) {
+  if (t == DType::f32)
+    fn(float{});
+  else
+    fn(double{});
+}
+
+void max_pool2d_forward(const py::array& x, py::array y, const py::object& indices, const std::array<index_t, 2>& k,
+                        const std::array<index_t, 2>& st, const std::array<index_t, 2>& p,
+                        const std::array<index_t, 2>& d) {
+  const char* op = "max_pool2d";
+  const DType t = float_dtype(x, op, "input");
+  check_conv_array(x, op, "input", t);
+  check_conv_array(y, op, "out", t);
+  check_writable(y, op);
+  const auto s = pool_shape(x, y, k, st, p, d, op);
+  std::int64_t* pi = nullptr;
+  if (!indices.is_none()) {
+    auto idx = indices.cast<py::array>();
+    if (!py::isinstance<py::array_t<std::int64_t>>(idx) || !(idx.flags() & py::array::c_style) ||
+        idx.ndim() != 4 || idx.shape(0) != y.shape(0) || idx.shape(1) != y.shape(1) || idx.shape(2) != y.shape(2) ||
+        idx.shape(3) != y.shape(3))
+      throw py::value_error(std::string(op) + ": indices must be a C-contiguous int64 array shaped like out " +
+                            shape_of(y) + ", got " + dtype_of(idx) + " " + shape_of(idx));
+    check_writable(idx, op);
+    pi = static_cast<std::int64_t*>(idx.mutable_data());
+  }
+  with_float(t, [&](auto zero) {
+    using T = decltype(zero);
+    const T* px = static_cast<const T*>(x.data());
+    T* pyv = static_cast<T*>(y.mutable_data());
+    py::gil_scoped_release release;
+    fastdl::cpu::max_pool2d_forward<T>(pyv, pi, px, s);
+  });
+}
+
+void max_pool2d_backward(const py::array& dy, const py::array& indices, py::array dx, const std::array<index_t, 2>& k,
+                         const std::array<index_t, 2>& st, const std::array<index_t, 2>& p,
+                         const std::array<index_t, 2>& d) {
+  const char* op = "max_pool2d_backward";
+  const DType t = float_dtype(dy, op, "grad_output");
+  check_conv_array(dy, op, "grad_output", t);
+  check_conv_array(dx, op, "grad_input", t);
+  check_writable(dx, op);
+  const auto s = pool_shape(dx, dy, k, st, p, d, op);
+  if (!py::isinstance<py::array_t<std::int64_t>>(indices) || !(indices.flags() & py::array::c_style) ||
+      indices.ndim() != 4 || indices.shape(0) != dy.shape(0) || indices.shape(1) != dy.shape(1) ||
+      indices.shape(2) != dy.shape(2) || indices.shape(3) != dy.shape(3))
+    throw py::value_error(std::string(op) + ": indices must be a C-contiguous int64 array shaped like grad_output " +
+                          shape_of(dy) + ", got " + dtype_of(indices) + " " + shape_of(indices));
+  const auto* pi = static_cast<const std::int64_t*>(indices.data());
+  with_float(t, [&](auto zero) {
+    using T = decltype(zero);
+    const T* pdy = static_cast<const T*>(dy.data());
+    T* pdx = static_cast<T*>(dx.mutable_data());
+    py::gil_scoped_release release;
+    fastdl::cpu::max_pool2d_backward<T>(pdx, pdy, pi, s);
+  });
+}
+
+void avg_pool2d_forward(const py::array& x, py::array y, const std::array<index_t, 2>& k,
+                        const std::array<index_t, 2>& st, const std::array<index_t, 2>& p, bool count_include_pad,
+                        index_t divisor) {
+  const char* op = "avg_pool2d";
+  const DType t = float_dtype(x, op, "input");
+  check_conv_array(x, op, "input", t);
+  check_conv_array(y, op, "out", t);
+  check_writable(y, op);
+  const auto s = pool_shape(x, y, k, st, p, {1, 1}, op);
+  with_float(t, [&](auto zero) {
+    using T = decltype(zero);
+    const T* px = static_cast<const T*>(x.data());
+    T* pyv = static_cast<T*>(y.mutable_data());
+    py::gil_scoped_release release;
+    fastdl::cpu::avg_pool2d_forward<T>(pyv, px, s, count_include_pad, divisor);
+  });
+}
+
+void avg_pool2d_backward(const py::array& dy, py::array dx, const std::array<index_t, 2>& k,
+                         const std::array<index_t, 2>& st, const std::array<index_t, 2>& p, bool count_include_pad,
+                         index_t divisor) {
+  const char* op = "avg_pool2d_backward";
+  const DType t = float_dtype(dy, op, "grad_output");
+  check_conv_array(dy, op, "grad_output", t);
+  check_conv_array(dx, op, "grad_input", t);
+  check_writable(dx, op);
+  const auto s = pool_shape(dx, dy, k, st, p, {1, 1}, op);
+  with_float(t, [&](auto zero) {
+    using T = decltype(zero);
+    const T* pdy = static_cast<const T*>(dy.data());
+    T* pdx = static_cast<T*>(dx.mutable_data());
+    py::gil_scoped_release release;
+    fastdl::cpu::avg_pool2d_backward<T>(pdx, pdy, s, count_include_pad, divisor);
+  });
+}
+
+void adaptive_avg_pool2d(const py::array& src, py::array dst, bool backward) {
+  const char* op = backward ? "adaptive_avg_pool2d_backward" : "adaptive_avg_pool2d";
+  const DType t = float_dtype(src, op, backward ? "grad_output" : "input");
+  check_conv_array(src, op, backward ? "grad_output" : "input", t);
+  check_conv_array(dst, op, backward ? "grad_input" : "out", t);
+  check_writable(dst, op);
+  check_ndim(src, 4, op, "input");
+  check_ndim(dst, 4, op, "output");
+  const py::array& in = backward ? dst : src;
+  const py::array& out = backward ? src : dst;
+  if (out.shape(0) != in.shape(0) || out.shape(1) != in.shape(1))
+    throw py::value_error(std::string(op) + ": output " + shape_of(out) + " must keep the batch and channels of input " +
+                          shape_of(in));
+  const index_t N = in.shape(0), C = in.shape(1), H = in.shape(2), W = in.shape(3), OH = out.shape(2), OW = out.shape(3);
+  with_float(t, [&](auto zero) {
+    using T = decltype(zero);
+    const T* ps = static_cast<const T*>(src.data());
+    T* pd = static_cast<T*>(dst.mutable_data());
+    py::gil_scoped_release release;
+    if (backward)
+      fastdl::cpu::adaptive_avg_pool2d_backward<T>(pd, ps, N, C, H, W, OH, OW);
+    else
+      fastdl::cpu::adaptive_avg_pool2d_forward<T>(pd, ps, N, C, H, W, OH, OW);
+  });
+}
+
 // ---- lstm ----------------------------------------------------------------------------------------
 // Arrays arrive as py::object so that None means "absent" (zero state, no bias, gradient not wanted).
 // Every array must be C-contiguous with the shape derived from x (T, B, I) and w_hh (4H, H).
@@ -176,9 +466,24 @@ struct LstmArrays {
     if (!(a.flags() & py::array::c_style))
       throw py::value_error(op + ": " + name + " " + shape_of(a) + " must be C-contiguous (copy it first)");
     if (writable) check_writable(a, op.c_str());
+    // An output must not overlap an input: the kernel reads inputs after writing outputs.
+    const char* begin = static_cast<const char*>(a.data());
+    const Span span{begin, begin + a.nbytes(), name, writable};
+    for (const Span& other : spans)
+      if (other.writable != writable && span.begin < other.end && other.begin < span.end)
+        throw py::value_error(op + ": " + name + " " + shape_of(a) + " overlaps " + other.name +
+                              " in memory (outputs must not alias inputs)");
+    spans.push_back(span);
     keep.push_back(a);
     return writable ? a.mutable_data() : const_cast<void*>(a.data());
   }
+
+  struct Span {
+    const char *begin, *end;
+    const char* name;
+    bool writable;
+  };
+  std::vector<Span> spans;
 
   // Sizes from x (T, B, I) and w_hh (4H, H).
   LstmArrays(const char* name, const py::array& x, const py::array& w_hh) : op(name), dtype(float_dtype(x, name, "x")) {
@@ -837,6 +1142,35 @@ PYBIND11_MODULE(_C, m) {
         "out = alpha * op(a) @ op(b) + beta * out for 2-D float32/float64 arrays of any strides");
   m.def("matmul_batched", &matmul_batched, py::arg("a"), py::arg("b"), py::arg("out"),
         "out[...] = a[...] @ b[...] over equal batch shapes (broadcast with zero strides)");
+
+  py::class_<ConvArgs>(m, "ConvArgs", "stride (2), padding (top, left, bottom, right), dilation (2), groups")
+      .def(py::init([](std::array<index_t, 2> stride, std::array<index_t, 4> padding,
+                       std::array<index_t, 2> dilation, index_t groups) {
+             return ConvArgs{stride, padding, dilation, groups};
+           }),
+           py::arg("stride"), py::arg("padding"), py::arg("dilation"), py::arg("groups"));
+  m.def("conv2d_forward", &conv2d_forward, py::arg("x"), py::arg("w"), py::arg("bias"), py::arg("y"), py::arg("args"),
+        "y = conv2d(x, w) + bias, NCHW, C-contiguous float32/float64");
+  m.def("conv2d_backward_input", &conv2d_backward_input, py::arg("grad_output"), py::arg("w"), py::arg("grad_input"),
+        py::arg("args"), "grad_input = d(conv2d)/dx · grad_output (conv_transpose2d's forward)");
+  m.def("conv2d_backward_weight", &conv2d_backward_weight, py::arg("grad_output"), py::arg("x"),
+        py::arg("grad_weight"), py::arg("grad_bias"), py::arg("args"),
+        "grad_weight (and grad_bias when not None) of conv2d, overwritten");
+  m.def("conv2d_forward_workspace", &conv2d_forward_workspace, py::arg("input_shape"), py::arg("weight_shape"),
+        py::arg("output_hw"), py::arg("args"), py::arg("dtype"), py::arg("threads"),
+        "scratch bytes a conv2d forward call allocates");
+  m.def("max_pool2d_forward", &max_pool2d_forward, py::arg("x"), py::arg("y"), py::arg("indices"),
+        py::arg("kernel"), py::arg("stride"), py::arg("padding"), py::arg("dilation"));
+  m.def("max_pool2d_backward", &max_pool2d_backward, py::arg("grad_output"), py::arg("indices"),
+        py::arg("grad_input"), py::arg("kernel"), py::arg("stride"), py::arg("padding"), py::arg("dilation"));
+  m.def("avg_pool2d_forward", &avg_pool2d_forward, py::arg("x"), py::arg("y"), py::arg("kernel"), py::arg("stride"),
+        py::arg("padding"), py::arg("count_include_pad"), py::arg("divisor"));
+  m.def("avg_pool2d_backward", &avg_pool2d_backward, py::arg("grad_output"), py::arg("grad_input"),
+        py::arg("kernel"), py::arg("stride"), py::arg("padding"), py::arg("count_include_pad"), py::arg("divisor"));
+  m.def("adaptive_avg_pool2d_forward", [](const py::array& x, py::array y) { adaptive_avg_pool2d(x, y, false); },
+        py::arg("x"), py::arg("y"));
+  m.def("adaptive_avg_pool2d_backward", [](const py::array& dy, py::array dx) { adaptive_avg_pool2d(dy, dx, true); },
+        py::arg("grad_output"), py::arg("grad_input"));
 
   m.def("lstm_forward", &lstm_forward, py::arg("x"), py::arg("w_ih"), py::arg("w_hh"), py::arg("b_ih"),
         py::arg("b_hh"), py::arg("h0"), py::arg("c0"), py::arg("y"), py::arg("h_n"), py::arg("c_n"),

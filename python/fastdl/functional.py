@@ -1624,17 +1624,29 @@ from .ops import lstm as _lstm  # noqa: E402
 __all__ += ["lstm", "lstm_cell", "gru", "gru_cell", "rnn", "rnn_tanh_cell", "rnn_relu_cell"]
 
 
-def _recurrent_operands(op, named):
-    """Check that every given operand is a Tensor of one floating dtype on one device."""
-    tensors = {name: _tensor(t, op, name) for name, t in named.items() if t is not None}
-    first = next(iter(tensors.values()))
-    if first.data.dtype.kind != "f":
+_LSTM_OPERANDS = ("input", "h0", "c0", "weight_ih", "weight_hh", "bias_ih", "bias_hh")
+_CELL_OPERANDS = ("input", "h", "c", "weight_ih", "weight_hh", "bias_ih", "bias_hh")
+_SINGLE_STATE_OPERANDS = ("input", "hx", "weight_ih", "weight_hh", "bias_ih", "bias_hh")
+
+
+def _recurrent_operands(op, names, operands):
+    """Check that every given operand (None: absent) is a Tensor of one floating dtype on one device."""
+    first = operands[0]
+    if not isinstance(first, Tensor):
+        _tensor(first, op, names[0])
+    dtype, kind = first.data.dtype, first.data.__class__
+    if dtype.kind != "f":
         raise TypeError(f"{op}: input must be floating point, got {first.dtype} {first.shape}")
-    if builtins.any(t.data.dtype != first.data.dtype for t in tensors.values()):
-        raise TypeError(f"{op}: dtypes differ: " + ", ".join(f"{n} {t.dtype} {t.shape}" for n, t in tensors.items()))
-    if builtins.any(t.data.__class__ is not first.data.__class__ for t in tensors.values()):
-        _raise_devices(op, list(tensors.values()))
-    return tensors
+    for name, t in zip(names, operands):
+        if t is None:
+            continue
+        if not isinstance(t, Tensor):
+            _tensor(t, op, name)
+        if t.data.dtype != dtype:
+            raise TypeError(f"{op}: dtypes differ: " + ", ".join(
+                f"{n} {o.dtype} {o.shape}" for n, o in zip(names, operands) if isinstance(o, Tensor)))
+        if t.data.__class__ is not kind:
+            _raise_devices(op, [o for o in operands if o is not None])
 
 
 def _state_pair(hx, op):
@@ -1645,13 +1657,9 @@ def _state_pair(hx, op):
     return hx[0], hx[1]
 
 
-def _run_lstm(fn, op, input, hx, weight_ih, weight_hh, bias_ih, bias_hh):
-    h, c = _state_pair(hx, op)
-    named = {"input": input, "h0": h, "c0": c, "weight_ih": weight_ih, "weight_hh": weight_hh, "bias_ih": bias_ih,
-             "bias_hh": bias_hh}
-    t = _recurrent_operands(op, named)
-    operands = [t.get(n) for n in named]
-    if _record(*operands):
+def _apply_recurrent(fn, operands):
+    """fn on the operands: recorded when a gradient is needed, else straight on the arrays."""
+    if _grad_mode.enabled and builtins.any(o is not None and o.requires_grad for o in operands):
         return fn.apply(*operands)
     out = fn.forward(_NULL_CTX, *(None if o is None else o.data for o in operands))
     return tuple(Tensor(o) for o in out)
@@ -1667,7 +1675,10 @@ def lstm(input, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None):
     >>> y.shape, h.shape, c.shape
     ((5, 2, 2), (2, 2), (2, 2))
     """
-    y, h, c = _run_lstm(_lstm.LSTMFn, "lstm", input, hx, weight_ih, weight_hh, bias_ih, bias_hh)
+    h0, c0 = _state_pair(hx, "lstm")
+    operands = (input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh)
+    _recurrent_operands("lstm", _LSTM_OPERANDS, operands)
+    y, h, c = _apply_recurrent(_lstm.LSTMFn, operands)
     return y, (h, c)
 
 
@@ -1701,11 +1712,10 @@ def lstm_cell(input, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None):
     ((2, 2), '0.9479')
     """
     h, c = _state_pair(hx, "lstm_cell")
-    t = _recurrent_operands("lstm_cell", {"input": input, "h": h, "c": c, "weight_ih": weight_ih,
-                                          "weight_hh": weight_hh, "bias_ih": bias_ih, "bias_hh": bias_hh})
-    _check_cell("lstm_cell", t["input"], (t.get("h"), t.get("c")), 4, t["weight_ih"], t["weight_hh"],
-                t.get("bias_ih"), t.get("bias_hh"), states=2)
-    return _run_lstm(_lstm.LSTMCellFn, "lstm_cell", input, hx, weight_ih, weight_hh, bias_ih, bias_hh)
+    operands = (input, h, c, weight_ih, weight_hh, bias_ih, bias_hh)
+    _recurrent_operands("lstm_cell", _CELL_OPERANDS, operands)
+    _check_cell("lstm_cell", input, (h, c), 4, weight_ih, weight_hh, bias_ih, bias_hh, states=2)
+    return _apply_recurrent(_lstm.LSTMCellFn, operands)
 
 
 def _note_composed():
@@ -1731,18 +1741,16 @@ def gru_cell(input, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None):
     >>> fastdl.functional.gru_cell(fastdl.ones(2, 3), None, fastdl.ones(6, 3), fastdl.zeros(6, 2)).shape
     (2, 2)
     """
-    t = _recurrent_operands("gru_cell", {"input": input, "hx": hx, "weight_ih": weight_ih, "weight_hh": weight_hh,
-                                         "bias_ih": bias_ih, "bias_hh": bias_hh})
-    B, H = _check_cell("gru_cell", t["input"], t.get("hx"), 3, t["weight_ih"], t["weight_hh"], bias_ih, bias_hh)
+    _recurrent_operands("gru_cell", _SINGLE_STATE_OPERANDS, (input, hx, weight_ih, weight_hh, bias_ih, bias_hh))
+    B, H = _check_cell("gru_cell", input, hx, 3, weight_ih, weight_hh, bias_ih, bias_hh)
     _note_composed()
-    h = hx if hx is not None else Tensor(array_module(t["input"].data).zeros((B, H), t["input"].data.dtype))
+    h = hx if hx is not None else Tensor(array_module(input.data).zeros((B, H), input.data.dtype))
     return _gru_step(linear(input, weight_ih, bias_ih), h, weight_hh, bias_hh)
 
 
 def _rnn_cell(op, nonlinearity, input, hx, weight_ih, weight_hh, bias_ih, bias_hh):
-    t = _recurrent_operands(op, {"input": input, "hx": hx, "weight_ih": weight_ih, "weight_hh": weight_hh,
-                                 "bias_ih": bias_ih, "bias_hh": bias_hh})
-    _check_cell(op, t["input"], t.get("hx"), 1, t["weight_ih"], t["weight_hh"], bias_ih, bias_hh)
+    _recurrent_operands(op, _SINGLE_STATE_OPERANDS, (input, hx, weight_ih, weight_hh, bias_ih, bias_hh))
+    _check_cell(op, input, hx, 1, weight_ih, weight_hh, bias_ih, bias_hh)
     _note_composed()
     pre = linear(input, weight_ih, bias_ih)
     if hx is not None:
@@ -1775,15 +1783,14 @@ def rnn_relu_cell(input, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None):
 
 def _sequence(op, input, hx, weight_ih, weight_hh, bias_ih, bias_hh, gates):
     """Checked operands of a composed recurrent layer; the input projection of every step in one GEMM."""
-    t = _recurrent_operands(op, {"input": input, "hx": hx, "weight_ih": weight_ih, "weight_hh": weight_hh,
-                                 "bias_ih": bias_ih, "bias_hh": bias_hh})
-    x = t["input"]
+    _recurrent_operands(op, _SINGLE_STATE_OPERANDS, (input, hx, weight_ih, weight_hh, bias_ih, bias_hh))
+    x = input
     if x.data.ndim != 3:
         raise ValueError(f"{op}: input must be 3-D (T, B, I), got {x.shape}")
     T, B, I = x.shape
     if T < 1 or B < 1:
         raise ValueError(f"{op}: input (T, B, I) must have positive sizes, got {x.shape}")
-    _, H = _check_cell(op, Tensor(x.data[0]), t.get("hx"), gates, t["weight_ih"], t["weight_hh"], bias_ih, bias_hh)
+    _, H = _check_cell(op, Tensor(x.data[0]), hx, gates, weight_ih, weight_hh, bias_ih, bias_hh)
     _note_composed()
     h = hx if hx is not None else Tensor(array_module(x.data).zeros((B, H), x.data.dtype))
     projected = linear(reshape(input, (T * B, I)), weight_ih, bias_ih)
@@ -2219,3 +2226,134 @@ def cosine_embedding_loss(input1, input2, target, margin: float = 0.0, *, reduct
     pos = where(target == 1, 1 - cos, zeros)
     neg = where(target == -1, (cos - margin).clamp(min=0), zeros)
     return _reduce_loss(pos + neg, reduction)
+
+
+# ---- conv2d family: convolution and pooling -------------------------------------------------------
+# (builtins.any/max/min: this module defines the tensor ops of those names.)
+
+from . import kernels as _kernels  # noqa: E402
+from .ops import conv2d as _conv  # noqa: E402
+
+__all__ += ["conv2d", "conv_transpose2d", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d"]
+
+
+def _conv_operands(op: str, input, weight=None, bias=None) -> bool:
+    """Checks the operands of a convolution or pooling op; True when input is unbatched (C, H, W)."""
+    named = [("input", input)] + ([("weight", weight)] if weight is not None else []) + \
+        ([("bias", bias)] if bias is not None else [])
+    for name, t in named:
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{op}: {name} must be a Tensor, got {type(t).__name__}")
+    if input.ndim not in (3, 4):
+        raise ValueError(f"{op}: input must be 3-D (C, H, W) or 4-D (N, C, H, W), got {input.shape}")
+    if weight is not None and weight.ndim != 4:
+        raise ValueError(f"{op}: weight must be 4-D, got {weight.shape} for input {input.shape}")
+    if input.dtype.kind != "f" or builtins.any(t.dtype != input.dtype for _, t in named):
+        raise TypeError(f"{op}: operands must share one floating-point dtype, got "
+                        + ", ".join(f"{name} {t.dtype} {t.shape}" for name, t in named))
+    if builtins.any(t.device != input.device for _, t in named):
+        raise ValueError(f"{op}: operands are on different devices: "
+                         + ", ".join(f"{name} {t.device} {t.shape}" for name, t in named))
+    return input.ndim == 3
+
+
+def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1) -> Tensor:
+    """2-D convolution (cross-correlation), as ``torch.nn.functional.conv2d``.
+
+    input (N, C_in, H, W) or (C_in, H, W), weight (C_out, C_in/groups, KH, KW), bias (C_out,) →
+    (N, C_out, OH, OW) with OH = ⌊(H + 2·padding − dilation·(KH − 1) − 1) / stride⌋ + 1.
+    ``stride``, ``dilation``: int or pair; ``padding``: int, pair, ``"same"`` (stride 1) or
+    ``"valid"``; ``groups`` divides both channel counts (groups = C_in: depthwise).
+
+    >>> import fastdl
+    >>> import fastdl.functional as F
+    >>> F.conv2d(fastdl.ones(1, 1, 4, 4), fastdl.ones(2, 1, 3, 3), padding=1).shape
+    (1, 2, 4, 4)
+    """
+    unbatched = _conv_operands("conv2d", input, weight, bias)
+    return _conv.Conv2dFn.apply(input, weight, bias, stride, padding, dilation, groups, unbatched)
+
+
+def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1,
+                     dilation=1) -> Tensor:
+    """Transposed convolution (the gradient of conv2d with respect to its input), as
+    ``torch.nn.functional.conv_transpose2d``.
+
+    input (N, C_in, H, W) or (C_in, H, W), weight (C_in, C_out/groups, KH, KW), bias (C_out,) →
+    (N, C_out, OH, OW) with OH = (H − 1)·stride − 2·padding + dilation·(KH − 1) + output_padding + 1;
+    ``output_padding`` < stride or < dilation picks among the input sizes a conv2d maps to H.
+
+    >>> import fastdl
+    >>> import fastdl.functional as F
+    >>> F.conv_transpose2d(fastdl.ones(1, 4, 3, 3), fastdl.ones(4, 2, 4, 4), stride=2, padding=1).shape
+    (1, 2, 6, 6)
+    """
+    op = "conv_transpose2d"
+    unbatched = _conv_operands(op, input, weight, bias)
+    stride = _kernels._pair(op, "stride", stride, 1)
+    padding = _kernels._pair(op, "padding", padding, 0)
+    output_padding = _kernels._pair(op, "output_padding", output_padding, 0)
+    dilation = _kernels._pair(op, "dilation", dilation, 1)
+    C_in, H, W = input.shape[-3:]
+    shapes = f"input {input.shape}, weight {weight.shape}"
+    if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
+        raise ValueError(f"{op}: groups must be a positive int, got {groups!r} for {shapes}")
+    if weight.shape[0] != C_in or C_in % groups:
+        raise ValueError(f"{op}: weight.shape[0] must equal the input channels {C_in} and be divisible by "
+                         f"groups {groups}, got {shapes}")
+    if bias is not None and bias.shape != (weight.shape[1] * groups,):
+        raise ValueError(f"{op}: bias must be ({weight.shape[1] * groups},), got {bias.shape} for {shapes}")
+    for d in (0, 1):
+        if output_padding[d] >= builtins.max(stride[d], dilation[d]):
+            raise ValueError(f"{op}: output_padding {output_padding} must be smaller than stride {stride} or "
+                             f"dilation {dilation} for {shapes}")
+    out_hw = tuple((n - 1) * stride[d] - 2 * padding[d] + dilation[d] * (weight.shape[2 + d] - 1)
+                   + output_padding[d] + 1 for d, n in enumerate((H, W)))
+    if builtins.min(out_hw) < 1:
+        raise ValueError(f"{op}: the output would be {out_hw}: padding {padding} is too large for {shapes}")
+    return _conv.ConvTranspose2dFn.apply(input, weight, bias, stride, padding, dilation, groups, out_hw, unbatched)
+
+
+def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False):
+    """Max pooling, as ``torch.nn.functional.max_pool2d``: input (N, C, H, W) or (C, H, W) → the
+    window maxima (N, C, OH, OW), and with ``return_indices`` also their flat positions ih·W + iw
+    (int64). ``stride`` defaults to ``kernel_size``; padding counts as −∞.
+
+    >>> import fastdl
+    >>> import fastdl.functional as F
+    >>> F.max_pool2d(fastdl.arange(16.0).reshape(1, 1, 4, 4), 2).tolist()
+    [[[[5.0, 7.0], [13.0, 15.0]]]]
+    """
+    unbatched = _conv_operands("max_pool2d", input)
+    out, indices = _conv.MaxPool2dFn.apply(input, kernel_size, stride, padding, dilation, ceil_mode, unbatched)
+    return (out, indices) if return_indices else out
+
+
+def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
+               divisor_override=None) -> Tensor:
+    """Average pooling, as ``torch.nn.functional.avg_pool2d``: input (N, C, H, W) or (C, H, W) →
+    (N, C, OH, OW); the divisor is the window size (with the zero padding when
+    ``count_include_pad``), or ``divisor_override``.
+
+    >>> import fastdl
+    >>> import fastdl.functional as F
+    >>> F.avg_pool2d(fastdl.arange(16.0).reshape(1, 1, 4, 4), 2).tolist()
+    [[[[2.5, 4.5], [10.5, 12.5]]]]
+    """
+    unbatched = _conv_operands("avg_pool2d", input)
+    return _conv.AvgPool2dFn.apply(input, kernel_size, stride, padding, ceil_mode, count_include_pad,
+                                   divisor_override, unbatched)
+
+
+def adaptive_avg_pool2d(input, output_size) -> Tensor:
+    """Adaptive average pooling, as ``torch.nn.functional.adaptive_avg_pool2d``: input (N, C, H, W)
+    or (C, H, W) → (N, C, OH, OW) for ``output_size`` = OH, (OH, OW) or (OH, None); window i covers
+    rows ⌊i·H/OH⌋ … ⌈(i+1)·H/OH⌉ − 1.
+
+    >>> import fastdl
+    >>> import fastdl.functional as F
+    >>> F.adaptive_avg_pool2d(fastdl.ones(2, 3, 7, 5), 1).shape
+    (2, 3, 1, 1)
+    """
+    unbatched = _conv_operands("adaptive_avg_pool2d", input)
+    return _conv.AdaptiveAvgPool2dFn.apply(input, output_size, unbatched)

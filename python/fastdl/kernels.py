@@ -207,6 +207,7 @@ def lstm_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, *, train
     kernel for T > 1), "fused" or "stepwise" (the per-step reference).
 
     >>> import numpy as np
+    >>> from fastdl.kernels import lstm_forward
     >>> x = np.ones((5, 2, 3), np.float32)
     >>> y, h_n, c_n, _ = lstm_forward(x, np.full((8, 3), 0.1, np.float32), np.zeros((8, 2), np.float32))
     >>> y.shape, h_n.shape, bool(np.allclose(y[-1], h_n))
@@ -235,6 +236,7 @@ def lstm_backward(grad_y, grad_h_n, grad_c_n, x, w_ih, w_hh, h0, c0, y, saved, *
     "c0", "w_ih", "w_hh", "b") or when h0/c0 was None.
 
     >>> import numpy as np
+    >>> from fastdl.kernels import lstm_backward, lstm_forward
     >>> x = np.ones((4, 1, 2))
     >>> w_ih, w_hh = np.full((12, 2), 0.2), np.full((12, 3), -0.1)
     >>> y, h_n, c_n, saved = lstm_forward(x, w_ih, w_hh, training=True)
@@ -556,3 +558,392 @@ def _matmul_cuda(a, b, out):
             out[...] = result
             return out
     return result
+
+
+# ---- conv2d family: convolution and pooling on NCHW arrays ----------------------------------------
+# Every function checks its arguments here (ValueError/TypeError naming the op and the shapes) and
+# the native kernel checks them again. Non-contiguous inputs are copied to C order first.
+
+__all__ += [
+    "conv2d_forward",
+    "conv2d_backward_input",
+    "conv2d_backward_weight",
+    "conv2d_output_size",
+    "max_pool2d_forward",
+    "max_pool2d_backward",
+    "avg_pool2d_forward",
+    "avg_pool2d_backward",
+    "adaptive_avg_pool2d_forward",
+    "adaptive_avg_pool2d_backward",
+    "pool2d_output_size",
+]
+
+
+def _pair(op: str, name: str, value, minimum: int) -> tuple[int, int]:
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{op}: {name} must be an int or a pair of ints, got {value!r}")
+    if isinstance(value, (int, np.integer)):
+        pair = (int(value), int(value))
+    elif isinstance(value, (tuple, list)) and len(value) == 2 and all(
+        isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) for v in value
+    ):
+        pair = (int(value[0]), int(value[1]))
+    else:
+        raise TypeError(f"{op}: {name} must be an int or a pair of ints, got {value!r}")
+    if min(pair) < minimum:
+        raise ValueError(f"{op}: {name} must be >= {minimum}, got {pair}")
+    return pair
+
+
+def _nchw(op: str, name: str, x, dtype=None) -> np.ndarray:
+    x = _float_array(op, name, x)
+    if x.ndim != 4:
+        raise ValueError(f"{op}: {name} must be 4-D (N, C, H, W), got {x.shape}")
+    if dtype is not None and x.dtype != dtype:
+        raise TypeError(f"{op}: {name} must have the input's dtype {dtype}, got {x.dtype} {x.shape}")
+    return np.ascontiguousarray(x)
+
+
+def conv2d_output_size(size, kernel, stride=1, padding=0, dilation=1) -> int:
+    """Output length of a convolution along one axis: ⌊(size + pads − dilation·(kernel − 1) − 1) / stride⌋ + 1.
+
+    ``padding`` is one int (both sides) or a (before, after) pair.
+
+    >>> conv2d_output_size(224, 7, stride=2, padding=3)
+    112
+    """
+    before, after = (padding, padding) if isinstance(padding, (int, np.integer)) else padding
+    return (size + before + after - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def _conv_args(op: str, x_shape, w_shape, stride, padding, dilation, groups):
+    """Checked convolution parameters: (stride, (top, left, bottom, right), dilation, groups)."""
+    stride = _pair(op, "stride", stride, 1)
+    dilation = _pair(op, "dilation", dilation, 1)
+    if isinstance(groups, (bool, np.bool_)) or not isinstance(groups, (int, np.integer)):
+        raise TypeError(f"{op}: groups must be an int, got {groups!r}")
+    groups = int(groups)
+    N, C_in, H, W = x_shape
+    C_out, C_in_g, KH, KW = w_shape
+    shapes = f"input {tuple(x_shape)}, weight {tuple(w_shape)}"
+    if groups < 1:
+        raise ValueError(f"{op}: groups must be >= 1, got {groups} for {shapes}")
+    if C_in % groups or C_out % groups:
+        raise ValueError(f"{op}: groups {groups} must divide the input channels {C_in} and the output channels "
+                         f"{C_out} for {shapes}")
+    if C_in_g * groups != C_in:
+        raise ValueError(f"{op}: input has {C_in} channels but weight expects {C_in_g} x groups {groups} = "
+                         f"{C_in_g * groups} for {shapes}")
+    if min(C_out, C_in_g, KH, KW) < 1:
+        raise ValueError(f"{op}: weight sizes must be positive, got {shapes}")
+    if isinstance(padding, str):
+        if padding == "valid":
+            pads = (0, 0, 0, 0)
+        elif padding == "same":
+            if stride != (1, 1):
+                raise ValueError(f"{op}: padding='same' needs stride 1, got stride {stride} for {shapes}")
+            th, tw = dilation[0] * (KH - 1), dilation[1] * (KW - 1)
+            pads = (th // 2, tw // 2, th - th // 2, tw - tw // 2)  # the extra one after, as PyTorch
+        else:
+            raise ValueError(f"{op}: padding must be 'same', 'valid', an int or a pair, got {padding!r}")
+    else:
+        ph, pw = _pair(op, "padding", padding, 0)
+        pads = (ph, pw, ph, pw)
+    eff = (dilation[0] * (KH - 1) + 1, dilation[1] * (KW - 1) + 1)
+    if H + pads[0] + pads[2] < eff[0] or W + pads[1] + pads[3] < eff[1]:
+        raise ValueError(f"{op}: kernel ({KH}, {KW}) with dilation {dilation} spans {eff}, larger than the "
+                         f"padded input ({H + pads[0] + pads[2]}, {W + pads[1] + pads[3]}) for {shapes}")
+    return stride, pads, dilation, groups
+
+
+def _conv_out_hw(x_shape, w_shape, stride, pads, dilation):
+    return (conv2d_output_size(x_shape[2], w_shape[2], stride[0], (pads[0], pads[2]), dilation[0]),
+            conv2d_output_size(x_shape[3], w_shape[3], stride[1], (pads[1], pads[3]), dilation[1]))
+
+
+def conv2d_forward(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    """2-D convolution (cross-correlation, as PyTorch): x (N, C_in, H, W), weight (C_out, C_in/groups,
+    KH, KW), bias (C_out,) or None → (N, C_out, OH, OW).
+
+    ``stride``, ``dilation``: int or pair; ``padding``: int, pair, ``"same"`` (stride 1) or ``"valid"``.
+    float32 or float64; implicit GEMM on fastdl's GEMM micro-kernels (direct kernel when depthwise).
+
+    >>> import numpy as np
+    >>> conv2d_forward(np.ones((1, 1, 4, 4)), np.ones((2, 1, 3, 3)), padding=1)[0, :, 0]
+    array([[4., 6., 6., 4.],
+           [4., 6., 6., 4.]])
+    """
+    op = "conv2d"
+    x = _nchw(op, "input", x)
+    weight = _nchw(op, "weight", weight, x.dtype)
+    stride, pads, dilation, groups = _conv_args(op, x.shape, weight.shape, stride, padding, dilation, groups)
+    if bias is not None:
+        bias = np.ascontiguousarray(_float_array(op, "bias", bias))
+        if bias.dtype != x.dtype:
+            raise TypeError(f"{op}: bias must have the input's dtype {x.dtype}, got {bias.dtype} {bias.shape}")
+        if bias.shape != (weight.shape[0],):
+            raise ValueError(f"{op}: bias must be ({weight.shape[0]},) for weight {weight.shape}, got {bias.shape}")
+    out = np.empty((x.shape[0], weight.shape[0]) + _conv_out_hw(x.shape, weight.shape, stride, pads, dilation),
+                   x.dtype)
+    _C.conv2d_forward(x, weight, bias, out, _C.ConvArgs(stride, pads, dilation, groups))
+    return out
+
+
+def _shape4(op: str, name: str, shape) -> tuple:
+    shape = tuple(int(v) for v in shape)
+    if len(shape) != 4 or min(shape) < 0:
+        raise ValueError(f"{op}: {name} must be 4 non-negative sizes (N, C, H, W), got {shape}")
+    return shape
+
+
+def conv2d_backward_input(grad_output, weight, input_shape, stride=1, padding=0, dilation=1, groups=1):
+    """Gradient of :func:`conv2d_forward` with respect to its input: grad_output (N, C_out, OH, OW),
+    weight (C_out, C_in/groups, KH, KW) → (N, C_in, H, W) = ``input_shape``.
+
+    Also ``conv_transpose2d``'s forward: ``input_shape`` may exceed the smallest input that gives
+    (OH, OW) (its ``output_padding``); input positions no output reads get 0.
+
+    >>> import numpy as np
+    >>> conv2d_backward_input(np.ones((1, 1, 2, 2)), np.ones((1, 1, 2, 2)), (1, 1, 3, 3))[0, 0]
+    array([[1., 2., 1.],
+           [2., 4., 2.],
+           [1., 2., 1.]])
+    """
+    op = "conv2d_backward_input"
+    grad_output = _nchw(op, "grad_output", grad_output)
+    weight = _nchw(op, "weight", weight, grad_output.dtype)
+    input_shape = _shape4(op, "input_shape", input_shape)
+    stride, pads, dilation, groups = _conv_args(op, input_shape, weight.shape, stride, padding, dilation, groups)
+    oh, ow = _conv_out_hw(input_shape, weight.shape, stride, pads, dilation)
+    N, C_out, OH, OW = grad_output.shape
+    if N != input_shape[0] or C_out != weight.shape[0] or OH > oh or OW > ow:
+        raise ValueError(f"{op}: grad_output {grad_output.shape} does not fit input {input_shape}, weight "
+                         f"{weight.shape} (the output is at most ({input_shape[0]}, {weight.shape[0]}, {oh}, {ow}))")
+    out = np.empty(input_shape, grad_output.dtype)
+    if out.size:
+        _C.conv2d_backward_input(grad_output, weight, out, _C.ConvArgs(stride, pads, dilation, groups))
+    return out
+
+
+def conv2d_backward_weight(grad_output, x, weight_shape, stride=1, padding=0, dilation=1, groups=1, bias=True):
+    """Gradients of :func:`conv2d_forward` with respect to weight (and bias): grad_output (N, C_out,
+    OH, OW), x (N, C_in, H, W) → (grad_weight of ``weight_shape``, grad_bias (C_out,) or None).
+
+    >>> import numpy as np
+    >>> gw, gb = conv2d_backward_weight(np.ones((1, 1, 2, 2)), np.ones((1, 1, 3, 3)), (1, 1, 2, 2))
+    >>> gw[0, 0], gb
+    (array([[4., 4.],
+           [4., 4.]]), array([4.]))
+    """
+    op = "conv2d_backward_weight"
+    grad_output = _nchw(op, "grad_output", grad_output)
+    x = _nchw(op, "input", x, grad_output.dtype)
+    weight_shape = _shape4(op, "weight_shape", weight_shape)
+    stride, pads, dilation, groups = _conv_args(op, x.shape, weight_shape, stride, padding, dilation, groups)
+    oh, ow = _conv_out_hw(x.shape, weight_shape, stride, pads, dilation)
+    if grad_output.shape[:2] != (x.shape[0], weight_shape[0]) or grad_output.shape[2] > oh or grad_output.shape[3] > ow:
+        raise ValueError(f"{op}: grad_output {grad_output.shape} does not fit input {x.shape}, weight "
+                         f"{weight_shape} (the output is at most ({x.shape[0]}, {weight_shape[0]}, {oh}, {ow}))")
+    grad_weight = np.empty(weight_shape, x.dtype)
+    grad_bias = np.empty(weight_shape[0], x.dtype) if bias else None
+    if x.shape[0] == 0:
+        grad_weight.fill(0)
+        if grad_bias is not None:
+            grad_bias.fill(0)
+    else:
+        _C.conv2d_backward_weight(grad_output, x, grad_weight, grad_bias, _C.ConvArgs(stride, pads, dilation, groups))
+    return grad_weight, grad_bias
+
+
+def pool2d_output_size(size, kernel, stride, padding=0, dilation=1, ceil_mode=False) -> int:
+    """Output length of a pooling window along one axis, with PyTorch's ceil_mode rule (the last
+    window must start inside the input or its left padding).
+
+    >>> pool2d_output_size(5, 2, 2), pool2d_output_size(5, 2, 2, ceil_mode=True)
+    (2, 3)
+    """
+    span = size + 2 * padding - dilation * (kernel - 1) - 1
+    out = (span + (stride - 1 if ceil_mode else 0)) // stride + 1
+    if ceil_mode and (out - 1) * stride >= size + padding:
+        out -= 1
+    return out
+
+
+def _pool_args(op: str, x_shape, kernel_size, stride, padding, dilation, ceil_mode):
+    kernel = _pair(op, "kernel_size", kernel_size, 1)
+    stride = kernel if stride is None or (isinstance(stride, (tuple, list)) and len(stride) == 0) else \
+        _pair(op, "stride", stride, 1)
+    padding = _pair(op, "padding", padding, 0)
+    dilation = _pair(op, "dilation", dilation, 1)
+    for d in (0, 1):
+        if 2 * padding[d] > dilation[d] * (kernel[d] - 1) + 1:
+            raise ValueError(f"{op}: padding {padding} must be at most half the kernel {kernel} "
+                             f"(dilation {dilation}) for input {tuple(x_shape)}")
+    out = tuple(pool2d_output_size(x_shape[2 + d], kernel[d], stride[d], padding[d], dilation[d], bool(ceil_mode))
+                for d in (0, 1))
+    if min(out) < 1:
+        raise ValueError(f"{op}: kernel {kernel} with dilation {dilation} and padding {padding} is larger than "
+                         f"the padded input {tuple(x_shape)}")
+    return kernel, stride, padding, dilation, out
+
+
+def max_pool2d_forward(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False):
+    """Max pooling: x (N, C, H, W) → (out (N, C, OH, OW), indices int64 of the same shape: the flat
+    position ih·W + iw of each maximum in its plane; NaN propagates). ``stride`` defaults to
+    ``kernel_size``; padding is -inf.
+
+    >>> import numpy as np
+    >>> out, idx = max_pool2d_forward(np.arange(16.0).reshape(1, 1, 4, 4), 2)
+    >>> out[0, 0], idx[0, 0]
+    (array([[ 5.,  7.],
+           [13., 15.]]), array([[ 5,  7],
+           [13, 15]]))
+    """
+    op = "max_pool2d"
+    x = _nchw(op, "input", x)
+    kernel, stride, padding, dilation, (oh, ow) = _pool_args(op, x.shape, kernel_size, stride, padding, dilation,
+                                                             ceil_mode)
+    out = np.empty(x.shape[:2] + (oh, ow), x.dtype)
+    indices = np.empty(out.shape, np.int64)
+    if out.size:
+        _C.max_pool2d_forward(x, out, indices, kernel, stride, padding, dilation)
+    return out, indices
+
+
+def max_pool2d_backward(grad_output, indices, input_shape, kernel_size, stride=None, padding=0, dilation=1,
+                        ceil_mode=False):
+    """Gradient of :func:`max_pool2d_forward`: grad_output and indices (N, C, OH, OW) → (N, C, H, W),
+    each gradient added at its maximum's position.
+
+    >>> import numpy as np
+    >>> max_pool2d_backward(np.ones((1, 1, 1, 1)), np.array([[[[3]]]]), (1, 1, 2, 2), 2)[0, 0]
+    array([[0., 0.],
+           [0., 1.]])
+    """
+    op = "max_pool2d_backward"
+    grad_output = _nchw(op, "grad_output", grad_output)
+    input_shape = _shape4(op, "input_shape", input_shape)
+    kernel, stride, padding, dilation, out_hw = _pool_args(op, input_shape, kernel_size, stride, padding, dilation,
+                                                           ceil_mode)
+    indices = np.ascontiguousarray(indices)
+    if indices.dtype != np.int64 or indices.shape != grad_output.shape:
+        raise TypeError(f"{op}: indices must be int64 shaped like grad_output {grad_output.shape}, got "
+                        f"{indices.dtype} {indices.shape}")
+    if grad_output.shape != input_shape[:2] + out_hw:
+        raise ValueError(f"{op}: grad_output {grad_output.shape} must be {input_shape[:2] + out_hw} for input "
+                         f"{input_shape}")
+    out = np.empty(input_shape, grad_output.dtype)
+    if grad_output.size:
+        _C.max_pool2d_backward(grad_output, indices, out, kernel, stride, padding, dilation)
+    else:
+        out.fill(0)
+    return out
+
+
+def _avg_args(op, x_shape, kernel_size, stride, padding, ceil_mode, divisor_override):
+    kernel, stride, padding, _, out_hw = _pool_args(op, x_shape, kernel_size, stride, padding, 1, ceil_mode)
+    if divisor_override is None:
+        divisor = 0
+    elif isinstance(divisor_override, (bool, np.bool_)) or not isinstance(divisor_override, (int, np.integer)) \
+            or divisor_override < 1:
+        raise ValueError(f"{op}: divisor_override must be a positive int or None, got {divisor_override!r}")
+    else:
+        divisor = int(divisor_override)
+    return kernel, stride, padding, out_hw, divisor
+
+
+def avg_pool2d_forward(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
+                       divisor_override=None):
+    """Average pooling: x (N, C, H, W) → (N, C, OH, OW). The divisor is the window size
+    (``count_include_pad``: counting the zero padding; else only the input), or ``divisor_override``.
+
+    >>> import numpy as np
+    >>> avg_pool2d_forward(np.arange(16.0).reshape(1, 1, 4, 4), 2)[0, 0]
+    array([[ 2.5,  4.5],
+           [10.5, 12.5]])
+    """
+    op = "avg_pool2d"
+    x = _nchw(op, "input", x)
+    kernel, stride, padding, (oh, ow), divisor = _avg_args(op, x.shape, kernel_size, stride, padding, ceil_mode,
+                                                           divisor_override)
+    out = np.empty(x.shape[:2] + (oh, ow), x.dtype)
+    if out.size:
+        _C.avg_pool2d_forward(x, out, kernel, stride, padding, bool(count_include_pad), divisor)
+    return out
+
+
+def avg_pool2d_backward(grad_output, input_shape, kernel_size, stride=None, padding=0, ceil_mode=False,
+                        count_include_pad=True, divisor_override=None):
+    """Gradient of :func:`avg_pool2d_forward`: grad_output (N, C, OH, OW) → (N, C, H, W).
+
+    >>> import numpy as np
+    >>> avg_pool2d_backward(np.ones((1, 1, 1, 1)), (1, 1, 2, 2), 2)[0, 0]
+    array([[0.25, 0.25],
+           [0.25, 0.25]])
+    """
+    op = "avg_pool2d_backward"
+    grad_output = _nchw(op, "grad_output", grad_output)
+    input_shape = _shape4(op, "input_shape", input_shape)
+    kernel, stride, padding, out_hw, divisor = _avg_args(op, input_shape, kernel_size, stride, padding, ceil_mode,
+                                                         divisor_override)
+    if grad_output.shape != input_shape[:2] + out_hw:
+        raise ValueError(f"{op}: grad_output {grad_output.shape} must be {input_shape[:2] + out_hw} for input "
+                         f"{input_shape}")
+    out = np.empty(input_shape, grad_output.dtype)
+    if grad_output.size:
+        _C.avg_pool2d_backward(grad_output, out, kernel, stride, padding, bool(count_include_pad), divisor)
+    else:
+        out.fill(0)
+    return out
+
+
+def _output_size(op: str, output_size, x_shape) -> tuple[int, int]:
+    if isinstance(output_size, (int, np.integer)) and not isinstance(output_size, (bool, np.bool_)):
+        output_size = (output_size, output_size)
+    if not isinstance(output_size, (tuple, list)) or len(output_size) != 2:
+        raise TypeError(f"{op}: output_size must be an int or a pair (None keeps that size), got {output_size!r}")
+    out = tuple(x_shape[2 + d] if v is None else v for d, v in enumerate(output_size))
+    if not all(isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) for v in out):
+        raise TypeError(f"{op}: output_size must be an int or a pair (None keeps that size), got {output_size!r}")
+    if min(out) < 1:
+        raise ValueError(f"{op}: output_size must be positive, got {tuple(output_size)} for input {tuple(x_shape)}")
+    return int(out[0]), int(out[1])
+
+
+def adaptive_avg_pool2d_forward(x, output_size):
+    """Adaptive average pooling: x (N, C, H, W) → (N, C, OH, OW); window i covers rows
+    ⌊i·H/OH⌋ … ⌈(i+1)·H/OH⌉ − 1 (likewise columns).
+
+    >>> import numpy as np
+    >>> adaptive_avg_pool2d_forward(np.arange(6.0).reshape(1, 1, 2, 3), 1)[0, 0]
+    array([[2.5]])
+    """
+    op = "adaptive_avg_pool2d"
+    x = _nchw(op, "input", x)
+    oh, ow = _output_size(op, output_size, x.shape)
+    out = np.empty(x.shape[:2] + (oh, ow), x.dtype)
+    if out.size:
+        if min(x.shape[2:]) < 1:
+            raise ValueError(f"{op}: input {x.shape} has an empty plane")
+        _C.adaptive_avg_pool2d_forward(x, out)
+    return out
+
+
+def adaptive_avg_pool2d_backward(grad_output, input_shape):
+    """Gradient of :func:`adaptive_avg_pool2d_forward`: grad_output (N, C, OH, OW) → (N, C, H, W).
+
+    >>> import numpy as np
+    >>> adaptive_avg_pool2d_backward(np.ones((1, 1, 1, 1)), (1, 1, 1, 2))[0, 0]
+    array([[0.5, 0.5]])
+    """
+    op = "adaptive_avg_pool2d_backward"
+    grad_output = _nchw(op, "grad_output", grad_output)
+    input_shape = _shape4(op, "input_shape", input_shape)
+    if grad_output.shape[:2] != input_shape[:2] or min(input_shape[2:]) < 1:
+        raise ValueError(f"{op}: grad_output {grad_output.shape} does not fit input {input_shape}")
+    out = np.empty(input_shape, grad_output.dtype)
+    if grad_output.size:
+        _C.adaptive_avg_pool2d_backward(grad_output, out)
+    else:
+        out.fill(0)
+    return out

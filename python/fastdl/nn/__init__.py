@@ -47,6 +47,7 @@ from .losses import (
 )
 from .attention import MultiheadAttention
 from .module import Identity, Module, ModuleDict, ModuleList, Parameter, Sequential
+from . import parallel  # DistributedDataParallel
 
 __all__ = [
     "Module", "Parameter", "Sequential", "ModuleList", "ModuleDict", "Identity",
@@ -58,4 +59,10 @@ __all__ = [
     "KLDivLoss", "CosineEmbeddingLoss",
     "MultiheadAttention",
     "functional", "init", "utils",
+    "parallel",
 ]
+
+# ---- recurrent layers (lstm branch) ----------------------------------------------------------------
+from .recurrent import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell  # noqa: E402
+
+__all__ += ["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell"]
