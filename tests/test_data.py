@@ -451,5 +451,5 @@ def test_loader_with_a_sampler():
     assert [len(p) for p in parts] == [4, 4, 4]
     assert sorted(set(i for p in parts for i in p)) == list(range(10))  # two padded repeats
     assert _ids(DataLoader(ds, batch_size=4, sampler=[9, 0, 5])) == [[9, 0, 5]]
-    with pytest.raises(ValueError, match="exclusive"):
+    with pytest.raises(ValueError, match="exclude each other"):
         DataLoader(ds, sampler=[0, 1], shuffle=True)

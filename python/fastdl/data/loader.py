@@ -144,14 +144,14 @@ class DataLoader:
     shuffle: a new permutation each epoch, drawn from the loader's generator: ``generator`` (a
     ``numpy.random.Generator``), else one made from ``seed``, else fastdl's global generator
     (``fastdl.manual_seed``). The same seed gives the same batches, random transforms included,
-    whatever ``num_workers`` is. drop_last: drop the last batch when shorter than ``batch_size``.
+    whatever ``num_workers`` is. sampler: instead of shuffle, an iterable of dataset indices with
+    ``len()`` that gives each epoch's order (e.g. :class:`~fastdl.data.DistributedSampler`, one rank's
+    share). drop_last: drop the last batch when shorter than ``batch_size``.
     collate_fn: turns a list of samples into a batch (default: stack into Tensors; a dataset with
     ``get_batch`` is then indexed once per batch). num_workers: processes loading batches in parallel
     (0: in the main process); worker ``w`` seeds NumPy's and Python's global generators and
     fastdl's with ``base_seed + w`` and then calls ``worker_init_fn(w)``; ``get_worker_info()``
-    describes the worker inside it. sampler: an iterable of indices (with ``len``) giving each
-    epoch's order instead of ``shuffle``, e.g. :class:`~fastdl.data.DistributedSampler`.
-    ``len(loader)`` is the number of batches per epoch.
+    describes the worker inside it. ``len(loader)`` is the number of batches per epoch.
 
     >>> import numpy as np
     >>> from fastdl.data import TensorDataset
@@ -177,10 +177,15 @@ class DataLoader:
             len(dataset)
         except TypeError as exc:
             raise TypeError(f"DataLoader: dataset must define __len__ and __getitem__ ({exc})") from None
-        if sampler is not None and shuffle:
-            raise ValueError("DataLoader: sampler and shuffle=True are exclusive (the sampler decides the order)")
-        self.dataset = dataset
+        if sampler is not None:
+            if shuffle:
+                raise ValueError("DataLoader: sampler and shuffle=True exclude each other (the sampler decides "
+                                 "the order)")
+            if not hasattr(sampler, "__iter__") or not hasattr(sampler, "__len__"):
+                raise TypeError(f"DataLoader: sampler must be an iterable of indices with len(), got "
+                                f"{type(sampler).__name__}")
         self.sampler = sampler
+        self.dataset = dataset
         self.batch_size = int(batch_size)
         self.shuffle = bool(shuffle)
         self.drop_last = bool(drop_last)
@@ -212,10 +217,10 @@ class DataLoader:
         gen = self.generator if self.generator is not None else seeding.global_generator()
         if self.sampler is not None:
             order = np.fromiter(iter(self.sampler), dtype=np.int64)
+            n = len(order)
         else:
             n = len(self.dataset)
             order = gen.permutation(n) if self.shuffle else np.arange(n)
-        n = order.size
         base_seed = int(gen.integers(1 << 63))
         stop = (n // self.batch_size) * self.batch_size if self.drop_last else n
         batches = [order[i:i + self.batch_size] for i in range(0, stop, self.batch_size)]

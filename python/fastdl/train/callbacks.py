@@ -22,11 +22,11 @@ __all__ = ["Callback", "EarlyStopping", "ModelCheckpoint", "LRSchedulerCallback"
 
 
 class Callback:
-    """Base class; every hook does nothing. ``rank_zero_only``: under fastdl.distributed, run only
-    on rank 0 (callbacks that print or write files)."""
+    """Base class; every hook does nothing. Under a data-parallel launcher, callbacks with
+    ``main_rank_only = True`` (output: progress bars, logs) run on rank 0 only."""
 
     order = 0
-    rank_zero_only = False
+    main_rank_only = False
 
     def on_train_begin(self, trainer) -> None:
         pass
@@ -134,7 +134,6 @@ class ModelCheckpoint(Callback):
     """
 
     order = 100
-    rank_zero_only = True
 
     def __init__(self, path, monitor: str = "val_loss", save_best_only: bool = False, mode: str = "auto",
                  every: int = 1):
@@ -202,7 +201,7 @@ class ProgressBar(Callback):
     Needs tqdm (``pip install 'fastdl[examples]'``)."""
 
     order = 50
-    rank_zero_only = True
+    main_rank_only = True
 
     def __init__(self, file=None, leave: bool = True):
         try:
@@ -235,7 +234,7 @@ class CSVLogger(Callback):
     """Append one row per epoch (epoch, then every log) to ``path``; a resumed run appends to it."""
 
     order = 60
-    rank_zero_only = True
+    main_rank_only = True
 
     def __init__(self, path):
         self.path = str(path)

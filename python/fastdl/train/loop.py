@@ -5,9 +5,14 @@ One training step: ``output, target = batch_fn(model, batch)`` (default: ``model
 batch ``(x, y)``); ``loss = loss_fn(output, target)``; ``loss.item()`` (the one host sync per step)
 is checked to be finite *before* the update, so a diverged run stops with the step named instead of
 writing NaNs into the weights; then ``zero_grad``, ``backward``, optional gradient clipping,
-``optimizer.step()``. Epoch values are sample-weighted means over the batches; under an initialised
-``fastdl.distributed`` process group, over the batches of every rank (one all-reduce per epoch),
-and only rank 0 prints and runs the callbacks that write (progress bar, checkpoints, CSV log).
+``optimizer.step()``. Epoch values are sample-weighted means over the batches.
+
+Under a data-parallel launcher (``fastdl.distributed`` initialised, the model wrapped in
+``nn.parallel.DistributedDataParallel``) the same call trains every rank: each epoch's logs are
+sample-weighted means over all ranks (so every rank takes the same early-stopping and scheduler
+decisions), each loader's ``sampler.set_epoch(epoch)`` is called, only rank 0 prints, runs the
+output callbacks and writes checkpoints, and a checkpoint holds the unwrapped model's state dict,
+which a single process loads without MPI.
 """
 from __future__ import annotations
 
@@ -70,46 +75,6 @@ def _detached(x):
     return x.detach() if hasattr(x, "detach") else x
 
 
-def _process_group():
-    """(rank, world size) of an initialised ``fastdl.distributed`` group, else (0, 1)."""
-    from .. import distributed
-
-    if not distributed.is_initialized():
-        return 0, 1
-    return distributed.get_rank(), distributed.get_world_size()
-
-
-def _sum_over_ranks(values: list[float]) -> list[float]:
-    """Sum each value over the ranks of the process group (identity in a single process), so
-    that epoch losses and metrics are averages over every rank's samples."""
-    if _process_group()[1] == 1:
-        return values
-    import numpy as np
-
-    from .. import distributed
-
-    buf = np.array(values, dtype=np.float64)
-    distributed.all_reduce(buf, "sum")
-    return buf.tolist()
-
-
-def _global_logs(total: float, count: int, metrics, loss: bool = True) -> dict:
-    """{"loss": total/count, metric: value}, with the sums taken over every rank."""
-    sums = _sum_over_ranks([total, count] + [v for m in metrics for v in (m.total, m.count)])
-    for i, m in enumerate(metrics):
-        m.total, m.count = sums[2 + 2 * i], int(sums[3 + 2 * i])
-    logs = {"loss": sums[0] / sums[1]} if loss else {}
-    logs.update({m.name: m.compute() for m in metrics})
-    return logs
-
-
-def _set_epoch(loader, epoch: int) -> None:
-    """Tell a loader's sampler the epoch (a DistributedSampler reshuffles from (seed, epoch))."""
-    sampler = getattr(loader, "sampler", None)
-    if hasattr(sampler, "set_epoch"):
-        sampler.set_epoch(epoch)
-
-
 def _generator_state():
     from ..data.seeding import global_generator
 
@@ -120,6 +85,43 @@ def _set_generator_state(state):
     from ..data.seeding import global_generator
 
     global_generator().bit_generator.state = state
+
+
+# ---- data parallel: fit() under the MPI launcher --------------------------------------------------
+
+def _rank_and_world() -> tuple:
+    from .. import distributed as dist
+
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _average_over_ranks(logs: dict, count: int, world: int) -> dict:
+    """Sample-weighted means of ``logs`` over the ranks (this rank saw ``count`` samples)."""
+    if world == 1:
+        return logs
+    import numpy as np
+
+    from .. import distributed as dist
+
+    keys = list(logs)
+    sums = np.array([logs[k] * count for k in keys] + [count], dtype=np.float64)
+    dist.all_reduce(sums)
+    return {k: float(sums[i] / sums[-1]) for i, k in enumerate(keys)}
+
+
+def _unwrap(model):
+    """What a checkpoint holds: the model inside DistributedDataParallel (loadable in one process)."""
+    from ..nn.parallel import DistributedDataParallel
+
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+def _set_epoch(loader, epoch: int) -> None:
+    sampler = getattr(loader, "sampler", None)
+    if hasattr(sampler, "set_epoch"):
+        sampler.set_epoch(epoch)
 
 
 class Trainer:
@@ -150,10 +152,8 @@ class Trainer:
             make_metric(m)
         self.batch_fn = batch_fn or default_batch_fn
         self.clip_grad_norm = clip_grad_norm
-        # A progress bar shows the epoch's logs itself: no second line per epoch. Under
-        # fastdl.distributed only rank 0 prints, and runs the callbacks that write files.
-        self.rank, self.world_size = _process_group()
-        self.verbose = verbose and self.rank == 0 and not any(isinstance(cb, ProgressBar) for cb in callbacks)
+        # A progress bar shows the epoch's logs itself: no second line per epoch.
+        self.verbose = verbose and not any(isinstance(cb, ProgressBar) for cb in callbacks)
         self.callbacks = sorted(callbacks, key=lambda cb: cb.order)
         self.history = History()
         self.epoch = 0
@@ -161,6 +161,7 @@ class Trainer:
         self.global_step = 0
         self.stop_training = False
         self.logs: dict = {}
+        self.rank, self.world_size = _rank_and_world()
 
     # ---- checkpoints ----------------------------------------------------------------------------
 
@@ -176,7 +177,7 @@ class Trainer:
             "val_loader": self.val_loader.state_dict() if hasattr(self.val_loader, "state_dict") else {},
         }
         return {
-            "model": self.model.state_dict(),
+            "model": _unwrap(self.model).state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "callbacks": {f"{i}:{type(cb).__name__}": cb.state_dict() for i, cb in enumerate(self.callbacks)},
             # Random states hold 128-bit integers: kept as JSON text, which any saver stores.
@@ -184,7 +185,7 @@ class Trainer:
         }
 
     def load_state_dict(self, state: dict) -> None:
-        self.model.load_state_dict(state["model"])
+        _unwrap(self.model).load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         saved = state.get("callbacks", {})
         for i, cb in enumerate(self.callbacks):
@@ -203,9 +204,11 @@ class Trainer:
             self.val_loader.load_state_dict(meta["val_loader"])
 
     def save_checkpoint(self, path) -> None:
-        """Write :meth:`state_dict` to ``path`` atomically with ``fastdl.save``."""
+        """Write :meth:`state_dict` to ``path`` atomically with ``fastdl.save`` (rank 0 only)."""
         from .. import save
 
+        if self.rank != 0:
+            return
         save(self.state_dict(), str(path))
 
     def load_checkpoint(self, path) -> None:
@@ -217,7 +220,7 @@ class Trainer:
 
     def _call(self, hook: str, *args) -> None:
         for cb in self.callbacks:
-            if self.rank == 0 or not cb.rank_zero_only:
+            if self.rank == 0 or not cb.main_rank_only:
                 getattr(cb, hook)(self, *args)
 
     def _clip(self) -> None:
@@ -229,9 +232,9 @@ class Trainer:
         """One pass over ``train_loader``; returns the epoch's training logs."""
         model, optimizer = self.model, self.optimizer
         model.train()
-        _set_epoch(self.train_loader, self.epoch)
         metrics = [make_metric(m) for m in self.metrics]
         total, count = 0.0, 0
+        _set_epoch(self.train_loader, self.epoch)
         for step, batch in enumerate(self.train_loader, 1):
             batch = _to_device(batch, self.device)
             output, target = self.batch_fn(model, batch)
@@ -257,7 +260,9 @@ class Trainer:
             self._call("on_batch_end", step, value)
         if count == 0:
             raise ValueError("fit: train_loader yielded no batch")
-        return _global_logs(total, count, metrics)
+        logs = {"loss": total / count}
+        logs.update({m.name: m.compute() for m in metrics})
+        return _average_over_ranks(logs, count, self.world_size)
 
     def run(self) -> History:
         if self.device is not None and hasattr(self.model, "to"):
@@ -277,11 +282,11 @@ class Trainer:
             self.logs = logs
             self.history.append(epoch, logs)
             self._call("on_epoch_end", epoch, logs)
-            if self.verbose:
+            if self.verbose and self.rank == 0:
                 shown = "  ".join(f"{k} {v:.4f}" for k, v in logs.items() if k not in ("lr", "time"))
                 print(f"epoch {epoch}/{self.epochs}  {shown}  ({logs['time']:.1f}s)", flush=True)
             if self.stop_training:
-                if self.verbose:
+                if self.verbose and self.rank == 0:
                     print(f"early stop after epoch {epoch}; best epoch {self.history.best_epoch}", flush=True)
                 break
         self._call("on_train_end")
@@ -351,4 +356,6 @@ def evaluate(model, loss_fn, loader, metrics=(), device=None, batch_fn=None) -> 
         model.train(was_training)
     if count == 0:
         raise ValueError("evaluate: the loader yielded no batch")
-    return _global_logs(total, count, metrics, loss=loss_fn is not None)
+    logs = {"loss": total / count} if loss_fn is not None else {}
+    logs.update({m.name: m.compute() for m in metrics})
+    return _average_over_ranks(logs, count, _rank_and_world()[1])
