@@ -345,6 +345,7 @@ def test_fit_on_two_ranks_averages_and_writes_once(tmp_path):
             results[int(rank)] = json.loads(payload)
     assert sorted(results) == [0, 1]
     assert results[0]["logs"] == results[1]["logs"]          # averaged over both ranks' samples
-    assert results[0]["saved"] == 2 and results[1]["saved"] == 0
+    assert results[0]["saved"] == results[1]["saved"] == 2  # every rank decides; rank 0 writes
+    assert (tmp_path / "ckpt").exists()
     assert proc.stdout.count("epoch 2/2") == 1              # only rank 0 prints
     assert len(open(tmp_path / "log.csv").read().splitlines()) == 3
