@@ -59,3 +59,18 @@ def threads():
     previous = fastdl.get_num_threads()
     yield
     fastdl.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def torch_one_thread():
+    """PyTorch's reference ops on small tensors run fastest (and steadiest on a busy machine) on
+    one thread; restored after the module."""
+    from .helpers import torch
+
+    if torch is None:
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

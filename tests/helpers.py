@@ -3,6 +3,7 @@ awkward shapes every kernel is tested on."""
 import os
 
 import numpy as np
+import pytest
 
 EPS = {np.dtype(np.float32): np.finfo(np.float32).eps, np.dtype(np.float64): np.finfo(np.float64).eps}
 # GPU tensor-core formats (cuda branch): the unit roundoff of their 10 (float16, TF32) or 7
@@ -55,6 +56,7 @@ except ImportError:  # pragma: no cover - CI installs torch; the NumPy path keep
     torch = None
 if os.environ.get("FASTDL_TEST_WITHOUT_TORCH") == "1":  # exercise the NumPy references on purpose
     torch = None
+needs_torch = pytest.mark.skipif(torch is None, reason="PyTorch (the reference) is not installed")
 
 
 def noncontiguous(a: np.ndarray) -> np.ndarray:

@@ -11,27 +11,11 @@ from fastdl import nn, optim
 from fastdl.backend import _C
 from fastdl.optim import lr_scheduler
 
-from .helpers import assert_close
-
-try:
-    import torch
-except ImportError:  # pragma: no cover - torch is the test reference, optional
-    torch = None
-
-needs_torch = pytest.mark.skipif(torch is None, reason="PyTorch (the reference) is not installed")
+from .helpers import assert_close, needs_torch, torch
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _torch_single_threaded():
-    """PyTorch's reference ops on small tensors run fastest (and steadiest on a busy machine) on
-    one thread."""
-    if torch is None:
-        yield
-        return
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+
 
 # Awkward sizes: 1, primes, vector widths ± 1, and one tensor larger than a kernel chunk (32768).
 SHAPES = [(7, 13), (1,), (33,), (3, 5, 2), (40_000,)]

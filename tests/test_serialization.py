@@ -12,29 +12,14 @@ import fastdl
 from fastdl import nn, optim
 from fastdl.serialization import load_torch_state_dict
 
-try:
-    import torch
-except ImportError:  # pragma: no cover
-    torch = None
+from .helpers import needs_torch, torch
+
 try:
     import safetensors.numpy as safetensors_numpy
 except ImportError:  # pragma: no cover
     safetensors_numpy = None
 
-needs_torch = pytest.mark.skipif(torch is None, reason="PyTorch (the reference) is not installed")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _torch_single_threaded():
-    """PyTorch's reference ops on small tensors run fastest (and steadiest on a busy machine) on
-    one thread."""
-    if torch is None:
-        yield
-        return
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def nested_object():
