@@ -728,8 +728,6 @@ bool c_contiguous(const py::array& a) {
   return true;
 }
 
-std::string dtype_of(const py::array& a) { return py::str(a.dtype()).cast<std::string>(); }
-
 // Checks an output array: dtype, shape, C-contiguous, writeable.
 void check_output(const char* op, const char* name, const py::array& a, const py::array& like,
                   const std::vector<index_t>& shape) {
