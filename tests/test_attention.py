@@ -124,7 +124,7 @@ def check_backward(rng, q, k, v, mask=None, causal=False, scale=None, enable_gqa
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_exp2_accuracy(cpu_level, dtype):
     # ≤ 2 ulp over the softmax's range (x ≤ 0, plus the small positive rounding slack), exactly 0
-    # below the smallest normal exponent and for −inf.
+    # below the smallest normal exponent and for −inf, NaN for NaN.
     lo = -126.0 if dtype == np.float32 else -1022.0
     x = np.concatenate([np.linspace(lo, 1.0, 200_001), np.random.default_rng(0).uniform(-20, 0, 10_000)]).astype(dtype)
     y = _C.attention_exp2(x)
@@ -134,6 +134,7 @@ def test_exp2_accuracy(cpu_level, dtype):
     below = np.array([lo - 1.0, lo * 2, -np.inf], dtype)
     assert np.all(_C.attention_exp2(below) == 0)
     assert np.all(_C.attention_exp2(np.zeros(37, dtype)) == 1)
+    assert np.all(np.isnan(_C.attention_exp2(np.full(19, np.nan, dtype))))
 
 
 # ---- forward and backward against the reference ----------------------------------------------------
@@ -233,6 +234,28 @@ def test_fully_masked_rows_give_zeros_and_zero_gradients(cpu_level, dtype, kind)
     pad[..., 0] = False
     out, _ = check_forward(q, k, v, pad, causal=True)
     assert np.all(out[:, :, 0] == 0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_nan_inputs_propagate_like_the_formula(cpu_level, dtype):
+    # NaN is never swallowed: a NaN query row, or a NaN key a row can see, makes that row NaN; a NaN
+    # key that a boolean mask removes does not take part.
+    rng = np.random.default_rng(30)
+    q, k, v = make(rng, dtype, (1, 2, 300, 8), (1, 2, 300, 8), (1, 2, 300, 8))
+    q[0, 0, 1, 3] = np.nan
+    k[0, 1, 290, 0] = np.nan
+    out, lse = kernels.attention_forward(q, k, v, is_causal=True)
+    nan_rows = np.isnan(out).any(-1)[0]
+    assert np.array_equal(np.flatnonzero(nan_rows[0]), [1]) and np.isnan(lse[0, 0, 1])
+    assert np.array_equal(np.flatnonzero(nan_rows[1]), np.arange(290, 300))
+    grads = kernels.attention_backward(np.ones_like(out), q, k, v, out, lse, is_causal=True)
+    assert np.isnan(grads[0][0, 0, 1]).all() and np.isfinite(grads[0][0, 0, 2:]).all()
+    keep = np.ones((300, 300), bool)
+    keep[:, 290] = False
+    clean = k.copy()
+    clean[0, 1, 290] = 0
+    out, _ = kernels.attention_forward(q[:, 1:], k[:, 1:], v[:, 1:], keep)
+    assert_close(out, reference(q[:, 1:], clean[:, 1:], v[:, 1:], keep)[0], dtype, 308)
 
 
 def test_mask_broadcast_along_keys_zero_column_stride():

@@ -40,7 +40,7 @@ constexpr T kNegInf = -std::numeric_limits<T>::infinity();
 // 2^x = 2^n · 2^r with n = round(x), r ∈ [−½, ½]. n is rounded by adding 1.5·2^23 (1.5·2^52): the
 // sum's low mantissa bits hold n, and shifting them into the exponent field builds 2^n. x is
 // clamped to [−127, 127] (double: [−1023, 1023]); at the lower end 2^n's bits are all zero, so
-// −inf and anything below −126.5 (−1022.5) give exactly 0 (flush to zero, like FTZ).
+// −inf and anything below −126.5 (−1022.5) give exactly 0 (flush to zero, like FTZ); NaN gives NaN.
 // float: Cephes exp2f minimax polynomial, ≤ 2 ulp; double: degree-13 Taylor series of e^(r·ln2).
 template <int K>
 constexpr double taylor_coefficient() {
@@ -56,7 +56,9 @@ inline typename V::reg exp2_vec(typename V::reg x) {
   constexpr bool f32 = sizeof(T) == 4;
   using I = std::conditional_t<f32, std::int32_t, std::int64_t>;
   typedef I ireg __attribute__((vector_size(sizeof(reg))));
-  x = V::min(V::max(x, V::set1(f32 ? T(-127) : T(-1023))), V::set1(f32 ? T(127) : T(1023)));
+  // Operand order matters: x86 max/min (and the portable a > b ? a : b) return the second operand
+  // when one is NaN, so a NaN score stays NaN instead of being clamped to a finite value.
+  x = V::min(V::set1(f32 ? T(127) : T(1023)), V::max(V::set1(f32 ? T(-127) : T(-1023)), x));
   const reg shifter = V::set1(f32 ? T(12582912.0) : T(6755399441055744.0));
   const reg t = V::add(x, shifter);
   const reg r = V::sub(x, V::sub(t, shifter));
@@ -302,7 +304,9 @@ struct Attention {
         reg mx = V::load(s);
         for (index_t j = W; j < Nk; j += W) mx = V::max(mx, V::load(s + j));
         const T m_old = m[i], m_new = std::max(m_old, reduce_max<V>(mx));
-        if (m_new == kNegInf<T>) {  // no key of this row takes part so far
+        if (m_new == kNegInf<T>) {  // no key of this row takes part so far, or its scores are NaN
+          if (std::any_of(s, s + Nk, [](T x) { return x != x; }))
+            V::store(l + i * W, V::set1(std::numeric_limits<T>::quiet_NaN()));
           std::fill(s, s + Nk, T(0));
           continue;
         }
@@ -332,9 +336,10 @@ struct Attention {
     T* LSE = t.LSE + bh * p.Lq + t.i0;
     for (index_t i = 0; i < rows; ++i) {
       const T li = V::reduce_add(V::load(l + i * W));
-      const T inv = li > T(0) ? T(1) / li : T(0);
+      const bool empty = li == T(0);  // no key took part (NaN scores leave li NaN, and NaN results)
+      const T inv = empty ? T(0) : T(1) / li;
       for (index_t d = 0; d < Dv; ++d) O[i * Dv + d] = Oacc[i * Dvp + d] * inv;
-      LSE[i] = li > T(0) ? static_cast<T>((m[i] + std::log2(li)) * kLn2) : kNegInf<T>;
+      LSE[i] = empty ? kNegInf<T> : static_cast<T>((m[i] + std::log2(li)) * kLn2);
     }
   }
 
