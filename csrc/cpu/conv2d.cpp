@@ -750,6 +750,25 @@ void forward_1x1(T* y, const T* x, const T* w, const T* bias, const Geo& g, cons
     for (index_t t = 0; t < f.tasks; ++t) image_group(t);
 }
 
+// The input rows a block of output pixels [m0, m0 + pb) reads, per image: padded rows [pr0, pr1)
+// (padded row = input row + pt) stacked in the slab from row `at`. Returns the slab's row count.
+struct SlabSegment {
+  index_t n, pr0, pr1, at;
+};
+index_t slab_segments(const Geo& g, index_t m0, index_t pb, std::vector<SlabSegment>* segments) {
+  const index_t P = g.P();
+  index_t rows = 0;
+  if (segments) segments->clear();
+  for (index_t m = m0; m < m0 + pb;) {
+    const index_t n = m / P, q = m % P, len = std::min(m0 + pb - m, P - q);
+    const index_t pr0 = (q / g.OW) * g.sh, pr1 = ((q + len - 1) / g.OW) * g.sh + (g.KH - 1) * g.dh + 1;
+    if (segments) segments->push_back({n, pr0, pr1, rows});
+    rows += pr1 - pr0;
+    m += len;
+  }
+  return rows;
+}
+
 template <class T>
 void forward_implicit(T* y, const T* x, const T* w, const T* bias, const Geo& g, const ForwardPlan& f) {
   const GemmBlocking b = gemm_blocking<T>();
@@ -777,7 +796,7 @@ void forward_implicit(T* y, const T* x, const T* w, const T* bias, const Geo& g,
       }
     }
   });
-  const SliverPacker<T> pack = im2col_packer<T>(f.pixels_on_m ? b.MR : f.R);
+  const SliverPacker<T> pack = im2col_packer<T>(f.R);
   // Offset of tap (kh, kw) from a lane's tap origin in a slab row of Wp columns.
   const index_t Wp = std::max(g.pl + g.W, (g.OW - 1) * g.sw + (g.KW - 1) * g.dw + 1);
   std::vector<index_t> tap_off(static_cast<std::size_t>(g.taps()));
@@ -789,13 +808,12 @@ void forward_implicit(T* y, const T* x, const T* w, const T* bias, const Geo& g,
     // Offset of tap k = (ci·KH + kh)·KW + kw from a lane's tap origin in the slab.
     const auto koff_buffer_for = [&](index_t n) { return koff_buffer.get(static_cast<std::size_t>(n)); };
     const index_t gi = t / f.nblocks, m0 = (t % f.nblocks) * f.PB, pb = std::min(f.PB, NP - m0);
-    const index_t sliver_rows = f.pixels_on_m ? b.MR : f.R;
-    T* sliver = sliver_buffer.get(static_cast<std::size_t>(sliver_rows * (f.KCb + 1)));
     T* tile = tile_buffer.get(static_cast<std::size_t>(f.PB * f.Cop));
     const T* xg = x + gi * g.cig() * HW;
     const T* bg = bias ? bias + gi * Cog : nullptr;
     if (!f.pixels_on_m) {
       // Channels × pixels: every sliver of im2col packed into L1 and multiplied at once.
+      T* sliver = sliver_buffer.get(static_cast<std::size_t>(f.R * (f.KCb + 1)));
       for (index_t kb = 0; kb < f.kblocks; ++kb) {
         const index_t pc = kb * f.KCb, kc = std::min(f.KCb, K - pc);
         const T* wp = Wg + (gi * f.kblocks + kb) * wg_block;
@@ -830,24 +848,13 @@ void forward_implicit(T* y, const T* x, const T* w, const T* bias, const Geo& g,
     // The input rows the block reads, zero-padded, as a small NCHW slab [ci][row][Wp]: the rows of
     // each image the block touches, one image after the other. Every lane then reads its taps from
     // the slab without a bounds check, row ends and padding included.
-    struct Segment {
-      index_t n, pr0, pr1, at;  // image, padded rows [pr0, pr1) (padded row = input row + pt), first slab row
-    };
-    static thread_local std::vector<Segment> segments;
-    segments.clear();
-    index_t rows = 0;
-    for (index_t m = m0; m < m0 + pb;) {
-      const index_t n = m / P, q = m % P, len = std::min(m0 + pb - m, P - q);
-      const index_t pr0 = (q / g.OW) * g.sh, pr1 = ((q + len - 1) / g.OW) * g.sh + (g.KH - 1) * g.dh + 1;
-      segments.push_back({n, pr0, pr1, rows});
-      rows += pr1 - pr0;
-      m += len;
-    }
+    static thread_local std::vector<SlabSegment> segments;
+    const index_t rows = slab_segments(g, m0, pb, &segments);
     const index_t plane = rows * Wp;
     static thread_local AlignedBuffer<T> slab_buffer;
     T* slab = slab_buffer.get(static_cast<std::size_t>(g.cig() * plane + 1));
     for (index_t ci = 0; ci < g.cig(); ++ci)
-      for (const Segment& sg : segments)
+      for (const SlabSegment& sg : segments)
         for (index_t pr = sg.pr0; pr < sg.pr1; ++pr) {
           T* __restrict dst = slab + ci * plane + (sg.at + pr - sg.pr0) * Wp;
           const index_t ih = pr - g.pt;
@@ -871,7 +878,7 @@ void forward_implicit(T* y, const T* x, const T* w, const T* bias, const Geo& g,
       std::size_t seg = 0;
       index_t oh = (m0 % P) / g.OW, ow = m0 % g.OW;
       for (index_t i = 0; i < pb; ++i) {
-        const Segment& sg = segments[seg];
+        const SlabSegment& sg = segments[seg];
         lanes[i] = (sg.at + oh * g.sh - sg.pr0) * Wp + ow * g.sw;
         if (++ow == g.OW && ++oh == g.OH) oh = 0, ++seg;
         if (ow == g.OW) ow = 0;
@@ -1334,11 +1341,21 @@ std::size_t conv2d_forward_workspace(const Conv2dShape& s, int threads) {
   const Geo g = geo_of(s);
   const ForwardPlan f = plan_forward<T>(g, threads);
   if (f.path != Path::implicit) return 0;
-  const std::size_t weights = static_cast<std::size_t>(
-      f.pixels_on_m ? g.G * g.K() * f.Cop : g.G * f.kblocks * f.Cog_gemm * gemm_blocking<T>().KC);
-  const std::size_t per_thread = static_cast<std::size_t>((f.R + 1) * f.KCb + f.PB * f.Cop) +
-                                 static_cast<std::size_t>(ceil_div(f.PB, f.R) * (f.R + 1) + g.K()) * sizeof(index_t) / sizeof(T);
-  return (weights + per_thread * f.team) * sizeof(T);
+  const index_t NP = g.N * g.P();
+  if (!f.pixels_on_m) {
+    const std::size_t weights = static_cast<std::size_t>(g.G * f.kblocks * f.Cog_gemm * gemm_blocking<T>().KC);
+    const std::size_t per_thread = static_cast<std::size_t>(f.R * (f.KCb + 1) + f.PB * f.Cop);
+    return (weights + per_thread * f.team) * sizeof(T);
+  }
+  // The largest slab of any block (blocks differ only in where they start in the images).
+  index_t rows = 0;
+  for (index_t m0 = 0; m0 < NP && m0 < f.PB * std::max<index_t>(1, g.P()); m0 += f.PB)
+    rows = std::max(rows, slab_segments(g, m0, std::min(f.PB, NP - m0), nullptr));
+  const index_t Wp = std::max(g.pl + g.W, (g.OW - 1) * g.sw + (g.KW - 1) * g.dw + 1);
+  const std::size_t weights = static_cast<std::size_t>(g.G * g.K() * f.Cop) * sizeof(T);
+  const std::size_t per_thread = static_cast<std::size_t>(f.PB * f.Cop + g.cig() * rows * Wp + 1) * sizeof(T) +
+                                 static_cast<std::size_t>(ceil_div(f.PB, f.R) * f.R + g.K()) * sizeof(index_t);
+  return weights + per_thread * f.team + static_cast<std::size_t>(g.taps()) * sizeof(index_t);
 }
 
 template <class T>
