@@ -466,9 +466,24 @@ struct LstmArrays {
     if (!(a.flags() & py::array::c_style))
       throw py::value_error(op + ": " + name + " " + shape_of(a) + " must be C-contiguous (copy it first)");
     if (writable) check_writable(a, op.c_str());
+    // An output must not overlap an input: the kernel reads inputs after writing outputs.
+    const char* begin = static_cast<const char*>(a.data());
+    const Span span{begin, begin + a.nbytes(), name, writable};
+    for (const Span& other : spans)
+      if (other.writable != writable && span.begin < other.end && other.begin < span.end)
+        throw py::value_error(op + ": " + name + " " + shape_of(a) + " overlaps " + other.name +
+                              " in memory (outputs must not alias inputs)");
+    spans.push_back(span);
     keep.push_back(a);
     return writable ? a.mutable_data() : const_cast<void*>(a.data());
   }
+
+  struct Span {
+    const char *begin, *end;
+    const char* name;
+    bool writable;
+  };
+  std::vector<Span> spans;
 
   // Sizes from x (T, B, I) and w_hh (4H, H).
   LstmArrays(const char* name, const py::array& x, const py::array& w_hh) : op(name), dtype(float_dtype(x, name, "x")) {
@@ -700,6 +715,185 @@ void optim_step(const std::string& rule_name, const py::dict& hyper, const py::l
     optim_step_typed<float>(rule, h, params, grads, states, coefs);
   else
     optim_step_typed<double>(rule, h, params, grads, states, coefs);
+}
+
+// ---- attention ---------------------------------------------------------------------------------
+bool c_contiguous(const py::array& a) {
+  if (a.size() == 0) return true;
+  py::ssize_t expected = a.itemsize();
+  for (py::ssize_t d = a.ndim() - 1; d >= 0; --d) {
+    if (a.shape(d) != 1 && a.strides(d) != expected) return false;
+    expected *= a.shape(d);
+  }
+  return true;
+}
+
+// Checks an output array: dtype, shape, C-contiguous, writeable.
+void check_output(const char* op, const char* name, const py::array& a, const py::array& like,
+                  const std::vector<index_t>& shape) {
+  if (!a.dtype().is(like.dtype()))
+    throw py::type_error(std::string(op) + ": " + name + " must be " + dtype_of(like) + ", got " + dtype_of(a));
+  bool ok = a.ndim() == static_cast<py::ssize_t>(shape.size());
+  for (py::ssize_t d = 0; ok && d < a.ndim(); ++d) ok = a.shape(d) == shape[d];
+  if (!ok) {
+    std::string want = "(";
+    for (std::size_t d = 0; d < shape.size(); ++d) want += (d ? ", " : "") + std::to_string(shape[d]);
+    throw py::value_error(std::string(op) + ": " + name + " must have shape " + want + "), got " + shape_of(a));
+  }
+  if (!c_contiguous(a))
+    throw py::value_error(std::string(op) + ": " + name + " " + shape_of(a) + " must be C-contiguous");
+  check_writable(a, op);
+}
+
+// q (B, NH, Lq, D), k (B, NHK, Lk, D), v (B, NHK, Lk, Dv), mask None or (B, NH, Lq, Lk) bool or q's
+// dtype: checked here; any strides.
+DType check_attention_inputs(const char* op, const py::array& q, const py::array& k, const py::array& v,
+                             const py::object& mask) {
+  const DType tq = float_dtype(q, op, "q"), tk = float_dtype(k, op, "k"), tv = float_dtype(v, op, "v");
+  const std::string shapes = "q " + shape_of(q) + ", k " + shape_of(k) + ", v " + shape_of(v);
+  if (tq != tk || tq != tv)
+    throw py::type_error(std::string(op) + ": dtypes differ: q " + dtype_of(q) + ", k " + dtype_of(k) + ", v " +
+                         dtype_of(v) + " for " + shapes);
+  if (q.ndim() != 4 || k.ndim() != 4 || v.ndim() != 4)
+    throw py::value_error(std::string(op) + ": q, k and v must be 4-D (B, heads, L, D), got " + shapes);
+  const bool heads_ok =
+      k.shape(1) == v.shape(1) && (q.shape(1) == 0 || (k.shape(1) > 0 && q.shape(1) % k.shape(1) == 0));
+  if (q.shape(0) != k.shape(0) || q.shape(0) != v.shape(0) || !heads_ok || k.shape(2) != v.shape(2) ||
+      q.shape(3) != k.shape(3))
+    throw py::value_error(std::string(op) + ": shapes do not match: " + shapes +
+                          " (need equal B, equal k/v heads dividing q's heads, equal k/v length, equal q/k D)");
+  if (!mask.is_none()) {
+    const py::array m = mask.cast<py::array>();
+    if (!py::isinstance<py::array_t<bool>>(m) && !m.dtype().is(q.dtype()))
+      throw py::type_error(std::string(op) + ": mask must be bool or " + dtype_of(q) + ", got " + dtype_of(m) + " " +
+                           shape_of(m));
+    if (m.ndim() != 4 || m.shape(0) != q.shape(0) || m.shape(1) != q.shape(1) || m.shape(2) != q.shape(2) ||
+        m.shape(3) != k.shape(2))
+      throw py::value_error(std::string(op) + ": mask " + shape_of(m) + " must have shape (B, NH, Lq, Lk) for " +
+                            shapes);
+  }
+  return tq;
+}
+
+template <class T>
+fastdl::cpu::AttentionProblem<T> attention_problem(const char* op, const py::array& q, const py::array& k,
+                                                   const py::array& v, const py::object& mask, bool causal,
+                                                   double scale, double dropout_p, std::uint64_t seed) {
+  fastdl::cpu::AttentionProblem<T> p{};
+  p.B = q.shape(0), p.NH = q.shape(1), p.NHK = k.shape(1), p.Lq = q.shape(2), p.Lk = k.shape(2);
+  p.D = q.shape(3), p.Dv = v.shape(3);
+  p.Q = static_cast<const T*>(q.data());
+  p.K = static_cast<const T*>(k.data());
+  p.V = static_cast<const T*>(v.data());
+  for (int d = 0; d < 4; ++d) {
+    p.q_strides[d] = stride_of(q, d, op);
+    p.k_strides[d] = stride_of(k, d, op);
+    p.v_strides[d] = stride_of(v, d, op);
+    p.mask_strides[d] = 0;
+  }
+  p.mask_kind = fastdl::cpu::AttentionMask::none;
+  p.mask = nullptr;
+  if (!mask.is_none()) {
+    const py::array m = mask.cast<py::array>();
+    p.mask_kind = py::isinstance<py::array_t<bool>>(m) ? fastdl::cpu::AttentionMask::boolean
+                                                         : fastdl::cpu::AttentionMask::additive;
+    p.mask = m.data();
+    for (int d = 0; d < 4; ++d) p.mask_strides[d] = stride_of(m, d, op);
+  }
+  p.causal = causal;
+  p.scale = scale;
+  p.dropout_p = dropout_p;
+  p.seed = seed;
+  return p;
+}
+
+void attention_forward(const py::array& q, const py::array& k, const py::array& v, const py::object& mask,
+                       py::array out, py::array lse, bool causal, double scale, double dropout_p, std::uint64_t seed) {
+  const char* op = "attention_forward";
+  const DType dt = check_attention_inputs(op, q, k, v, mask);
+  check_output(op, "out", out, q, {q.shape(0), q.shape(1), q.shape(2), v.shape(3)});
+  check_output(op, "lse", lse, q, {q.shape(0), q.shape(1), q.shape(2)});
+  if (dt == DType::f32) {
+    const auto p = attention_problem<float>(op, q, k, v, mask, causal, scale, dropout_p, seed);
+    float* o = static_cast<float*>(out.mutable_data());
+    float* l = static_cast<float*>(lse.mutable_data());
+    py::gil_scoped_release release;
+    fastdl::cpu::attention_forward<float>(p, o, l);
+  } else {
+    const auto p = attention_problem<double>(op, q, k, v, mask, causal, scale, dropout_p, seed);
+    double* o = static_cast<double*>(out.mutable_data());
+    double* l = static_cast<double*>(lse.mutable_data());
+    py::gil_scoped_release release;
+    fastdl::cpu::attention_forward<double>(p, o, l);
+  }
+}
+
+template <class T>
+void attention_backward_typed(const fastdl::cpu::AttentionProblem<T>& p, const py::array& grad_out,
+                              const py::array& out, const py::array& lse, py::array& grad_q, py::array& grad_k,
+                              py::array& grad_v, const py::object& grad_mask) {
+  const T* dO = static_cast<const T*>(grad_out.data());
+  const T* O = static_cast<const T*>(out.data());
+  const T* L = static_cast<const T*>(lse.data());
+  T* dQ = static_cast<T*>(grad_q.mutable_data());
+  T* dK = static_cast<T*>(grad_k.mutable_data());
+  T* dV = static_cast<T*>(grad_v.mutable_data());
+  T* dM = grad_mask.is_none() ? nullptr : static_cast<T*>(grad_mask.cast<py::array>().mutable_data());
+  py::gil_scoped_release release;
+  fastdl::cpu::attention_backward<T>(p, O, dO, L, dQ, dK, dV, dM);
+}
+
+void attention_backward(const py::array& grad_out, const py::array& q, const py::array& k, const py::array& v,
+                        const py::array& out, const py::array& lse, const py::object& mask, py::array grad_q,
+                        py::array grad_k, py::array grad_v, const py::object& grad_mask, bool causal, double scale,
+                        double dropout_p, std::uint64_t seed) {
+  const char* op = "attention_backward";
+  const DType dt = check_attention_inputs(op, q, k, v, mask);
+  const index_t B = q.shape(0), NH = q.shape(1), NHK = k.shape(1), Lq = q.shape(2), Lk = k.shape(2);
+  const index_t D = q.shape(3), Dv = v.shape(3);
+  for (const auto& [name, a] : {std::pair<const char*, const py::array*>{"grad_out", &grad_out}, {"out", &out}}) {
+    if (!a->dtype().is(q.dtype()) || a->ndim() != 4 || a->shape(0) != B || a->shape(1) != NH || a->shape(2) != Lq ||
+        a->shape(3) != Dv || !c_contiguous(*a))
+      throw py::value_error(std::string(op) + ": " + name + " must be a C-contiguous " + dtype_of(q) +
+                            " array of shape (" + std::to_string(B) + ", " + std::to_string(NH) + ", " +
+                            std::to_string(Lq) + ", " + std::to_string(Dv) + "), got " + dtype_of(*a) + " " +
+                            shape_of(*a));
+  }
+  if (!lse.dtype().is(q.dtype()) || lse.ndim() != 3 || lse.shape(0) != B || lse.shape(1) != NH || lse.shape(2) != Lq ||
+      !c_contiguous(lse))
+    throw py::value_error(std::string(op) + ": lse must be a C-contiguous " + dtype_of(q) + " array of shape (" +
+                          std::to_string(B) + ", " + std::to_string(NH) + ", " + std::to_string(Lq) + "), got " +
+                          dtype_of(lse) + " " + shape_of(lse));
+  check_output(op, "grad_q", grad_q, q, {B, NH, Lq, D});
+  check_output(op, "grad_k", grad_k, q, {B, NHK, Lk, D});
+  check_output(op, "grad_v", grad_v, q, {B, NHK, Lk, Dv});
+  if (!grad_mask.is_none()) check_output(op, "grad_mask", grad_mask.cast<py::array>(), q, {B, NH, Lq, Lk});
+  if (dt == DType::f32)
+    attention_backward_typed<float>(attention_problem<float>(op, q, k, v, mask, causal, scale, dropout_p, seed),
+                                    grad_out, out, lse, grad_q, grad_k, grad_v, grad_mask);
+  else
+    attention_backward_typed<double>(attention_problem<double>(op, q, k, v, mask, causal, scale, dropout_p, seed),
+                                     grad_out, out, lse, grad_q, grad_k, grad_v, grad_mask);
+}
+
+py::array attention_exp2(const py::array& x) {
+  const DType t = float_dtype(x, "attention_exp2", "x");
+  if (x.ndim() != 1 || !c_contiguous(x))
+    throw py::value_error("attention_exp2: x must be 1-D contiguous, got " + shape_of(x));
+  py::array y(x.dtype(), std::vector<py::ssize_t>{x.shape(0)});
+  const index_t n = x.shape(0);
+  if (t == DType::f32) {
+    const float* px = static_cast<const float*>(x.data());
+    float* py_ = static_cast<float*>(y.mutable_data());
+    py::gil_scoped_release release;
+    fastdl::cpu::attention_exp2<float>(px, py_, n);
+  } else {
+    const double* px = static_cast<const double*>(x.data());
+    double* py_ = static_cast<double*>(y.mutable_data());
+    py::gil_scoped_release release;
+    fastdl::cpu::attention_exp2<double>(px, py_, n);
+  }
+  return y;
 }
 
 // ---- CUDA arrays: CuPy (or any producer) through __cuda_array_interface__ ---------------------
@@ -991,6 +1185,23 @@ PYBIND11_MODULE(_C, m) {
   m.def("optim_step", &optim_step, py::arg("rule"), py::arg("hyper"), py::arg("params"), py::arg("grads"),
         py::arg("states"), py::arg("coefs"),
         "one fused optimizer step over a parameter group (rules: sgd adagrad adadelta rmsprop adam nadam adamax)");
+
+  m.def("attention_forward", &attention_forward, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("mask"),
+        py::arg("out"), py::arg("lse"), py::arg("causal"), py::arg("scale"), py::arg("dropout_p"), py::arg("seed"),
+        "fused attention on 4-D (B, heads, L, D) arrays of any strides into contiguous out and lse");
+  m.def("attention_backward", &attention_backward, py::arg("grad_out"), py::arg("q"), py::arg("k"), py::arg("v"),
+        py::arg("out"), py::arg("lse"), py::arg("mask"), py::arg("grad_q"), py::arg("grad_k"), py::arg("grad_v"),
+        py::arg("grad_mask"), py::arg("causal"), py::arg("scale"), py::arg("dropout_p"), py::arg("seed"),
+        "gradients of attention_forward (P recomputed from lse) into contiguous grad arrays");
+  m.def("attention_exp2", &attention_exp2, py::arg("x"), "2^x by the attention kernels' vectorised exp2");
+  m.def("attention_blocking", [](const std::string& dtype, index_t D, index_t Dv) {
+    FASTDL_CHECK(dtype == "float32" || dtype == "float64", "attention_blocking: dtype must be float32 or float64");
+    const auto b = dtype == "float32" ? fastdl::cpu::attention_blocking<float>(D, Dv)
+                                      : fastdl::cpu::attention_blocking<double>(D, Dv);
+    py::dict d;
+    d["MR"] = b.MR, d["W"] = b.W, d["Br"] = b.Br, d["Bc"] = b.Bc;
+    return d;
+  }, py::arg("dtype"), py::arg("D") = 64, py::arg("Dv") = 64);
 
   m.def("cuda_info", &cuda_info);
   m.def("gemm_cuda", &gemm_cuda, py::arg("a"), py::arg("b"), py::arg("out"), py::arg("trans_a") = false,

@@ -139,7 +139,7 @@ void adaptive_avg_pool2d_backward(T* dx, const T* dy, index_t N, index_t C, inde
 // ---- lstm.cpp ------------------------------------------------------------------------------
 // One LSTM layer over a whole sequence, PyTorch's gate order (i, f, g, o); every array contiguous.
 //   x (T, B, I), w_ih (4H, I), w_hh (4H, H); h0, c0 (B, H) and b_ih, b_hh (4H) may be null (zero).
-//   Outputs y (T, B, H), h_n, c_n (B, H). gates (T, B, 4H) is workspace that ends holding the
+//   Outputs y (T, B, H), h_n, c_n (B, H) (h_n may be y's last step itself). gates (T, B, 4H) is workspace that ends holding the
 //   activated gates; cell (T, B, H) receives every c_t. Both are what lstm_backward needs; pass
 //   cell = null when no backward follows.
 // Paths: fused (W_hh packed once, recurrent product and gates in one tile kernel, one thread team
@@ -161,6 +161,55 @@ void lstm_backward(S* dx, S* dh0, S* dc0, S* dw_ih, S* dw_hh, S* db, S* dgates, 
 // current level (what the gate kernels use; for accuracy tests).
 template <class S>
 void lstm_vector_math(const std::string& fn, const S* x, S* y, index_t n);
+
+// ---- attention.cpp -------------------------------------------------------------------------
+// Fused scaled-dot-product attention (FlashAttention-2), per (batch b, query head h):
+//   O = dropout(softmax(scale · Q Kᵀ + M)) · V, LSE = log Σ_j exp(scale · Q Kᵀ + M) (natural log).
+// Q (B, NH, Lq, D), K (B, NHK, Lk, D), V (B, NHK, Lk, Dv): any strides in elements (zero strides
+// broadcast); query head h reads kv head h / (NH / NHK) (grouped-query attention). The mask is
+// (B, NH, Lq, Lk) on any strides: boolean (uint8, nonzero = the key takes part) or additive (T).
+// causal keeps key j for query i only when j ≤ i (top-left aligned, as PyTorch). A row that no key
+// takes part in gives O = 0 and LSE = −inf. Dropout keeps each probability with 1 − dropout_p and
+// scales it by 1/(1 − dropout_p); the mask is a hash of (seed, b·NH + h, i, j), regenerated in the
+// backward.
+enum class AttentionMask : int { none = 0, boolean = 1, additive = 2 };
+template <class T>
+struct AttentionProblem {
+  index_t B, NH, NHK, Lq, Lk, D, Dv;
+  const T* Q;
+  index_t q_strides[4];
+  const T* K;
+  index_t k_strides[4];
+  const T* V;
+  index_t v_strides[4];
+  AttentionMask mask_kind;
+  const void* mask;
+  index_t mask_strides[4];
+  bool causal;
+  double scale;
+  double dropout_p;
+  std::uint64_t seed;
+};
+// O (B, NH, Lq, Dv) and LSE (B, NH, Lq), contiguous.
+template <class T>
+void attention_forward(const AttentionProblem<T>& p, T* O, T* LSE);
+// Inputs O, dO (B, NH, Lq, Dv) and LSE (B, NH, Lq) contiguous, from attention_forward on p.
+// Outputs, contiguous: dQ (B, NH, Lq, D), dK (B, NHK, Lk, D), dV (B, NHK, Lk, Dv), and dM
+// (B, NH, Lq, Lk) = ∂L/∂(scores) when not null (the additive mask's gradient).
+template <class T>
+void attention_backward(const AttentionProblem<T>& p, const T* O, const T* dO, const T* LSE, T* dQ, T* dK, T* dV,
+                        T* dM);
+// y = 2^x with the kernels' vectorised exp2 at the current level (for tests).
+template <class T>
+void attention_exp2(const T* x, T* y, index_t n);
+// Micro-tile rows MR, vector width W, query tile Br and key block Bc at the current level for
+// head dimensions D (queries/keys) and Dv (values).
+struct AttentionBlocking {
+  int MR, W;
+  index_t Br, Bc;
+};
+template <class T>
+AttentionBlocking attention_blocking(index_t D, index_t Dv);
 
 // ---- optim.cpp -----------------------------------------------------------------------------
 // One optimizer step for every tensor of a parameter group, fused: each element of p, grad and

@@ -4,10 +4,11 @@ import numpy as np
 import pytest
 
 import fastdl
+import fastdl.functional as F
 from fastdl import kernels
 from fastdl.backend import _C
 
-from .helpers import assert_close, tol
+from .helpers import assert_close, check_op, gradcheck
 
 DTYPES = (np.float32, np.float64)
 PATHS = ("fused", "stepwise")
@@ -32,7 +33,7 @@ def reference_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None):
     x, w_ih, w_hh = (np.asarray(a, np.float64) for a in (x, w_ih, w_hh))
     T, B, _ = x.shape
     H = w_hh.shape[1]
-    b = sum(np.asarray(v, np.float64) for v in (b_ih, b_hh) if v is not None) if (b_ih is not None or b_hh is not None) else 0.0
+    b = sum((np.asarray(v, np.float64) for v in (b_ih, b_hh) if v is not None), np.zeros(w_ih.shape[0]))
     h = np.zeros((B, H)) if h0 is None else np.asarray(h0, np.float64)
     c = np.zeros((B, H)) if c0 is None else np.asarray(c0, np.float64)
     ys, cache = [], []
@@ -82,7 +83,9 @@ def make(rng, T, B, I, H, dtype, bias=True, state=True):
     x = rng.standard_normal((T, B, I)).astype(dtype)
     w_ih, w_hh = u(4 * H, I), u(4 * H, H)
     b_ih, b_hh = (u(4 * H), u(4 * H)) if bias else (None, None)
-    h0, c0 = (rng.standard_normal((B, H)).astype(dtype), rng.standard_normal((B, H)).astype(dtype)) if state else (None, None)
+    h0, c0 = (None, None)
+    if state:
+        h0, c0 = rng.standard_normal((B, H)).astype(dtype), rng.standard_normal((B, H)).astype(dtype)
     return x, w_ih, w_hh, b_ih, b_hh, h0, c0
 
 
@@ -417,6 +420,10 @@ def test_native_lstm_checks_sizes_itself():
         ro = np.empty((T, B, H), np.float32)
         ro.flags.writeable = False
         _C.lstm_forward(x, w_ih, w_hh, b_ih, b_hh, h0, c0, **{**out, "y": ro})
+    shared = np.zeros(200, np.float32)
+    x_in, y_out = shared[:60].reshape(4, 3, 5), shared[50:122].reshape(4, 3, 6)
+    with pytest.raises(ValueError, match=r"y \(4, 3, 6\) overlaps x"):
+        _C.lstm_forward(x_in, w_ih, w_hh, b_ih, b_hh, h0, c0, **{**out, "y": y_out})
     with pytest.raises(TypeError, match="does not match x's dtype"):
         _C.lstm_forward(x, w_ih.astype(np.float64), w_hh, b_ih, b_hh, h0, c0, **out)
     with pytest.raises(ValueError, match="is required"):
@@ -425,11 +432,6 @@ def test_native_lstm_checks_sizes_itself():
 
 
 # ---- autodiff: fastdl.functional.lstm / lstm_cell, gru, rnn -------------------------------------------
-
-import fastdl.functional as F  # noqa: E402
-
-from .helpers import check_op, gradcheck  # noqa: E402
-
 
 def _torch_lstm_reference(x, h0, c0, w_ih, w_hh, b_ih, b_hh):
     """PyTorch's own LSTM with the given tensors as its weights (gradients flow to them)."""
@@ -546,7 +548,8 @@ def test_functional_cells_without_state():
     rng = np.random.default_rng(25)
     x = fastdl.Tensor(rng.standard_normal((2, 3)))
     for name, gates in (("lstm_cell", 4), ("gru_cell", 3), ("rnn_tanh_cell", 1), ("rnn_relu_cell", 1)):
-        w_ih, w_hh = fastdl.Tensor(rng.standard_normal((gates * 4, 3))), fastdl.Tensor(rng.standard_normal((gates * 4, 4)))
+        w_ih = fastdl.Tensor(rng.standard_normal((gates * 4, 3)))
+        w_hh = fastdl.Tensor(rng.standard_normal((gates * 4, 4)))
         b = fastdl.Tensor(rng.standard_normal(gates * 4))
         zero = fastdl.zeros(2, 4, dtype=fastdl.float64)
         fn = getattr(F, name)
@@ -619,7 +622,8 @@ BAD_FUNCTIONAL = [
      "lstm_cell: input must be 2-D"),
     (lambda: F.gru_cell(fastdl.ones(3, 5), None, fastdl.ones(8, 5), fastdl.ones(8, 2)), ValueError,
      "weight_hh must be (3H, H)"),
-    (lambda: F.gru(fastdl.ones(3, 5), None, fastdl.ones(6, 5), fastdl.ones(6, 2)), ValueError, "gru: input must be 3-D"),
+    (lambda: F.gru(fastdl.ones(3, 5), None, fastdl.ones(6, 5), fastdl.ones(6, 2)), ValueError,
+     "gru: input must be 3-D"),
     (lambda: F.rnn(fastdl.ones(2, 3, 5), None, fastdl.ones(2, 5), fastdl.ones(2, 2), nonlinearity="gelu"),
      ValueError, "nonlinearity"),
     (lambda: F.rnn_tanh_cell(fastdl.ones(3, 5), fastdl.ones(3, 4), fastdl.ones(2, 5), fastdl.ones(2, 2)), ValueError,
@@ -633,3 +637,336 @@ def test_functional_recurrent_bad_input(call, exc, words):
         call()
     assert words in str(info.value)
     assert any(op in str(info.value) for op in ("lstm", "gru", "rnn"))
+
+
+# ---- nn layers: LSTM, GRU, RNN and cells against torch.nn with copied state dicts -----------------------
+
+def _nn():
+    from fastdl import nn
+    return nn
+
+
+def _pair(torch_cls, fastdl_cls, *args, dtype=np.float64, **kwargs):
+    """The same layer in PyTorch and fastdl, fastdl's parameters loaded from PyTorch's state dict."""
+    torch = _torch()
+    torch.manual_seed(0)
+    t = torch_cls(*args, **kwargs).double()  # the reference runs in float64 on weights rounded to dtype
+    with torch.no_grad():
+        for p in t.parameters():
+            p.copy_(torch.from_numpy(p.numpy().astype(dtype).astype(np.float64)))
+    f = fastdl_cls(*args, **kwargs, dtype=dtype)
+    assert sorted(f.state_dict()) == sorted(t.state_dict())
+    f.load_state_dict(t.state_dict())
+    return t, f
+
+
+def _compare_layer(t, f, x, hx, dtype, k, lengths=None):
+    """Outputs, final states and every gradient (input, states, parameters) of fastdl vs PyTorch."""
+    torch = _torch()
+    rng = np.random.default_rng(0)
+    tx = torch.tensor(x, requires_grad=True)
+    fx = fastdl.Tensor(x.astype(dtype), requires_grad=True)
+    thx = fhx = None
+    if hx is not None:
+        thx = tuple(torch.tensor(h, requires_grad=True) for h in hx)
+        fhx = tuple(fastdl.Tensor(h.astype(dtype), requires_grad=True) for h in hx)
+    if lengths is None:
+        tout, tstate = t(tx, thx if thx is None or len(thx) == 2 else thx[0])
+    else:
+        packed = torch.nn.utils.rnn.pack_padded_sequence(tx, torch.tensor(lengths), batch_first=t.batch_first,
+                                                         enforce_sorted=False)
+        tout, tstate = t(packed, thx if thx is None or len(thx) == 2 else thx[0])
+        tout, _ = torch.nn.utils.rnn.pad_packed_sequence(tout, batch_first=t.batch_first, total_length=x.shape[
+            1 if t.batch_first else 0])
+    fout, fstate = f(fx, fhx if fhx is None or len(fhx) == 2 else fhx[0], lengths=lengths)
+    touts = [tout] + (list(tstate) if isinstance(tstate, tuple) else [tstate])
+    fouts = [fout] + (list(fstate) if isinstance(fstate, tuple) else [fstate])
+    grads = [rng.standard_normal(tuple(o.shape)) for o in touts]
+    for a, b in zip(fouts, touts):
+        assert a.shape == tuple(b.shape)
+        assert_close(a.numpy(), b.detach().numpy(), dtype, k)
+    torch.autograd.backward(touts, [torch.tensor(g, dtype=o.dtype) for g, o in zip(grads, touts)])
+    fastdl.autograd.backward(fouts, [fastdl.tensor(g, dtype=dtype) for g in grads])
+    assert_close(fx.grad.numpy(), tx.grad.numpy(), dtype, k)
+    for a, b in zip(fhx or (), thx or ()):
+        assert_close(a.grad.numpy(), b.grad.numpy(), dtype, k)
+    tparams = dict(t.named_parameters())
+    for name, p in f.named_parameters():
+        assert_close(p.grad.numpy(), tparams[name].grad.numpy(), dtype, k)
+
+
+LAYER_CONFIGS = [
+    dict(num_layers=1), dict(num_layers=2), dict(bidirectional=True), dict(num_layers=2, bidirectional=True),
+    dict(batch_first=True), dict(bias=False, num_layers=2), dict(num_layers=3, batch_first=True, bidirectional=True),
+]
+
+
+@pytest.mark.parametrize("mode", ["LSTM", "GRU", "RNN"])
+@pytest.mark.parametrize("config", LAYER_CONFIGS, ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()))
+@pytest.mark.parametrize("with_state", [False, True])
+def test_nn_recurrent_matches_torch(mode, config, with_state):
+    torch = _torch()
+    if torch is None:
+        pytest.skip("PyTorch is not installed")
+    nn = _nn()
+    T, B, I, H = 7, 3, 5, 6
+    t, f = _pair(getattr(torch.nn, mode), getattr(nn, mode), I, H, **config)
+    rng = np.random.default_rng(30)
+    x = rng.standard_normal((B, T, I) if config.get("batch_first") else (T, B, I))
+    D = 2 if config.get("bidirectional") else 1
+    L = config.get("num_layers", 1)
+    hx = None
+    if with_state:
+        hx = (rng.standard_normal((L * D, B, H)),) * (2 if mode == "LSTM" else 1)
+        hx = tuple(rng.standard_normal((L * D, B, H)) for _ in hx)
+    _compare_layer(t, f, x, hx, np.float64, seq_k(T, I + H * D, H) * B * L)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_nn_lstm_float32_and_large_shapes_match_torch(dtype):
+    torch = _torch()
+    if torch is None:
+        pytest.skip("PyTorch is not installed")
+    nn = _nn()
+    T, B, I, H = 17, 32, 64, 100
+    t, f = _pair(torch.nn.LSTM, nn.LSTM, I, H, num_layers=2, dtype=dtype)
+    x = np.random.default_rng(31).standard_normal((T, B, I))
+    _compare_layer(t, f, x.astype(dtype).astype(np.float64) if dtype == np.float32 else x, None, dtype,
+                   seq_k(T, I + H, H) * B * 2)
+
+
+@pytest.mark.parametrize("mode", ["LSTM", "GRU", "RNN"])
+@pytest.mark.parametrize("config", [dict(), dict(bidirectional=True, num_layers=2), dict(batch_first=True)],
+                         ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()) or "default")
+def test_nn_recurrent_lengths_match_torch_packed(mode, config):
+    torch = _torch()
+    if torch is None:
+        pytest.skip("PyTorch is not installed")
+    nn = _nn()
+    T, B, I, H = 6, 5, 3, 4
+    t, f = _pair(getattr(torch.nn, mode), getattr(nn, mode), I, H, **config)
+    rng = np.random.default_rng(32)
+    x = rng.standard_normal((B, T, I) if config.get("batch_first") else (T, B, I))
+    lengths = [6, 2, 6, 1, 4]
+    D = 2 if config.get("bidirectional") else 1
+    L = config.get("num_layers", 1)
+    hx = tuple(rng.standard_normal((L * D, B, H)) for _ in range(2 if mode == "LSTM" else 1))
+    _compare_layer(t, f, x, hx, np.float64, seq_k(T, I + H * D, H) * B * L, lengths=lengths)
+    _compare_layer(t, f, x, None, np.float64, seq_k(T, I + H * D, H) * B * L, lengths=lengths)
+
+
+def test_nn_lstm_projection_matches_torch():
+    torch = _torch()
+    if torch is None:
+        pytest.skip("PyTorch is not installed")
+    nn = _nn()
+    t, f = _pair(torch.nn.LSTM, nn.LSTM, 5, 6, num_layers=2, proj_size=3, bidirectional=True)
+    rng = np.random.default_rng(33)
+    x = rng.standard_normal((4, 2, 5))
+    _compare_layer(t, f, x, (rng.standard_normal((4, 2, 3)), rng.standard_normal((4, 2, 6))), np.float64, 400)
+    assert any(fb["case"] == "LSTM proj_size > 0" and fb["runs"] > 0 for fb in fastdl.backend_info()["fallbacks"])
+
+
+def test_nn_lstm_dropout_between_layers_train_vs_eval():
+    torch = _torch()
+    nn = _nn()
+    lstm = nn.LSTM(4, 5, num_layers=3, dropout=0.5, dtype=np.float64)
+    x = fastdl.Tensor(np.random.default_rng(34).standard_normal((6, 2, 4)))
+    lstm.eval()
+    a, _ = lstm(x)
+    b, _ = lstm(x)
+    np.testing.assert_array_equal(a.numpy(), b.numpy())
+    lstm.train()
+    fastdl.manual_seed(1)
+    c, _ = lstm(x)
+    fastdl.manual_seed(1)
+    d, _ = lstm(x)
+    np.testing.assert_array_equal(c.numpy(), d.numpy())
+    assert not np.allclose(c.numpy(), a.numpy())
+    # dropout = 1 zeroes every layer's output but the last: deterministic, so PyTorch must agree.
+    if torch is not None:
+        t, f = _pair(torch.nn.LSTM, nn.LSTM, 4, 5, num_layers=2, dropout=1.0)
+        t.train(), f.train()
+        ty, _ = t(torch.from_numpy(x.numpy()))
+        fy, _ = f(x)
+        assert_close(fy.numpy(), ty.detach().numpy(), np.float64, seq_k(6, 9, 5))
+        t.eval(), f.eval()
+        assert_close(f(x)[0].numpy(), t(torch.from_numpy(x.numpy()))[0].detach().numpy(), np.float64, seq_k(6, 9, 5))
+
+
+def test_nn_lstm_gradcheck_two_layers_bidirectional():
+    nn = _nn()
+    lstm = nn.LSTM(3, 4, num_layers=2, bidirectional=True, dtype=np.float64)
+    x = fastdl.Tensor(np.random.default_rng(35).standard_normal((4, 2, 3)), requires_grad=True)
+    h0 = fastdl.Tensor(np.random.default_rng(36).standard_normal((4, 2, 4)), requires_grad=True)
+    c0 = fastdl.Tensor(np.random.default_rng(37).standard_normal((4, 2, 4)), requires_grad=True)
+    params = list(lstm.parameters())
+
+    def fn(x, h0, c0, *ps):
+        out, (h, c) = lstm(x, (h0, c0))
+        return out, h, c
+
+    assert fastdl.autograd.gradcheck(fn, [x, h0, c0, *params])
+
+
+@pytest.mark.parametrize("mode", ["GRU", "RNN"])
+def test_nn_gru_rnn_gradcheck(mode):
+    nn = _nn()
+    layer = getattr(nn, mode)(3, 4, num_layers=2, bidirectional=True, dtype=np.float64)
+    x = fastdl.Tensor(np.random.default_rng(38).standard_normal((3, 2, 3)), requires_grad=True)
+    assert fastdl.autograd.gradcheck(lambda x, *ps: layer(x), [x, *layer.parameters()])
+
+
+def test_nn_lengths_gradcheck():
+    nn = _nn()
+    lstm = nn.LSTM(2, 3, bidirectional=True, dtype=np.float64)
+    x = fastdl.Tensor(np.random.default_rng(39).standard_normal((4, 3, 2)), requires_grad=True)
+
+    def fn(x, *ps):
+        out, (h, c) = lstm(x, lengths=[2, 4, 1])
+        return out, h, c
+
+    assert fastdl.autograd.gradcheck(fn, [x, *lstm.parameters()])
+
+
+@pytest.mark.parametrize("mode", ["LSTM", "GRU", "RNN"])
+def test_nn_recurrent_unbatched_input(mode):
+    nn = _nn()
+    layer = getattr(nn, mode)(3, 4, num_layers=2, dtype=np.float64)
+    x = np.random.default_rng(40).standard_normal((5, 3))
+    out, state = layer(fastdl.Tensor(x))
+    batched, bstate = layer(fastdl.Tensor(x[:, None]))
+    assert out.shape == (5, 4)
+    np.testing.assert_allclose(out.numpy(), batched.numpy()[:, 0], rtol=1e-12, atol=1e-14)
+    h = state[0] if mode == "LSTM" else state
+    assert h.shape == (2, 4)
+
+
+@pytest.mark.parametrize("name", ["LSTMCell", "GRUCell", "RNNCell"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_nn_cells_match_torch(name, dtype):
+    torch = _torch()
+    if torch is None:
+        pytest.skip("PyTorch is not installed")
+    nn = _nn()
+    t, f = _pair(getattr(torch.nn, name), getattr(nn, name), 5, 7, dtype=dtype)
+    rng = np.random.default_rng(41)
+    x = rng.standard_normal((3, 5)).astype(dtype).astype(np.float64)
+    h = rng.standard_normal((3, 7)).astype(dtype).astype(np.float64)
+    c = rng.standard_normal((3, 7)).astype(dtype).astype(np.float64)
+    tx, th, tc = (torch.tensor(a, requires_grad=True) for a in (x, h, c))
+    fx, fh, fc = (fastdl.Tensor(a.astype(dtype), requires_grad=True) for a in (x, h, c))
+    if name == "LSTMCell":
+        touts, fouts = t(tx, (th, tc)), f(fx, (fh, fc))
+    else:
+        touts, fouts = (t(tx, th),), (f(fx, fh),)
+    for a, b in zip(fouts, touts):
+        assert_close(a.numpy(), b.detach().numpy(), dtype, 12)
+    sum(o.sum() for o in touts).backward()
+    fastdl.autograd.backward(list(fouts), [fastdl.ones(*o.shape, dtype=dtype) for o in fouts])
+    assert_close(fx.grad.numpy(), tx.grad.numpy(), dtype, 40)
+    assert_close(fh.grad.numpy(), th.grad.numpy(), dtype, 40)
+    tparams = dict(t.named_parameters())
+    for pname, p in f.named_parameters():
+        assert_close(p.grad.numpy(), tparams[pname].grad.numpy(), dtype, 40)
+    single = f(fastdl.Tensor(x[0].astype(dtype)))
+    assert (single[0] if name == "LSTMCell" else single).shape == (7,)
+
+
+def test_nn_cell_loop_equals_lstm_layer():
+    nn = _nn()
+    lstm = nn.LSTM(3, 4, dtype=np.float64)
+    cell = nn.LSTMCell(3, 4, dtype=np.float64)
+    cell.load_state_dict({k[:-3]: v for k, v in lstm.state_dict().items()})
+    x = fastdl.Tensor(np.random.default_rng(42).standard_normal((5, 2, 3)))
+    out, (h, c) = lstm(x)
+    state = None
+    for t in range(5):
+        state = cell(x[t], state)
+    np.testing.assert_allclose(state[0].numpy(), h.numpy()[0], rtol=1e-13, atol=1e-14)
+    np.testing.assert_allclose(state[1].numpy(), c.numpy()[0], rtol=1e-13, atol=1e-14)
+
+
+def test_nn_lstm_exploding_gradients_clipped():
+    # Large recurrent weights over a long sequence blow the gradient up; clip_grad_norm_ and
+    # clip_grad_value_ bring it back, as in PyTorch.
+    nn = _nn()
+    lstm = nn.LSTM(3, 8, dtype=np.float64)
+    with fastdl.no_grad():
+        lstm.weight_hh_l0.data[...] = np.random.default_rng(43).standard_normal((32, 8)) * 3
+    x = fastdl.Tensor(np.random.default_rng(44).standard_normal((60, 2, 3)))
+    out, _ = lstm(x)
+    (out ** 2).sum().backward()
+    params = list(lstm.parameters())
+    total = float(np.sqrt(sum((p.grad.numpy() ** 2).sum() for p in params)))
+    assert total > 10
+    returned = nn.utils.clip_grad_norm_(params, max_norm=1.0)
+    assert abs(float(returned) - total) <= 1e-9 * total
+    clipped = float(np.sqrt(sum((p.grad.numpy() ** 2).sum() for p in params)))
+    assert abs(clipped - 1.0) < 1e-6
+    nn.utils.clip_grad_value_(params, 0.01)
+    assert max(float(np.abs(p.grad.numpy()).max()) for p in params) <= 0.01
+
+
+def test_nn_lstm_repr_and_state_dict_names():
+    nn = _nn()
+    lstm = nn.LSTM(10, 20, num_layers=2, batch_first=True, bidirectional=True, proj_size=5)
+    assert repr(lstm) == "LSTM(10, 20, proj_size=5, num_layers=2, batch_first=True, bidirectional=True)"
+    names = list(lstm.state_dict())
+    assert names[:5] == ["weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0", "weight_hr_l0"]
+    assert "weight_hr_l1_reverse" in names and len(names) == 20
+    assert lstm.weight_hh_l1.shape == (80, 5) and lstm.weight_ih_l1.shape == (80, 10)
+    bound = 1 / np.sqrt(20)
+    assert all(np.abs(p.numpy()).max() <= bound for p in lstm.parameters())
+    assert repr(nn.RNN(3, 4, nonlinearity="relu")) == "RNN(3, 4, nonlinearity='relu')"
+
+
+def _bad_layer_calls():
+    nn = _nn()
+    lstm = nn.LSTM(5, 6, num_layers=2)
+    cell = nn.LSTMCell(5, 6)
+    x = fastdl.ones(4, 3, 5)
+    return [
+        (lambda: lstm(fastdl.ones(4, 3, 7)), ValueError, "last dimension 7 != input_size 5"),
+        (lambda: lstm(fastdl.ones(2, 3, 4, 5)), ValueError, "got input of shape (2, 3, 4, 5)"),
+        (lambda: lstm(x, (fastdl.ones(2, 3, 6), fastdl.ones(1, 3, 6))), ValueError, "c_0 of shape (1, 3, 6)"),
+        (lambda: lstm(x, (fastdl.ones(2, 2, 6), fastdl.ones(2, 3, 6))), ValueError, "expected (2, 3, 6)"),
+        (lambda: lstm(x, fastdl.ones(2, 3, 6)), TypeError, "pair (h_0, c_0)"),
+        (lambda: lstm(x.double()), TypeError, "dtype"),
+        (lambda: lstm(x, lengths=[1, 2]), ValueError, "lengths must be B = 3"),
+        (lambda: lstm(x, lengths=[1, 5, 2]), ValueError, "lengths must lie in [1, T = 4]"),
+        (lambda: lstm(x, lengths=[0, 1, 2]), ValueError, "lengths must lie"),
+        (lambda: cell(fastdl.ones(3, 4)), ValueError, "expected (B, 5)"),
+        (lambda: cell(fastdl.ones(3, 5), (fastdl.ones(2, 6), fastdl.ones(3, 6))), ValueError, "h of shape (2, 6)"),
+        (lambda: nn.GRU(5, 6)(x, fastdl.ones(1, 3, 5)), ValueError, "hx of shape (1, 3, 5)"),
+        (lambda: nn.LSTM(5, 0), ValueError, "hidden_size must be an integer >= 1"),
+        (lambda: nn.LSTM(5, 6, dropout=1.5), ValueError, "dropout"),
+        (lambda: nn.LSTM(5, 6, proj_size=6), ValueError, "proj_size"),
+        (lambda: nn.GRU(5, 6, proj_size=2), TypeError, "proj_size"),
+        (lambda: nn.RNN(5, 6, nonlinearity="gelu"), ValueError, "nonlinearity"),
+    ]
+
+
+@pytest.mark.parametrize("index", range(17))
+def test_nn_recurrent_bad_input(index):
+    call, exc, words = _bad_layer_calls()[index]
+    with pytest.raises(exc) as info:
+        call()
+    assert words in str(info.value)
+    assert any(name in str(info.value) for name in ("LSTM", "GRU", "RNN"))
+
+
+# ---- docstring examples -------------------------------------------------------------------------
+
+def test_lstm_docstring_examples():
+    import doctest
+
+    from fastdl.nn import recurrent
+
+    finder, runner = doctest.DocTestFinder(), doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)
+    tests = finder.find(recurrent, globs={})
+    tests += [t for t in finder.find(kernels, globs={}) if t.name.split(".")[-1].startswith("lstm")]
+    assert len(tests) >= 8
+    for test in tests:
+        runner.run(test)
+    assert runner.failures == 0

@@ -10,7 +10,7 @@
 #include <cpuid.h>
 
 #include <atomic>
-#include <chrono>
+#include <ctime>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
@@ -136,23 +136,32 @@ double measure_peak_gflops(CpuCapability level, bool float64, int threads, doubl
     case CpuCapability::avx2: loop = float64 ? fma_loop_avx2_f64 : fma_loop_avx2_f32; lanes = float64 ? 4 : 8; break;
     default: loop = float64 ? fma_loop_portable_f64 : fma_loop_portable_f32; lanes = float64 ? 2 : 4; break;
   }
-  // Calibrate to the requested duration, then take the best of three timed runs.
+  // One thread: the thread's CPU time, so time descheduled by other processes does not count;
+  // several: wall time. Calibrate to the requested duration, then take the best of three runs.
+  const auto now = [threads] {
+    timespec ts{};
+    clock_gettime(threads == 1 ? CLOCK_THREAD_CPUTIME_ID : CLOCK_MONOTONIC, &ts);
+    return static_cast<double>(ts.tv_sec) + 1e-9 * static_cast<double>(ts.tv_nsec);
+  };
   long iterations = 1 << 16;
-  using clock = std::chrono::steady_clock;
   for (;;) {
-    const auto t0 = clock::now();
+    const double t0 = now();
     loop(iterations);
-    const double dt = std::chrono::duration<double>(clock::now() - t0).count();
+    const double dt = now() - t0;
     if (dt > seconds / 4 || iterations > (1L << 40)) break;
     iterations *= 2;
   }
   double best = 0;
   for (int repeat = 0; repeat < 3; ++repeat) {
-    const auto t0 = clock::now();
+    const double t0 = now();
     double sink = 0;
+    if (threads == 1) {
+      sink = loop(iterations);
+    } else {
 #pragma omp parallel num_threads(threads) reduction(+ : sink)
-    sink += loop(iterations);
-    const double dt = std::chrono::duration<double>(clock::now() - t0).count();
+      sink += loop(iterations);
+    }
+    const double dt = now() - t0;
     const double flops = 2.0 * 12 * lanes * static_cast<double>(iterations) * threads;
     if (sink != 12345.678 && flops / dt > best) best = flops / dt;
   }

@@ -1624,17 +1624,29 @@ from .ops import lstm as _lstm  # noqa: E402
 __all__ += ["lstm", "lstm_cell", "gru", "gru_cell", "rnn", "rnn_tanh_cell", "rnn_relu_cell"]
 
 
-def _recurrent_operands(op, named):
-    """Check that every given operand is a Tensor of one floating dtype on one device."""
-    tensors = {name: _tensor(t, op, name) for name, t in named.items() if t is not None}
-    first = next(iter(tensors.values()))
-    if first.data.dtype.kind != "f":
+_LSTM_OPERANDS = ("input", "h0", "c0", "weight_ih", "weight_hh", "bias_ih", "bias_hh")
+_CELL_OPERANDS = ("input", "h", "c", "weight_ih", "weight_hh", "bias_ih", "bias_hh")
+_SINGLE_STATE_OPERANDS = ("input", "hx", "weight_ih", "weight_hh", "bias_ih", "bias_hh")
+
+
+def _recurrent_operands(op, names, operands):
+    """Check that every given operand (None: absent) is a Tensor of one floating dtype on one device."""
+    first = operands[0]
+    if not isinstance(first, Tensor):
+        _tensor(first, op, names[0])
+    dtype, kind = first.data.dtype, first.data.__class__
+    if dtype.kind != "f":
         raise TypeError(f"{op}: input must be floating point, got {first.dtype} {first.shape}")
-    if builtins.any(t.data.dtype != first.data.dtype for t in tensors.values()):
-        raise TypeError(f"{op}: dtypes differ: " + ", ".join(f"{n} {t.dtype} {t.shape}" for n, t in tensors.items()))
-    if builtins.any(t.data.__class__ is not first.data.__class__ for t in tensors.values()):
-        _raise_devices(op, list(tensors.values()))
-    return tensors
+    for name, t in zip(names, operands):
+        if t is None:
+            continue
+        if not isinstance(t, Tensor):
+            _tensor(t, op, name)
+        if t.data.dtype != dtype:
+            raise TypeError(f"{op}: dtypes differ: " + ", ".join(
+                f"{n} {o.dtype} {o.shape}" for n, o in zip(names, operands) if isinstance(o, Tensor)))
+        if t.data.__class__ is not kind:
+            _raise_devices(op, [o for o in operands if o is not None])
 
 
 def _state_pair(hx, op):
@@ -1645,13 +1657,9 @@ def _state_pair(hx, op):
     return hx[0], hx[1]
 
 
-def _run_lstm(fn, op, input, hx, weight_ih, weight_hh, bias_ih, bias_hh):
-    h, c = _state_pair(hx, op)
-    named = {"input": input, "h0": h, "c0": c, "weight_ih": weight_ih, "weight_hh": weight_hh, "bias_ih": bias_ih,
-             "bias_hh": bias_hh}
-    t = _recurrent_operands(op, named)
-    operands = [t.get(n) for n in named]
-    if _record(*operands):
+def _apply_recurrent(fn, operands):
+    """fn on the operands: recorded when a gradient is needed, else straight on the arrays."""
+    if _grad_mode.enabled and builtins.any(o is not None and o.requires_grad for o in operands):
         return fn.apply(*operands)
     out = fn.forward(_NULL_CTX, *(None if o is None else o.data for o in operands))
     return tuple(Tensor(o) for o in out)
@@ -1667,7 +1675,10 @@ def lstm(input, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None):
     >>> y.shape, h.shape, c.shape
     ((5, 2, 2), (2, 2), (2, 2))
     """
-    y, h, c = _run_lstm(_lstm.LSTMFn, "lstm", input, hx, weight_ih, weight_hh, bias_ih, bias_hh)
+    h0, c0 = _state_pair(hx, "lstm")
+    operands = (input, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh)
+    _recurrent_operands("lstm", _LSTM_OPERANDS, operands)
+    y, h, c = _apply_recurrent(_lstm.LSTMFn, operands)
     return y, (h, c)
 
 
@@ -1701,11 +1712,10 @@ def lstm_cell(input, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None):
     ((2, 2), '0.9479')
     """
     h, c = _state_pair(hx, "lstm_cell")
-    t = _recurrent_operands("lstm_cell", {"input": input, "h": h, "c": c, "weight_ih": weight_ih,
-                                          "weight_hh": weight_hh, "bias_ih": bias_ih, "bias_hh": bias_hh})
-    _check_cell("lstm_cell", t["input"], (t.get("h"), t.get("c")), 4, t["weight_ih"], t["weight_hh"],
-                t.get("bias_ih"), t.get("bias_hh"), states=2)
-    return _run_lstm(_lstm.LSTMCellFn, "lstm_cell", input, hx, weight_ih, weight_hh, bias_ih, bias_hh)
+    operands = (input, h, c, weight_ih, weight_hh, bias_ih, bias_hh)
+    _recurrent_operands("lstm_cell", _CELL_OPERANDS, operands)
+    _check_cell("lstm_cell", input, (h, c), 4, weight_ih, weight_hh, bias_ih, bias_hh, states=2)
+    return _apply_recurrent(_lstm.LSTMCellFn, operands)
 
 
 def _note_composed():
@@ -1731,18 +1741,16 @@ def gru_cell(input, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None):
     >>> fastdl.functional.gru_cell(fastdl.ones(2, 3), None, fastdl.ones(6, 3), fastdl.zeros(6, 2)).shape
     (2, 2)
     """
-    t = _recurrent_operands("gru_cell", {"input": input, "hx": hx, "weight_ih": weight_ih, "weight_hh": weight_hh,
-                                         "bias_ih": bias_ih, "bias_hh": bias_hh})
-    B, H = _check_cell("gru_cell", t["input"], t.get("hx"), 3, t["weight_ih"], t["weight_hh"], bias_ih, bias_hh)
+    _recurrent_operands("gru_cell", _SINGLE_STATE_OPERANDS, (input, hx, weight_ih, weight_hh, bias_ih, bias_hh))
+    B, H = _check_cell("gru_cell", input, hx, 3, weight_ih, weight_hh, bias_ih, bias_hh)
     _note_composed()
-    h = hx if hx is not None else Tensor(array_module(t["input"].data).zeros((B, H), t["input"].data.dtype))
+    h = hx if hx is not None else Tensor(array_module(input.data).zeros((B, H), input.data.dtype))
     return _gru_step(linear(input, weight_ih, bias_ih), h, weight_hh, bias_hh)
 
 
 def _rnn_cell(op, nonlinearity, input, hx, weight_ih, weight_hh, bias_ih, bias_hh):
-    t = _recurrent_operands(op, {"input": input, "hx": hx, "weight_ih": weight_ih, "weight_hh": weight_hh,
-                                 "bias_ih": bias_ih, "bias_hh": bias_hh})
-    _check_cell(op, t["input"], t.get("hx"), 1, t["weight_ih"], t["weight_hh"], bias_ih, bias_hh)
+    _recurrent_operands(op, _SINGLE_STATE_OPERANDS, (input, hx, weight_ih, weight_hh, bias_ih, bias_hh))
+    _check_cell(op, input, hx, 1, weight_ih, weight_hh, bias_ih, bias_hh)
     _note_composed()
     pre = linear(input, weight_ih, bias_ih)
     if hx is not None:
@@ -1775,15 +1783,14 @@ def rnn_relu_cell(input, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None):
 
 def _sequence(op, input, hx, weight_ih, weight_hh, bias_ih, bias_hh, gates):
     """Checked operands of a composed recurrent layer; the input projection of every step in one GEMM."""
-    t = _recurrent_operands(op, {"input": input, "hx": hx, "weight_ih": weight_ih, "weight_hh": weight_hh,
-                                 "bias_ih": bias_ih, "bias_hh": bias_hh})
-    x = t["input"]
+    _recurrent_operands(op, _SINGLE_STATE_OPERANDS, (input, hx, weight_ih, weight_hh, bias_ih, bias_hh))
+    x = input
     if x.data.ndim != 3:
         raise ValueError(f"{op}: input must be 3-D (T, B, I), got {x.shape}")
     T, B, I = x.shape
     if T < 1 or B < 1:
         raise ValueError(f"{op}: input (T, B, I) must have positive sizes, got {x.shape}")
-    _, H = _check_cell(op, Tensor(x.data[0]), t.get("hx"), gates, t["weight_ih"], t["weight_hh"], bias_ih, bias_hh)
+    _, H = _check_cell(op, Tensor(x.data[0]), hx, gates, weight_ih, weight_hh, bias_ih, bias_hh)
     _note_composed()
     h = hx if hx is not None else Tensor(array_module(x.data).zeros((B, H), x.data.dtype))
     projected = linear(reshape(input, (T * B, I)), weight_ih, bias_ih)
@@ -1827,6 +1834,80 @@ def rnn(input, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None, nonlinearit
         h = act(gi + linear(h, weight_hh, bias_hh))
         outputs.append(h)
     return stack(outputs), h
+
+
+# ---- attention: fused scaled-dot-product attention (native); composed on CUDA ---------------------
+
+from . import backend as _backend  # noqa: E402
+from .ops import attention as _attention  # noqa: E402
+
+__all__ += ["scaled_dot_product_attention"]
+
+
+def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
+                                 enable_gqa=False) -> Tensor:
+    """softmax(query·keyᵀ·scale + mask)·value on fastdl's fused attention kernel (PyTorch's semantics).
+
+    query (..., L, E), key (..., S, E), value (..., S, Ev) → (..., L, Ev); batch dimensions broadcast.
+    ``attn_mask`` broadcasts to (..., L, S): bool (True takes part) or additive in query's dtype (its
+    gradient flows when it requires grad). ``is_causal`` keeps key j for query i when j ≤ i
+    (top-left aligned when L ≠ S, as PyTorch; combined with ``attn_mask`` if both are given).
+    ``scale`` defaults to 1/sqrt(E). ``enable_gqa`` lets query have a multiple of key/value's heads
+    (dimension -3), each group of queries sharing one key/value head. ``dropout_p`` drops attention
+    probabilities (with fastdl's seeded generator); pass 0.0 when not training.
+
+    Rows whose mask removes every key give zeros (and zero gradients), never NaN. The L×S score
+    matrix is never stored: memory is linear in L and S. On CUDA tensors this runs the composed
+    formula (a declared fallback) until the CUDA attention kernel exists.
+
+    >>> import fastdl
+    >>> q = fastdl.ones(2, 4, 8)
+    >>> v = fastdl.arange(2 * 4 * 3, dtype=fastdl.float32).reshape(2, 4, 3)
+    >>> out = fastdl.functional.scaled_dot_product_attention(q, q, v, is_causal=True)
+    >>> out.shape, out[0, 1].tolist()
+    ((2, 4, 3), [1.5, 2.5, 3.5])
+    """
+    op = "scaled_dot_product_attention"
+    q, k, v = _tensor(query, op, "query"), _tensor(key, op, "key"), _tensor(value, op, "value")
+    m = None if attn_mask is None else _tensor(attn_mask, op, "attn_mask")
+    if not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"{op}: dropout_p must be in [0, 1), got {dropout_p}")
+    if builtins.any(t.is_cuda for t in (q, k, v, m) if t is not None):
+        _backend.note_fallback("attention", "cuda")
+        return _attention_composed(op, q, k, v, m, dropout_p, is_causal, scale, enable_gqa)[0]
+    seed = int(_random.generator().integers(0, 2**63)) if dropout_p > 0 else 0
+    options = (bool(is_causal), scale, float(dropout_p), seed, bool(enable_gqa))
+    if _record(q, k, v, m):
+        return _attention.ScaledDotProductAttentionFn.apply(q, k, v, m, *options)
+    return Tensor(_attention.ScaledDotProductAttentionFn.forward(
+        _NULL_CTX, q.data, k.data, v.data, None if m is None else m.data, *options))
+
+
+def _attention_composed(op, q, k, v, m, dropout_p, is_causal, scale, enable_gqa):
+    """(out, weights) of scaled-dot-product attention composed from fastdl ops, storing the L×S
+    weights: the path for CUDA tensors and for callers that need the weights themselves
+    (``nn.MultiheadAttention(need_weights=True)``). Rows with no key give zero weights."""
+    L, S, E = q.shape[-2], k.shape[-2], q.shape[-1]
+    if enable_gqa and q.data.ndim >= 3 and k.data.ndim >= 3 and q.shape[-3] != k.shape[-3]:
+        group = q.shape[-3] // builtins.max(k.shape[-3], 1)
+        if k.shape[-3] * group != q.shape[-3] or v.shape[-3] != k.shape[-3]:
+            raise ValueError(f"{op}: enable_gqa needs equal key/value heads that divide the query heads "
+                             f"(dimension -3): query {q.shape}, key {k.shape}, value {v.shape}")
+        k, v = (x.unsqueeze(-3).expand(*x.shape[:-2], group, *x.shape[-2:]).reshape(
+            *x.shape[:-3], q.shape[-3], *x.shape[-2:]) for x in (k, v))
+    if scale is None:
+        scale = 1.0 / math.sqrt(E) if E > 0 else 1.0
+    scores = matmul(q, k.transpose(-2, -1)) * scale
+    xp = array_module(q.data)
+    if is_causal:
+        scores = masked_fill(scores, Tensor(~xp.tril(xp.ones((L, S), dtype=bool))), float("-inf"))
+    if m is not None:
+        scores = masked_fill(scores, logical_not(m), float("-inf")) if m.dtype == np.bool_ else scores + m
+    some_key = Tensor((scores.data > -xp.inf).any(axis=-1, keepdims=True))
+    weights = softmax(where(some_key, scores, 0.0), dim=-1) * some_key.to(scores.dtype)
+    if dropout_p > 0:
+        weights = dropout(weights, dropout_p)
+    return matmul(weights, v), weights
 
 
 # ---- nn: dropout, normalisation, embedding and losses (the functional forms of fastdl.nn) ----------

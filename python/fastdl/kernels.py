@@ -207,6 +207,7 @@ def lstm_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, *, train
     kernel for T > 1), "fused" or "stepwise" (the per-step reference).
 
     >>> import numpy as np
+    >>> from fastdl.kernels import lstm_forward
     >>> x = np.ones((5, 2, 3), np.float32)
     >>> y, h_n, c_n, _ = lstm_forward(x, np.full((8, 3), 0.1, np.float32), np.zeros((8, 2), np.float32))
     >>> y.shape, h_n.shape, bool(np.allclose(y[-1], h_n))
@@ -235,6 +236,7 @@ def lstm_backward(grad_y, grad_h_n, grad_c_n, x, w_ih, w_hh, h0, c0, y, saved, *
     "c0", "w_ih", "w_hh", "b") or when h0/c0 was None.
 
     >>> import numpy as np
+    >>> from fastdl.kernels import lstm_backward, lstm_forward
     >>> x = np.ones((4, 1, 2))
     >>> w_ih, w_hh = np.full((12, 2), 0.2), np.full((12, 3), -0.1)
     >>> y, h_n, c_n, saved = lstm_forward(x, w_ih, w_hh, training=True)
@@ -269,6 +271,179 @@ def lstm_backward(grad_y, grad_h_n, grad_c_n, x, w_ih, w_hh, h0, c0, y, saved, *
     _C.lstm_backward(given["grad_y"], given["grad_h_n"], given["grad_c_n"], a["input"], a["w_ih"], a["w_hh"],
                      a["h0"], a["c0"], y, gates, cell, *result, np.empty((T, B, 4 * H), dtype), path)
     return result
+
+
+# ---- attention ----------------------------------------------------------------------------------
+
+__all__ += ["attention_forward", "attention_backward"]
+
+class _AttentionPlan:
+    """Inputs of one attention call as the 4-D views the native kernel takes.
+
+    query (..., L, E), key (..., S, E), value (..., S, Ev) with broadcast batch dimensions (and,
+    with grouped-query attention, query heads a multiple of key/value heads) become
+    q4 (B, H, L, E), k4 (B, Hk, S, E), v4 (B, Hk, S, Ev) and mask4 (B, H, L, S), as strided views
+    (zero strides for broadcast dimensions) wherever NumPy can express them without a copy.
+    """
+
+    def __init__(self, op, query, key, value, attn_mask, enable_gqa):
+        q = _float_array(op, "query", query)
+        k = _float_array(op, "key", key)
+        v = _float_array(op, "value", value)
+        shapes = f"query {q.shape}, key {k.shape}, value {v.shape}"
+        if not (q.dtype == k.dtype == v.dtype):
+            raise TypeError(f"{op}: dtypes differ: query {q.dtype}, key {k.dtype}, value {v.dtype} for {shapes}")
+        if min(q.ndim, k.ndim, v.ndim) < 2:
+            raise ValueError(f"{op}: query, key and value need at least 2 dimensions (..., L, E), got {shapes}")
+        if q.shape[-1] != k.shape[-1]:
+            raise ValueError(f"{op}: query and key embedding sizes differ: {shapes}")
+        if k.shape[-2] != v.shape[-2]:
+            raise ValueError(f"{op}: key and value lengths differ: {shapes}")
+        self.L, self.S, self.E, self.Ev = q.shape[-2], k.shape[-2], q.shape[-1], v.shape[-1]
+        self.query_shape, self.key_shape, self.value_shape = q.shape, k.shape, v.shape
+        gqa = enable_gqa and min(q.ndim, k.ndim, v.ndim) >= 3 and q.shape[-3] != k.shape[-3]
+        if enable_gqa and min(q.ndim, k.ndim, v.ndim) >= 3 and (
+            k.shape[-3] != v.shape[-3] or q.shape[-3] % k.shape[-3] != 0
+        ):
+            raise ValueError(
+                f"{op}: enable_gqa needs equal key/value heads that divide the query heads (dimension -3): {shapes}"
+            )
+        try:
+            if gqa:
+                batch = np.broadcast_shapes(q.shape[:-3], k.shape[:-3], v.shape[:-3])
+                self.out_batch = batch + (q.shape[-3],)
+                kv_batch = batch + (k.shape[-3],)
+            else:
+                batch = np.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
+                self.out_batch = kv_batch = batch
+        except ValueError:
+            raise ValueError(f"{op}: batch dimensions do not broadcast: {shapes}") from None
+        self.kv_batch = kv_batch
+        self.q4 = self._as_4d(np.broadcast_to(q, self.out_batch + (self.L, self.E)))
+        self.k4 = self._as_4d(np.broadcast_to(k, kv_batch + (self.S, self.E)))
+        self.v4 = self._as_4d(np.broadcast_to(v, kv_batch + (self.S, self.Ev)))
+        self.mask4 = None
+        self.mask_shape = None
+        if attn_mask is not None:
+            m = attn_mask if isinstance(attn_mask, np.ndarray) else np.asarray(attn_mask)
+            if m.dtype != np.bool_ and m.dtype != q.dtype:
+                raise TypeError(f"{op}: attn_mask must be bool or {q.dtype} (like query), got {m.dtype} {m.shape}")
+            full = self.out_batch + (self.L, self.S)
+            try:
+                fits = m.ndim <= len(full) and np.broadcast_shapes(m.shape, full) == full
+            except ValueError:
+                fits = False
+            if not fits:
+                raise ValueError(f"{op}: attn_mask {m.shape} does not broadcast to the scores {full} for {shapes}")
+            self.mask_shape = m.shape
+            self.mask4 = self._as_4d(np.broadcast_to(m, full))
+
+    @staticmethod
+    def _as_4d(x):
+        """(..., L, E) → (B, H, L, E) with H the last batch dimension; a view unless dimensions
+        that cannot merge without a copy (broadcast in one, not the other) have to."""
+        batch = x.shape[:-2]
+        heads = batch[-1] if batch else 1
+        return x.reshape((int(np.prod(batch[:-1])), heads) + x.shape[-2:])
+
+    def scale(self, scale):
+        """``scale``, or PyTorch's default 1/sqrt(E) (1 for E = 0)."""
+        if scale is not None:
+            return float(scale)
+        return 1.0 / float(np.sqrt(self.E)) if self.E > 0 else 1.0
+
+
+def _sum_to(g, shape):
+    """Sum a gradient of a broadcast operand back to the operand's shape."""
+    if g.shape == tuple(shape):
+        return g
+    lead = g.ndim - len(shape)
+    axes = tuple(range(lead)) + tuple(lead + i for i, n in enumerate(shape) if n == 1 and g.shape[lead + i] != 1)
+    return g.sum(axis=axes).reshape(shape) if axes else g.reshape(shape)
+
+
+def _check_dropout(op, dropout_p):
+    if not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"{op}: dropout_p must be in [0, 1), got {dropout_p}")
+
+
+def attention_forward(query, key, value, attn_mask=None, *, is_causal: bool = False, scale=None,
+                      dropout_p: float = 0.0, seed: int = 0, enable_gqa: bool = False, _op: str = "attention_forward"):
+    """Fused scaled-dot-product attention (FlashAttention-2) on NumPy arrays: ``(out, lse)``.
+
+    query (..., L, E), key (..., S, E), value (..., S, Ev) → out (..., L, Ev) and the row
+    log-sum-exp lse (..., L) of the scaled scores, as ``torch.nn.functional.scaled_dot_product_attention``
+    computes them: batch dimensions broadcast; ``attn_mask`` broadcasts to (..., L, S) and is boolean
+    (True takes part) or additive in the inputs' dtype; ``is_causal`` keeps key j ≤ query i
+    (top-left aligned, combined with ``attn_mask`` when both are given); ``enable_gqa`` lets the
+    query heads (dimension -3) be a multiple of the key/value heads. A row whose mask removes every
+    key gives zeros (and lse = -inf), never NaN. ``dropout_p > 0`` drops probabilities with a mask
+    that is a pure function of ``seed`` (pass the same seed to :func:`attention_backward`). The
+    L×S score matrix is never stored: extra memory is linear in L and S.
+
+    >>> import numpy as np
+    >>> q = np.ones((2, 3, 4), np.float32)
+    >>> out, lse = attention_forward(q, q, np.arange(24, dtype=np.float32).reshape(2, 3, 4))
+    >>> out[0, 0]
+    array([4., 5., 6., 7.], dtype=float32)
+    >>> lse.shape
+    (2, 3)
+    """
+    plan = _AttentionPlan(_op, query, key, value, attn_mask, enable_gqa)
+    _check_dropout(_op, dropout_p)
+    q4, k4, v4 = plan.q4, plan.k4, plan.v4
+    out = np.empty(q4.shape[:3] + (plan.Ev,), dtype=q4.dtype)
+    lse = np.empty(q4.shape[:3], dtype=q4.dtype)
+    _C.attention_forward(q4, k4, v4, plan.mask4, out, lse, bool(is_causal), plan.scale(scale), float(dropout_p),
+                         int(seed) & (2**64 - 1))
+    return out.reshape(plan.out_batch + (plan.L, plan.Ev)), lse.reshape(plan.out_batch + (plan.L,))
+
+
+def attention_backward(grad_out, query, key, value, out, lse, attn_mask=None, *, is_causal: bool = False, scale=None,
+                       dropout_p: float = 0.0, seed: int = 0, enable_gqa: bool = False, mask_grad: bool = False,
+                       _op: str = "attention_backward"):
+    """Gradients of :func:`attention_forward`: ``(grad_query, grad_key, grad_value)``, plus
+    ``grad_mask`` (the gradient of an additive ``attn_mask``) when ``mask_grad``.
+
+    ``out`` and ``lse`` are what :func:`attention_forward` returned for the same arguments (and the
+    same ``seed`` when ``dropout_p > 0``); the probabilities are recomputed block by block from
+    ``lse``. Each gradient has its input's shape (summed over broadcast dimensions).
+
+    >>> import numpy as np
+    >>> q = np.random.default_rng(0).standard_normal((1, 5, 8))
+    >>> out, lse = attention_forward(q, q, q)
+    >>> gq, gk, gv = attention_backward(np.ones_like(out), q, q, q, out, lse)
+    >>> np.allclose(gv.sum(), 5 * 8)
+    True
+    """
+    plan = _AttentionPlan(_op, query, key, value, attn_mask, enable_gqa)
+    _check_dropout(_op, dropout_p)
+    q4, k4, v4 = plan.q4, plan.k4, plan.v4
+    out_shape = plan.out_batch + (plan.L, plan.Ev)
+    arrays = {}
+    for name, x, shape in (("grad_out", grad_out, out_shape), ("out", out, out_shape),
+                           ("lse", lse, plan.out_batch + (plan.L,))):
+        x = _float_array(_op, name, x)
+        if x.shape != shape or x.dtype != q4.dtype:
+            raise ValueError(f"{_op}: {name} must be {q4.dtype} of shape {shape}, got {x.dtype} {x.shape}")
+        arrays[name] = np.ascontiguousarray(x).reshape(q4.shape[:3] + shape[len(plan.out_batch) + 1:])
+    if mask_grad and (plan.mask4 is None or plan.mask4.dtype == np.bool_):
+        raise ValueError(f"{_op}: mask_grad needs an additive (float) attn_mask")
+    grad_q = np.empty(q4.shape, q4.dtype)
+    grad_k = np.empty(k4.shape, q4.dtype)
+    grad_v = np.empty(v4.shape, q4.dtype)
+    grad_m = np.empty(q4.shape[:3] + (plan.S,), q4.dtype) if mask_grad else None
+    _C.attention_backward(arrays["grad_out"], q4, k4, v4, arrays["out"], arrays["lse"], plan.mask4, grad_q, grad_k,
+                          grad_v, grad_m, bool(is_causal), plan.scale(scale), float(dropout_p),
+                          int(seed) & (2**64 - 1))
+    grads = (
+        _sum_to(grad_q.reshape(plan.out_batch + (plan.L, plan.E)), plan.query_shape),
+        _sum_to(grad_k.reshape(plan.kv_batch + (plan.S, plan.E)), plan.key_shape),
+        _sum_to(grad_v.reshape(plan.kv_batch + (plan.S, plan.Ev)), plan.value_shape),
+    )
+    if mask_grad:
+        grads += (_sum_to(grad_m.reshape(plan.out_batch + (plan.L, plan.S)), plan.mask_shape),)
+    return grads
 
 
 # ---- CUDA (cuda branch) ---------------------------------------------------------------------------

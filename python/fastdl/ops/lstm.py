@@ -12,7 +12,10 @@ GRU and RNN are composed from ops in :mod:`fastdl.functional` (a fallback declar
 """
 from __future__ import annotations
 
+import numpy as np
+
 from .. import kernels
+from ..backend import _C
 from ..tensor import Function
 
 
@@ -47,14 +50,27 @@ class LSTMFn(Function):
         return (gx, gh0, gc0, gw_ih, gw_hh) + _bias_grads(gb, needs)
 
 
+def _contiguous(a):
+    return a if a is None or a.flags.c_contiguous else np.ascontiguousarray(a)
+
+
 class LSTMCellFn(Function):
+    """One step; the caller (``functional.lstm_cell``) has checked every shape and dtype, so the
+    kernel is called directly: a cell step from Python is dominated by call overhead."""
+
     @staticmethod
     def forward(ctx, x, h, c, w_ih, w_hh, b_ih, b_hh):
         training = any(ctx.needs_input_grad)
-        y, h_n, c_n, saved = kernels.lstm_forward(x[None], w_ih, w_hh, b_ih, b_hh, h, c, training=training)
+        B, H = x.shape[0], w_hh.shape[1]
+        y = np.empty((1, B, H), x.dtype)
+        c_n = np.empty((B, H), x.dtype)
+        gates = np.empty((1, B, 4 * H), x.dtype)
+        cell = np.empty((1, B, H), x.dtype) if training else None
+        _C.lstm_forward(_contiguous(x)[None], _contiguous(w_ih), _contiguous(w_hh), _contiguous(b_ih),
+                        _contiguous(b_hh), _contiguous(h), _contiguous(c), y, y[0], c_n, gates, cell)
         if training:
-            ctx.save_for_backward(x, h, c, w_ih, w_hh, y, *saved)
-        return h_n, c_n
+            ctx.save_for_backward(x, h, c, w_ih, w_hh, y, gates, cell)
+        return y[0], c_n
 
     @staticmethod
     def backward(ctx, grad_h, grad_c):
