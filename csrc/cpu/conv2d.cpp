@@ -750,6 +750,25 @@ void forward_1x1(T* y, const T* x, const T* w, const T* bias, const Geo& g, cons
     for (index_t t = 0; t < f.tasks; ++t) image_group(t);
 }
 
+// The input rows a block of output pixels [m0, m0 + pb) reads, per image: padded rows [pr0, pr1)
+// (padded row = input row + pt) stacked in the slab from row `at`. Returns the slab's row count.
+struct SlabSegment {
+  index_t n, pr0, pr1, at;
+};
+index_t slab_segments(const Geo& g, index_t m0, index_t pb, std::vector<SlabSegment>* segments) {
+  const index_t P = g.P();
+  index_t rows = 0;
+  if (segments) segments->clear();
+  for (index_t m = m0; m < m0 + pb;) {
+    const index_t n = m / P, q = m % P, len = std::min(m0 + pb - m, P - q);
+    const index_t pr0 = (q / g.OW) * g.sh, pr1 = ((q + len - 1) / g.OW) * g.sh + (g.KH - 1) * g.dh + 1;
+    if (segments) segments->push_back({n, pr0, pr1, rows});
+    rows += pr1 - pr0;
+    m += len;
+  }
+  return rows;
+}
+
 template <class T>
 void forward_implicit(T* y, const T* x, const T* w, const T* bias, const Geo& g, const ForwardPlan& f) {
   const GemmBlocking b = gemm_blocking<T>();
@@ -777,7 +796,11 @@ void forward_implicit(T* y, const T* x, const T* w, const T* bias, const Geo& g,
       }
     }
   });
-  const SliverPacker<T> pack = im2col_packer<T>(f.pixels_on_m ? b.MR : f.R);
+  const SliverPacker<T> pack = im2col_packer<T>(f.R);
+  // Offset of tap (kh, kw) from a lane's tap origin in a slab row of Wp columns.
+  const index_t Wp = std::max(g.pl + g.W, (g.OW - 1) * g.sw + (g.KW - 1) * g.dw + 1);
+  std::vector<index_t> tap_off(static_cast<std::size_t>(g.taps()));
+  for (index_t t = 0; t < g.taps(); ++t) tap_off[t] = (t / g.KW) * g.dh * Wp + (t % g.KW) * g.dw;
   const T* x_end = x + g.N * g.C_in * HW;
   run_tasks(f.tasks, f.team, [&](index_t t) {
     static thread_local AlignedBuffer<T> sliver_buffer, tile_buffer;
@@ -785,13 +808,12 @@ void forward_implicit(T* y, const T* x, const T* w, const T* bias, const Geo& g,
     // Offset of tap k = (ci·KH + kh)·KW + kw from a lane's tap origin in the slab.
     const auto koff_buffer_for = [&](index_t n) { return koff_buffer.get(static_cast<std::size_t>(n)); };
     const index_t gi = t / f.nblocks, m0 = (t % f.nblocks) * f.PB, pb = std::min(f.PB, NP - m0);
-    const index_t sliver_rows = f.pixels_on_m ? b.MR : f.R;
-    T* sliver = sliver_buffer.get(static_cast<std::size_t>(sliver_rows * (f.KCb + 1)));
     T* tile = tile_buffer.get(static_cast<std::size_t>(f.PB * f.Cop));
     const T* xg = x + gi * g.cig() * HW;
     const T* bg = bias ? bias + gi * Cog : nullptr;
     if (!f.pixels_on_m) {
       // Channels × pixels: every sliver of im2col packed into L1 and multiplied at once.
+      T* sliver = sliver_buffer.get(static_cast<std::size_t>(f.R * (f.KCb + 1)));
       for (index_t kb = 0; kb < f.kblocks; ++kb) {
         const index_t pc = kb * f.KCb, kc = std::min(f.KCb, K - pc);
         const T* wp = Wg + (gi * f.kblocks + kb) * wg_block;
@@ -826,25 +848,13 @@ void forward_implicit(T* y, const T* x, const T* w, const T* bias, const Geo& g,
     // The input rows the block reads, zero-padded, as a small NCHW slab [ci][row][Wp]: the rows of
     // each image the block touches, one image after the other. Every lane then reads its taps from
     // the slab without a bounds check, row ends and padding included.
-    const index_t Wp = std::max(g.pl + g.W, (g.OW - 1) * g.sw + (g.KW - 1) * g.dw + 1);
-    struct Segment {
-      index_t n, pr0, pr1, at;  // image, padded rows [pr0, pr1) (padded row = input row + pt), first slab row
-    };
-    static thread_local std::vector<Segment> segments;
-    segments.clear();
-    index_t rows = 0;
-    for (index_t m = m0; m < m0 + pb;) {
-      const index_t n = m / P, q = m % P, len = std::min(m0 + pb - m, P - q);
-      const index_t pr0 = (q / g.OW) * g.sh, pr1 = ((q + len - 1) / g.OW) * g.sh + (g.KH - 1) * g.dh + 1;
-      segments.push_back({n, pr0, pr1, rows});
-      rows += pr1 - pr0;
-      m += len;
-    }
+    static thread_local std::vector<SlabSegment> segments;
+    const index_t rows = slab_segments(g, m0, pb, &segments);
     const index_t plane = rows * Wp;
     static thread_local AlignedBuffer<T> slab_buffer;
     T* slab = slab_buffer.get(static_cast<std::size_t>(g.cig() * plane + 1));
     for (index_t ci = 0; ci < g.cig(); ++ci)
-      for (const Segment& sg : segments)
+      for (const SlabSegment& sg : segments)
         for (index_t pr = sg.pr0; pr < sg.pr1; ++pr) {
           T* __restrict dst = slab + ci * plane + (sg.at + pr - sg.pr0) * Wp;
           const index_t ih = pr - g.pt;
@@ -859,8 +869,8 @@ void forward_implicit(T* y, const T* x, const T* w, const T* bias, const Geo& g,
           for (index_t c = c1; c < Wp; ++c) dst[c] = T(0);
         }
     index_t* koff = koff_buffer_for(K);
-    for (index_t k = 0; k < K; ++k)
-      koff[k] = (k / g.taps()) * plane + ((k / g.KW) % g.KH) * g.dh * Wp + (k % g.KW) * g.dw;
+    for (index_t ci = 0, k = 0; ci < g.cig(); ++ci)
+      for (index_t t = 0; t < g.taps(); ++t, ++k) koff[k] = ci * plane + tap_off[t];
     // Lane offsets of each sliver, walking the block's pixels (lanes past it repeat its last pixel).
     const index_t slivers = ceil_div(pb, f.R);
     index_t* lanes = lane_buffer.get(static_cast<std::size_t>(slivers * f.R));
@@ -868,7 +878,7 @@ void forward_implicit(T* y, const T* x, const T* w, const T* bias, const Geo& g,
       std::size_t seg = 0;
       index_t oh = (m0 % P) / g.OW, ow = m0 % g.OW;
       for (index_t i = 0; i < pb; ++i) {
-        const Segment& sg = segments[seg];
+        const SlabSegment& sg = segments[seg];
         lanes[i] = (sg.at + oh * g.sh - sg.pr0) * Wp + ow * g.sw;
         if (++ow == g.OW && ++oh == g.OH) oh = 0, ++seg;
         if (ow == g.OW) ow = 0;
@@ -940,8 +950,9 @@ inline void scatter_row(T* dxc, const T* v, index_t len, index_t oh, index_t ow,
   }
 }
 
-// Stride > 1, C_in/G and C_out/G ≥ 2: per pixel block dcol (rows k of a channel range × pixels)
-// = Wᵀ · dy, then col2im adds each row into dx. Tasks own (image, group, channel range), so no two
+// C_in/G and C_out/G ≥ 2 (stride > 1, or stride 1 where the flipped convolution would waste more):
+// per pixel block dcol (rows k of a channel range × pixels) = Wᵀ · dy, then col2im adds each row
+// into dx. Tasks own (image, group, channel range), so no two
 // threads add into the same dx element.
 template <class T>
 void backward_input_col2im(T* dx, const T* dy, const T* w, const Geo& g) {
@@ -955,6 +966,7 @@ void backward_input_col2im(T* dx, const T* dy, const T* w, const Geo& g) {
   const index_t PB = std::max<index_t>(b.NR, (256 << 10) / sizeof(T) / rows_max / b.NR * b.NR);
   run_tasks(tasks, team_for(tasks, g.flops(), threads), [&](index_t t) {
     static thread_local AlignedBuffer<T> a_buffer, b_buffer, col_buffer;
+    static thread_local std::vector<Run> run_buffer;
     const index_t n = t / (g.G * parts), gi = (t / parts) % g.G, part = t % parts;
     const index_t c0 = std::min(Cig, part * ceil_div(Cig, parts)), c1 = std::min(Cig, c0 + ceil_div(Cig, parts));
     if (c0 >= c1) return;
@@ -965,6 +977,8 @@ void backward_input_col2im(T* dx, const T* dy, const T* w, const Geo& g) {
     T* Ap = a_buffer.get(static_cast<std::size_t>(kblocks * a_block));
     T* Bp = b_buffer.get(static_cast<std::size_t>(round_up(PB, b.NR) * KCb));
     T* col = col_buffer.get(static_cast<std::size_t>(rows * PB));
+    run_buffer.resize(static_cast<std::size_t>(std::min(PB, P) + 2));
+    Run* runs = run_buffer.data();
     const T* wg = w + gi * Cog * K;
     for (index_t kb = 0; kb < kblocks; ++kb) {
       const index_t pc = kb * KCb, kc = std::min(KCb, Cog - pc);
@@ -978,12 +992,33 @@ void backward_input_col2im(T* dx, const T* dy, const T* w, const Geo& g) {
         gemm_pack_b<T>(kc, pb, dyg + pc * P + q0, P, 1, Bp);
         gemm_packed_block<T>(rows, pb, kc, T(1), Ap + kb * a_block, Bp, kb == 0 ? T(0) : T(1), col, pb, 1);
       }
-      for (index_t k = 0; k < rows; ++k) {
-        const index_t ci = c0 + k / taps, kh = (k / g.KW) % g.KH, kw = k % g.KW;
-        for (index_t r = 0; r < pb;) {
-          const index_t q = q0 + r, oh = q / g.OW, ow = q % g.OW, len = std::min(pb - r, g.OW - ow);
-          scatter_row(dxg + ci * HW, col + k * pb + r, len, oh, ow, kh, kw, g);
-          r += len;
+      // The block's pixels as runs along output rows, then every row k of dcol added into dx.
+      index_t nruns = 0;
+      for (index_t r = 0, oh = q0 / g.OW, ow = q0 % g.OW; r < pb; ++oh, ow = 0) {
+        const index_t len = std::min(pb - r, g.OW - ow);
+        runs[nruns++] = {r, len, 0, oh, ow};
+        r += len;
+      }
+      for (index_t k = 0, ci = c0, kh = 0, kw = 0; k < rows; ++k) {
+        T* dxc = dxg + ci * HW;
+        const T* v = col + k * pb;
+        for (index_t i = 0; i < nruns; ++i) {
+          const Run& run = runs[i];
+          const index_t ih = run.oh * g.sh - g.pt + kh * g.dh;
+          if (ih < 0 || ih >= g.H) continue;
+          const index_t iw0 = run.ow * g.sw - g.pl + kw * g.dw;
+          if (g.sw == 1) {
+            const index_t lo = std::clamp<index_t>(-iw0, 0, run.len), hi = std::clamp<index_t>(g.W - iw0, lo, run.len);
+            T* __restrict row = dxc + ih * g.W + iw0;
+            const T* __restrict src = v + run.r0;
+            for (index_t j = lo; j < hi; ++j) row[j] += src[j];
+          } else {
+            scatter_row(dxc, v + run.r0, run.len, run.oh, run.ow, kh, kw, g);
+          }
+        }
+        if (++kw == g.KW) {
+          kw = 0;
+          if (++kh == g.KH) kh = 0, ++ci;
         }
       }
     }
@@ -1024,12 +1059,26 @@ void backward_input_direct(T* dx, const T* dy, const T* w, const Geo& g) {
 template <class T>
 void backward_input_any(T* dx, const T* dy, const T* w, const Geo& g) {
   if (g.N == 0) return;
-  if (g.sh == 1 && g.sw == 1)
-    backward_input_flipped(dx, dy, w, g);
-  else if (g.cig() == 1 || g.cog() == 1)
+  const bool thin = g.cig() == 1 || g.cog() == 1;
+  if (g.sh == 1 && g.sw == 1 && !thin) {
+    // The flipped convolution computes every tap of every dx pixel, the useful ones being about
+    // OH·OW/(H·W) of them (a 'valid' 5×5 on 14×14 does twice the work), on tiles of C_in/G
+    // channels; col2im does exactly the useful work in a GEMM with K = C_out/G but then adds each
+    // product into dx, about two cycles an element against C_out/G/16 for its multiply-adds.
+    const double useful = double(g.OH * g.OW) / double(g.H * g.W);
+    const double flipped = choose_tile<T>(g.cig()).waste / std::min(1.0, useful);
+    const double col2im = 1.0 + 32.0 / g.cog();
+    if (flipped <= col2im)
+      backward_input_flipped(dx, dy, w, g);
+    else
+      backward_input_col2im(dx, dy, w, g);
+  } else if (g.sh == 1 && g.sw == 1) {
+    backward_input_flipped(dx, dy, w, g);  // the direct kernel, on the flipped weights
+  } else if (thin) {
     backward_input_direct(dx, dy, w, g);
-  else
+  } else {
     backward_input_col2im(dx, dy, w, g);
+  }
 }
 
 // ---- backward-weight --------------------------------------------------------------------------
@@ -1292,11 +1341,21 @@ std::size_t conv2d_forward_workspace(const Conv2dShape& s, int threads) {
   const Geo g = geo_of(s);
   const ForwardPlan f = plan_forward<T>(g, threads);
   if (f.path != Path::implicit) return 0;
-  const std::size_t weights = static_cast<std::size_t>(
-      f.pixels_on_m ? g.G * g.K() * f.Cop : g.G * f.kblocks * f.Cog_gemm * gemm_blocking<T>().KC);
-  const std::size_t per_thread = static_cast<std::size_t>((f.R + 1) * f.KCb + f.PB * f.Cop) +
-                                 static_cast<std::size_t>(ceil_div(f.PB, f.R) * (f.R + 1) + g.K()) * sizeof(index_t) / sizeof(T);
-  return (weights + per_thread * f.team) * sizeof(T);
+  const index_t NP = g.N * g.P();
+  if (!f.pixels_on_m) {
+    const std::size_t weights = static_cast<std::size_t>(g.G * f.kblocks * f.Cog_gemm * gemm_blocking<T>().KC);
+    const std::size_t per_thread = static_cast<std::size_t>(f.R * (f.KCb + 1) + f.PB * f.Cop);
+    return (weights + per_thread * f.team) * sizeof(T);
+  }
+  // The largest slab of any block (blocks differ only in where they start in the images).
+  index_t rows = 0;
+  for (index_t m0 = 0; m0 < NP && m0 < f.PB * std::max<index_t>(1, g.P()); m0 += f.PB)
+    rows = std::max(rows, slab_segments(g, m0, std::min(f.PB, NP - m0), nullptr));
+  const index_t Wp = std::max(g.pl + g.W, (g.OW - 1) * g.sw + (g.KW - 1) * g.dw + 1);
+  const std::size_t weights = static_cast<std::size_t>(g.G * g.K() * f.Cop) * sizeof(T);
+  const std::size_t per_thread = static_cast<std::size_t>(f.PB * f.Cop + g.cig() * rows * Wp + 1) * sizeof(T) +
+                                 static_cast<std::size_t>(ceil_div(f.PB, f.R) * f.R + g.K()) * sizeof(index_t);
+  return weights + per_thread * f.team + static_cast<std::size_t>(g.taps()) * sizeof(index_t);
 }
 
 template <class T>
