@@ -1,4 +1,4 @@
-// LSTM over a whole sequence, forward and backward through time (PyTorch's gate order i, f, g, o):
+// LSTM (and GRU) over a whole sequence, forward and backward through time (PyTorch's gate order i, f, g, o):
 //   G_t = x_t·W_ihᵀ + h_{t-1}·W_hhᵀ + b_ih + b_hh (B×4H);  i, f, o = σ(G), g = tanh(G)
 //   c_t = f⊙c_{t-1} + i⊙g;  h_t = o⊙tanh(c_t)
 // Forward: one GEMM (cpu::gemm) projects every step's input, X (TB×I)·W_ihᵀ → G (TB×4H). Fused
@@ -12,6 +12,8 @@
 // gradients; then dx = dG·W_ih, dW_ih = dGᵀ·X, dW_hh = dGᵀ·[h_0 … h_{T-2}], db = Σ dG as GEMMs.
 // Stepwise path (the readable reference; automatic for T = 1, e.g. LSTMCell): per step cpu::gemm
 // for the recurrent product, then the same gate epilogue as a separate pass.
+// GRU (gru_forward/backward): the same tiles with 3 gates (r, z, n); the recurrent part of n,
+// W_hn·h + b_hn, is kept for the backward, which carries dh_{t+1}⊙z_{t+1} like the LSTM's dc.
 // Cost floor: forward 2·T·B·4H·(I+H) FLOPs, backward twice that; W_hh (16H² bytes in float32) is
 // streamed once per step per row block from L2 (L3 when 16H²/threads exceeds L2).
 // Reference: Hochreiter & Schmidhuber 1997; Appleyard, Kočiský & Blunsom 2016 (hoisted input GEMM,
@@ -364,40 +366,48 @@ struct Lstm {
       }
   }
 
-  template <int R>
-  static void tile(Op op, const Ctx<S>& c, index_t t, index_t p, index_t b0) {
-    if (op == Op::forward_thread) return forward_tile<R>(c, t, p, b0);
-    if (op == Op::gru_forward_thread) return gru_forward_tile<R>(c, t, p, b0);
-    const bool gru = op == Op::gru_backward_thread;
-    switch (std::min<index_t>(4, ceil_div(c.H - p * 4 * W, W))) {
-      case 1: return gru ? gru_backward_tile<R, 1>(c, t, p, b0) : backward_tile<R, 1>(c, t, p, b0);
-      case 2: return gru ? gru_backward_tile<R, 2>(c, t, p, b0) : backward_tile<R, 2>(c, t, p, b0);
-      case 3: return gru ? gru_backward_tile<R, 3>(c, t, p, b0) : backward_tile<R, 3>(c, t, p, b0);
-      default: return gru ? gru_backward_tile<R, 4>(c, t, p, b0) : backward_tile<R, 4>(c, t, p, b0);
+  // Each kind of sequence is its own instantiation: one tile kernel per loop keeps its
+  // accumulators in registers (a loop that can reach every kind spills them).
+  template <Op K, int R>
+  static void tile(const Ctx<S>& c, index_t t, index_t p, index_t b0) {
+    if constexpr (K == Op::forward_thread) {
+      forward_tile<R>(c, t, p, b0);
+    } else if constexpr (K == Op::gru_forward_thread) {
+      gru_forward_tile<R>(c, t, p, b0);
+    } else {
+      constexpr bool gru = K == Op::gru_backward_thread;
+      switch (std::min<index_t>(4, ceil_div(c.H - p * 4 * W, W))) {
+        case 1: return gru ? gru_backward_tile<R, 1>(c, t, p, b0) : backward_tile<R, 1>(c, t, p, b0);
+        case 2: return gru ? gru_backward_tile<R, 2>(c, t, p, b0) : backward_tile<R, 2>(c, t, p, b0);
+        case 3: return gru ? gru_backward_tile<R, 3>(c, t, p, b0) : backward_tile<R, 3>(c, t, p, b0);
+        default: return gru ? gru_backward_tile<R, 4>(c, t, p, b0) : backward_tile<R, 4>(c, t, p, b0);
+      }
     }
   }
 
-  static void run_tile(Op op, const Ctx<S>& c, index_t t, index_t p, index_t b0, index_t rows) {
+  template <Op K>
+  static void run_tile(const Ctx<S>& c, index_t t, index_t p, index_t b0, index_t rows) {
     switch (rows) {
-      case 1: return tile<1>(op, c, t, p, b0);
-      case 2: return tile<2>(op, c, t, p, b0);
-      case 3: return tile<3>(op, c, t, p, b0);
+      case 1: return tile<K, 1>(c, t, p, b0);
+      case 2: return tile<K, 2>(c, t, p, b0);
+      case 3: return tile<K, 3>(c, t, p, b0);
       default: break;
     }
     if constexpr (MR > 3) {
       switch (rows) {
-        case 4: return tile<4>(op, c, t, p, b0);
-        case 5: return tile<5>(op, c, t, p, b0);
-        case 6: return tile<6>(op, c, t, p, b0);
+        case 4: return tile<K, 4>(c, t, p, b0);
+        case 5: return tile<K, 5>(c, t, p, b0);
+        case 6: return tile<K, 6>(c, t, p, b0);
         default: break;
       }
     }
   }
 
   // One thread's part of the whole sequence: its tiles of every step, a barrier between steps.
-  static void sequence_thread(Op op, const Ctx<S>& c) {
+  template <Op K>
+  static void sequence_thread(const Ctx<S>& c) {
     const DenormalGuard guard;
-    const bool forward = op == Op::forward_thread || op == Op::gru_forward_thread;
+    constexpr bool forward = K == Op::forward_thread || K == Op::gru_forward_thread;
     index_t first, last;
     thread_range(c.panels * c.row_blocks, c.thread, c.threads, &first, &last);
     for (index_t s = 0; s < c.T; ++s) {
@@ -405,7 +415,7 @@ struct Lstm {
       for (index_t item = first; item < last; ++item) {
         index_t b0, rows;
         row_block(c.B, c.row_blocks, item % c.row_blocks, &b0, &rows);
-        run_tile(op, c, t, item / c.row_blocks, b0, rows);
+        run_tile<K>(c, t, item / c.row_blocks, b0, rows);
       }
       if (c.threads > 1) {
 #pragma omp barrier
@@ -443,28 +453,74 @@ struct Lstm {
     }
   }
 
-  static void run(Op op, const Ctx<S>& c) {
-    switch (op) {
-      case Op::forward_thread:
-      case Op::backward_thread:
-      case Op::gru_forward_thread:
-      case Op::gru_backward_thread: return sequence_thread(op, c);
-      case Op::forward_gates: return forward_gates(c);
-      case Op::backward_gates: return backward_gates(c);
-      case Op::vexp: return math<Op::vexp>(c);
-      case Op::vsigmoid: return math<Op::vsigmoid>(c);
-      case Op::vtanh: return math<Op::vtanh>(c);
+  template <Op K>
+  static void run(const Ctx<S>& c) {
+    if constexpr (K == Op::forward_gates) {
+      forward_gates(c);
+    } else if constexpr (K == Op::backward_gates) {
+      backward_gates(c);
+    } else if constexpr (K == Op::vexp || K == Op::vsigmoid || K == Op::vtanh) {
+      math<K>(c);
+    } else {
+      sequence_thread<K>(c);
     }
   }
 };
 
-// One entry function per (ISA, dtype): the generic code above compiled for that ISA.
-FASTDL_TARGET_AVX512 FASTDL_FLATTEN void run_avx512_f32(Op op, const Ctx<float>& c) { Lstm<simd::Avx512F32>::run(op, c); }
-FASTDL_TARGET_AVX512 FASTDL_FLATTEN void run_avx512_f64(Op op, const Ctx<double>& c) { Lstm<simd::Avx512F64>::run(op, c); }
-FASTDL_TARGET_AVX2 FASTDL_FLATTEN void run_avx2_f32(Op op, const Ctx<float>& c) { Lstm<simd::Avx2F32>::run(op, c); }
-FASTDL_TARGET_AVX2 FASTDL_FLATTEN void run_avx2_f64(Op op, const Ctx<double>& c) { Lstm<simd::Avx2F64>::run(op, c); }
-FASTDL_FLATTEN void run_portable_f32(Op op, const Ctx<float>& c) { Lstm<simd::Portable<float>>::run(op, c); }
-FASTDL_FLATTEN void run_portable_f64(Op op, const Ctx<double>& c) { Lstm<simd::Portable<double>>::run(op, c); }
+// Entry functions: one per (ISA, dtype, op), each the generic code above compiled for that ISA.
+// One function per op keeps each flattened body small enough for the register allocator to hold
+// the tile accumulators in registers (a single function for every op spilled them).
+struct EntryAvx512F32 {
+  template <Op K>
+  FASTDL_TARGET_AVX512 FASTDL_FLATTEN static void run(const Ctx<float>& c) {
+    Lstm<simd::Avx512F32>::run<K>(c);
+  }
+};
+struct EntryAvx512F64 {
+  template <Op K>
+  FASTDL_TARGET_AVX512 FASTDL_FLATTEN static void run(const Ctx<double>& c) {
+    Lstm<simd::Avx512F64>::run<K>(c);
+  }
+};
+struct EntryAvx2F32 {
+  template <Op K>
+  FASTDL_TARGET_AVX2 FASTDL_FLATTEN static void run(const Ctx<float>& c) {
+    Lstm<simd::Avx2F32>::run<K>(c);
+  }
+};
+struct EntryAvx2F64 {
+  template <Op K>
+  FASTDL_TARGET_AVX2 FASTDL_FLATTEN static void run(const Ctx<double>& c) {
+    Lstm<simd::Avx2F64>::run<K>(c);
+  }
+};
+struct EntryPortableF32 {
+  template <Op K>
+  FASTDL_FLATTEN static void run(const Ctx<float>& c) {
+    Lstm<simd::Portable<float>>::run<K>(c);
+  }
+};
+struct EntryPortableF64 {
+  template <Op K>
+  FASTDL_FLATTEN static void run(const Ctx<double>& c) {
+    Lstm<simd::Portable<double>>::run<K>(c);
+  }
+};
+
+template <class E, class S>
+void dispatch(Op op, const Ctx<S>& c) {
+  switch (op) {
+    case Op::forward_thread: return E::template run<Op::forward_thread>(c);
+    case Op::backward_thread: return E::template run<Op::backward_thread>(c);
+    case Op::gru_forward_thread: return E::template run<Op::gru_forward_thread>(c);
+    case Op::gru_backward_thread: return E::template run<Op::gru_backward_thread>(c);
+    case Op::forward_gates: return E::template run<Op::forward_gates>(c);
+    case Op::backward_gates: return E::template run<Op::backward_gates>(c);
+    case Op::vexp: return E::template run<Op::vexp>(c);
+    case Op::vsigmoid: return E::template run<Op::vsigmoid>(c);
+    case Op::vtanh: return E::template run<Op::vtanh>(c);
+  }
+}
 
 // The vector width and rows per tile at a level, and its entry function.
 template <class S>
@@ -473,19 +529,24 @@ struct Isa {
   void (*run)(Op, const Ctx<S>&);
 };
 
+template <class V, class E>
+Isa<typename V::T> isa() {
+  return {Lstm<V>::W, Lstm<V>::MR, dispatch<E, typename V::T>};
+}
+
 template <class S>
 Isa<S> isa_for(CpuCapability level) {
   if constexpr (sizeof(S) == 4) {
     switch (level) {
-      case CpuCapability::avx512: return {Lstm<simd::Avx512F32>::W, Lstm<simd::Avx512F32>::MR, run_avx512_f32};
-      case CpuCapability::avx2: return {Lstm<simd::Avx2F32>::W, Lstm<simd::Avx2F32>::MR, run_avx2_f32};
-      default: return {Lstm<simd::Portable<float>>::W, Lstm<simd::Portable<float>>::MR, run_portable_f32};
+      case CpuCapability::avx512: return isa<simd::Avx512F32, EntryAvx512F32>();
+      case CpuCapability::avx2: return isa<simd::Avx2F32, EntryAvx2F32>();
+      default: return isa<simd::Portable<float>, EntryPortableF32>();
     }
   } else {
     switch (level) {
-      case CpuCapability::avx512: return {Lstm<simd::Avx512F64>::W, Lstm<simd::Avx512F64>::MR, run_avx512_f64};
-      case CpuCapability::avx2: return {Lstm<simd::Avx2F64>::W, Lstm<simd::Avx2F64>::MR, run_avx2_f64};
-      default: return {Lstm<simd::Portable<double>>::W, Lstm<simd::Portable<double>>::MR, run_portable_f64};
+      case CpuCapability::avx512: return isa<simd::Avx512F64, EntryAvx512F64>();
+      case CpuCapability::avx2: return isa<simd::Avx2F64, EntryAvx2F64>();
+      default: return isa<simd::Portable<double>, EntryPortableF64>();
     }
   }
 }
