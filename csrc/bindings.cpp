@@ -5,6 +5,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <array>
 #include <cstdint>
 #include <initializer_list>
 #include <string>
@@ -139,6 +140,295 @@ void matmul_batched(const py::array& a, const py::array& b, py::array out) {
     matmul_batched_typed<float>(a, b, out);
   else
     matmul_batched_typed<double>(a, b, out);
+}
+
+// ---- conv2d family -------------------------------------------------------------------------------
+// Arrays must be C-contiguous (the Python layer copies views); every size is checked here and again
+// in the kernel.
+
+std::string dtype_of(const py::array& a) { return py::str(a.dtype()).cast<std::string>(); }
+
+void check_conv_array(const py::array& a, const char* op, const char* name, DType want) {
+  if (float_dtype(a, op, name) != want)
+    throw py::type_error(std::string(op) + ": " + name + " must have the input's dtype " +
+                         (want == DType::f32 ? "float32" : "float64") + ", got " + dtype_of(a) + " " + shape_of(a));
+  if (!(a.flags() & py::array::c_style))
+    throw py::value_error(std::string(op) + ": " + name + " " + shape_of(a) + " must be C-contiguous");
+}
+
+void check_ndim(const py::array& a, py::ssize_t ndim, const char* op, const char* name) {
+  if (a.ndim() != ndim)
+    throw py::value_error(std::string(op) + ": " + name + " must be " + std::to_string(ndim) + "-D, got " +
+                          shape_of(a));
+}
+
+struct ConvArgs {
+  std::array<index_t, 2> stride;
+  std::array<index_t, 4> padding;  // top, left, bottom, right
+  std::array<index_t, 2> dilation;
+  index_t groups;
+};
+
+// The Conv2dShape of input (N, C_in, H, W), weight (C_out, C_in/groups, KH, KW), output (N, C_out, OH, OW).
+fastdl::cpu::Conv2dShape conv_shape(const py::array& input, const py::array& weight, const py::array& output,
+                                    const ConvArgs& a, const char* op) {
+  check_ndim(input, 4, op, "input");
+  check_ndim(weight, 4, op, "weight");
+  check_ndim(output, 4, op, "output");
+  const auto s = fastdl::cpu::Conv2dShape{input.shape(0), input.shape(1), input.shape(2), input.shape(3),
+                                          weight.shape(0), weight.shape(2), weight.shape(3), output.shape(2),
+                                          output.shape(3), a.stride[0], a.stride[1], a.padding[0], a.padding[1],
+                                          a.padding[2], a.padding[3], a.dilation[0], a.dilation[1], a.groups};
+  const std::string shapes =
+      "input " + shape_of(input) + ", weight " + shape_of(weight) + ", output " + shape_of(output);
+  if (a.groups < 1) throw py::value_error(std::string(op) + ": groups must be >= 1, got " + std::to_string(a.groups));
+  if (weight.shape(1) * a.groups != input.shape(1))
+    throw py::value_error(std::string(op) + ": input channels " + std::to_string(input.shape(1)) +
+                          " != weight.shape[1] * groups = " + std::to_string(weight.shape(1)) + " * " +
+                          std::to_string(a.groups) + " for " + shapes);
+  if (output.shape(0) != input.shape(0) || output.shape(1) != weight.shape(0))
+    throw py::value_error(std::string(op) + ": output must be (N, C_out, OH, OW) = (" +
+                          std::to_string(input.shape(0)) + ", " + std::to_string(weight.shape(0)) + ", ...) for " +
+                          shapes);
+  return s;
+}
+
+template <class T>
+const T* data_or_null(const py::object& a) {
+  return a.is_none() ? nullptr : static_cast<const T*>(a.cast<py::array>().data());
+}
+
+void conv2d_forward(const py::array& x, const py::array& w, const py::object& bias, py::array y, const ConvArgs& a) {
+  const DType t = float_dtype(x, "conv2d", "input");
+  check_conv_array(x, "conv2d", "input", t);
+  check_conv_array(w, "conv2d", "weight", t);
+  check_conv_array(y, "conv2d", "out", t);
+  check_writable(y, "conv2d");
+  const auto s = conv_shape(x, w, y, a, "conv2d");
+  if (!bias.is_none()) {
+    const auto b = bias.cast<py::array>();
+    check_conv_array(b, "conv2d", "bias", t);
+    if (b.ndim() != 1 || b.shape(0) != s.C_out)
+      throw py::value_error("conv2d: bias must be (" + std::to_string(s.C_out) + ",), got " + shape_of(b));
+  }
+  if (t == DType::f32) {
+    const float *px = static_cast<const float*>(x.data()), *pw = static_cast<const float*>(w.data());
+    const float* pb = data_or_null<float>(bias);
+    float* py_ = static_cast<float*>(y.mutable_data());
+    py::gil_scoped_release release;
+    fastdl::cpu::conv2d_forward<float>(py_, px, pw, pb, s);
+  } else {
+    const double *px = static_cast<const double*>(x.data()), *pw = static_cast<const double*>(w.data());
+    const double* pb = data_or_null<double>(bias);
+    double* py_ = static_cast<double*>(y.mutable_data());
+    py::gil_scoped_release release;
+    fastdl::cpu::conv2d_forward<double>(py_, px, pw, pb, s);
+  }
+}
+
+void conv2d_backward_input(const py::array& dy, const py::array& w, py::array dx, const ConvArgs& a) {
+  const char* op = "conv2d_backward_input";
+  const DType t = float_dtype(dy, op, "grad_output");
+  check_conv_array(dy, op, "grad_output", t);
+  check_conv_array(w, op, "weight", t);
+  check_conv_array(dx, op, "grad_input", t);
+  check_writable(dx, op);
+  const auto s = conv_shape(dx, w, dy, a, op);
+  if (t == DType::f32) {
+    const float *pdy = static_cast<const float*>(dy.data()), *pw = static_cast<const float*>(w.data());
+    float* pdx = static_cast<float*>(dx.mutable_data());
+    py::gil_scoped_release release;
+    fastdl::cpu::conv2d_backward_input<float>(pdx, pdy, pw, s);
+  } else {
+    const double *pdy = static_cast<const double*>(dy.data()), *pw = static_cast<const double*>(w.data());
+    double* pdx = static_cast<double*>(dx.mutable_data());
+    py::gil_scoped_release release;
+    fastdl::cpu::conv2d_backward_input<double>(pdx, pdy, pw, s);
+  }
+}
+
+void conv2d_backward_weight(const py::array& dy, const py::array& x, py::array dw, const py::object& dbias,
+                            const ConvArgs& a) {
+  const char* op = "conv2d_backward_weight";
+  const DType t = float_dtype(dy, op, "grad_output");
+  check_conv_array(dy, op, "grad_output", t);
+  check_conv_array(x, op, "input", t);
+  check_conv_array(dw, op, "grad_weight", t);
+  check_writable(dw, op);
+  const auto s = conv_shape(x, dw, dy, a, op);
+  py::array db;
+  if (!dbias.is_none()) {
+    db = dbias.cast<py::array>();
+    check_conv_array(db, op, "grad_bias", t);
+    check_writable(db, op);
+    if (db.ndim() != 1 || db.shape(0) != s.C_out)
+      throw py::value_error(std::string(op) + ": grad_bias must be (" + std::to_string(s.C_out) + ",), got " +
+                            shape_of(db));
+  }
+  if (t == DType::f32) {
+    const float *pdy = static_cast<const float*>(dy.data()), *px = static_cast<const float*>(x.data());
+    float* pdw = static_cast<float*>(dw.mutable_data());
+    float* pdb = dbias.is_none() ? nullptr : static_cast<float*>(db.mutable_data());
+    py::gil_scoped_release release;
+    fastdl::cpu::conv2d_backward_weight<float>(pdw, pdb, pdy, px, s);
+  } else {
+    const double *pdy = static_cast<const double*>(dy.data()), *px = static_cast<const double*>(x.data());
+    double* pdw = static_cast<double*>(dw.mutable_data());
+    double* pdb = dbias.is_none() ? nullptr : static_cast<double*>(db.mutable_data());
+    py::gil_scoped_release release;
+    fastdl::cpu::conv2d_backward_weight<double>(pdw, pdb, pdy, px, s);
+  }
+}
+
+std::size_t conv2d_forward_workspace(const std::array<index_t, 4>& input, const std::array<index_t, 4>& weight,
+                                     const std::array<index_t, 2>& output, const ConvArgs& a,
+                                     const std::string& dtype, int threads) {
+  FASTDL_CHECK(dtype == "float32" || dtype == "float64", "conv2d: dtype must be float32 or float64, got ", dtype);
+  FASTDL_CHECK(a.groups >= 1 && weight[1] * a.groups == input[1], "conv2d: input channels ", input[1],
+               " != weight.shape[1] * groups = ", weight[1], " * ", a.groups);
+  const fastdl::cpu::Conv2dShape s{input[0],    input[1],    input[2],     input[3],     weight[0],
+                                   weight[2],   weight[3],   output[0],    output[1],    a.stride[0],
+                                   a.stride[1], a.padding[0], a.padding[1], a.padding[2], a.padding[3],
+                                   a.dilation[0], a.dilation[1], a.groups};
+  return dtype == "float32" ? fastdl::cpu::conv2d_forward_workspace<float>(s, threads)
+                            : fastdl::cpu::conv2d_forward_workspace<double>(s, threads);
+}
+
+fastdl::cpu::Pool2dShape pool_shape(const py::array& input, const py::array& output,
+                                    const std::array<index_t, 2>& kernel, const std::array<index_t, 2>& stride,
+                                    const std::array<index_t, 2>& padding, const std::array<index_t, 2>& dilation,
+                                    const char* op) {
+  check_ndim(input, 4, op, "input");
+  check_ndim(output, 4, op, "output");
+  if (output.shape(0) != input.shape(0) || output.shape(1) != input.shape(1))
+    throw py::value_error(std::string(op) + ": output " + shape_of(output) + " must keep the batch and channels of input " +
+                          shape_of(input));
+  return {input.shape(0), input.shape(1), input.shape(2), input.shape(3), output.shape(2), output.shape(3),
+          kernel[0],      kernel[1],      stride[0],      stride[1],      padding[0],      padding[1],
+          dilation[0],    dilation[1]};
+}
+
+template <class Fn>
+void with_float(DType t, const Fn& fn) {
+  if (t == DType::f32)
+    fn(float{});
+  else
+    fn(double{});
+}
+
+void max_pool2d_forward(const py::array& x, py::array y, const py::object& indices, const std::array<index_t, 2>& k,
+                        const std::array<index_t, 2>& st, const std::array<index_t, 2>& p,
+                        const std::array<index_t, 2>& d) {
+  const char* op = "max_pool2d";
+  const DType t = float_dtype(x, op, "input");
+  check_conv_array(x, op, "input", t);
+  check_conv_array(y, op, "out", t);
+  check_writable(y, op);
+  const auto s = pool_shape(x, y, k, st, p, d, op);
+  std::int64_t* pi = nullptr;
+  if (!indices.is_none()) {
+    auto idx = indices.cast<py::array>();
+    if (!py::isinstance<py::array_t<std::int64_t>>(idx) || !(idx.flags() & py::array::c_style) ||
+        idx.ndim() != 4 || idx.shape(0) != y.shape(0) || idx.shape(1) != y.shape(1) || idx.shape(2) != y.shape(2) ||
+        idx.shape(3) != y.shape(3))
+      throw py::value_error(std::string(op) + ": indices must be a C-contiguous int64 array shaped like out " +
+                            shape_of(y) + ", got " + dtype_of(idx) + " " + shape_of(idx));
+    check_writable(idx, op);
+    pi = static_cast<std::int64_t*>(idx.mutable_data());
+  }
+  with_float(t, [&](auto zero) {
+    using T = decltype(zero);
+    const T* px = static_cast<const T*>(x.data());
+    T* pyv = static_cast<T*>(y.mutable_data());
+    py::gil_scoped_release release;
+    fastdl::cpu::max_pool2d_forward<T>(pyv, pi, px, s);
+  });
+}
+
+void max_pool2d_backward(const py::array& dy, const py::array& indices, py::array dx, const std::array<index_t, 2>& k,
+                         const std::array<index_t, 2>& st, const std::array<index_t, 2>& p,
+                         const std::array<index_t, 2>& d) {
+  const char* op = "max_pool2d_backward";
+  const DType t = float_dtype(dy, op, "grad_output");
+  check_conv_array(dy, op, "grad_output", t);
+  check_conv_array(dx, op, "grad_input", t);
+  check_writable(dx, op);
+  const auto s = pool_shape(dx, dy, k, st, p, d, op);
+  if (!py::isinstance<py::array_t<std::int64_t>>(indices) || !(indices.flags() & py::array::c_style) ||
+      indices.ndim() != 4 || indices.shape(0) != dy.shape(0) || indices.shape(1) != dy.shape(1) ||
+      indices.shape(2) != dy.shape(2) || indices.shape(3) != dy.shape(3))
+    throw py::value_error(std::string(op) + ": indices must be a C-contiguous int64 array shaped like grad_output " +
+                          shape_of(dy) + ", got " + dtype_of(indices) + " " + shape_of(indices));
+  const auto* pi = static_cast<const std::int64_t*>(indices.data());
+  with_float(t, [&](auto zero) {
+    using T = decltype(zero);
+    const T* pdy = static_cast<const T*>(dy.data());
+    T* pdx = static_cast<T*>(dx.mutable_data());
+    py::gil_scoped_release release;
+    fastdl::cpu::max_pool2d_backward<T>(pdx, pdy, pi, s);
+  });
+}
+
+void avg_pool2d_forward(const py::array& x, py::array y, const std::array<index_t, 2>& k,
+                        const std::array<index_t, 2>& st, const std::array<index_t, 2>& p, bool count_include_pad,
+                        index_t divisor) {
+  const char* op = "avg_pool2d";
+  const DType t = float_dtype(x, op, "input");
+  check_conv_array(x, op, "input", t);
+  check_conv_array(y, op, "out", t);
+  check_writable(y, op);
+  const auto s = pool_shape(x, y, k, st, p, {1, 1}, op);
+  with_float(t, [&](auto zero) {
+    using T = decltype(zero);
+    const T* px = static_cast<const T*>(x.data());
+    T* pyv = static_cast<T*>(y.mutable_data());
+    py::gil_scoped_release release;
+    fastdl::cpu::avg_pool2d_forward<T>(pyv, px, s, count_include_pad, divisor);
+  });
+}
+
+void avg_pool2d_backward(const py::array& dy, py::array dx, const std::array<index_t, 2>& k,
+                         const std::array<index_t, 2>& st, const std::array<index_t, 2>& p, bool count_include_pad,
+                         index_t divisor) {
+  const char* op = "avg_pool2d_backward";
+  const DType t = float_dtype(dy, op, "grad_output");
+  check_conv_array(dy, op, "grad_output", t);
+  check_conv_array(dx, op, "grad_input", t);
+  check_writable(dx, op);
+  const auto s = pool_shape(dx, dy, k, st, p, {1, 1}, op);
+  with_float(t, [&](auto zero) {
+    using T = decltype(zero);
+    const T* pdy = static_cast<const T*>(dy.data());
+    T* pdx = static_cast<T*>(dx.mutable_data());
+    py::gil_scoped_release release;
+    fastdl::cpu::avg_pool2d_backward<T>(pdx, pdy, s, count_include_pad, divisor);
+  });
+}
+
+void adaptive_avg_pool2d(const py::array& src, py::array dst, bool backward) {
+  const char* op = backward ? "adaptive_avg_pool2d_backward" : "adaptive_avg_pool2d";
+  const DType t = float_dtype(src, op, backward ? "grad_output" : "input");
+  check_conv_array(src, op, backward ? "grad_output" : "input", t);
+  check_conv_array(dst, op, backward ? "grad_input" : "out", t);
+  check_writable(dst, op);
+  check_ndim(src, 4, op, "input");
+  check_ndim(dst, 4, op, "output");
+  const py::array& in = backward ? dst : src;
+  const py::array& out = backward ? src : dst;
+  if (out.shape(0) != in.shape(0) || out.shape(1) != in.shape(1))
+    throw py::value_error(std::string(op) + ": output " + shape_of(out) + " must keep the batch and channels of input " +
+                          shape_of(in));
+  const index_t N = in.shape(0), C = in.shape(1), H = in.shape(2), W = in.shape(3), OH = out.shape(2), OW = out.shape(3);
+  with_float(t, [&](auto zero) {
+    using T = decltype(zero);
+    const T* ps = static_cast<const T*>(src.data());
+    T* pd = static_cast<T*>(dst.mutable_data());
+    py::gil_scoped_release release;
+    if (backward)
+      fastdl::cpu::adaptive_avg_pool2d_backward<T>(pd, ps, N, C, H, W, OH, OW);
+    else
+      fastdl::cpu::adaptive_avg_pool2d_forward<T>(pd, ps, N, C, H, W, OH, OW);
+  });
 }
 
 // ---- lstm ----------------------------------------------------------------------------------------
@@ -512,6 +802,185 @@ void optim_step(const std::string& rule_name, const py::dict& hyper, const py::l
     optim_step_typed<double>(rule, h, params, grads, states, coefs);
 }
 
+// ---- attention ---------------------------------------------------------------------------------
+bool c_contiguous(const py::array& a) {
+  if (a.size() == 0) return true;
+  py::ssize_t expected = a.itemsize();
+  for (py::ssize_t d = a.ndim() - 1; d >= 0; --d) {
+    if (a.shape(d) != 1 && a.strides(d) != expected) return false;
+    expected *= a.shape(d);
+  }
+  return true;
+}
+
+// Checks an output array: dtype, shape, C-contiguous, writeable.
+void check_output(const char* op, const char* name, const py::array& a, const py::array& like,
+                  const std::vector<index_t>& shape) {
+  if (!a.dtype().is(like.dtype()))
+    throw py::type_error(std::string(op) + ": " + name + " must be " + dtype_of(like) + ", got " + dtype_of(a));
+  bool ok = a.ndim() == static_cast<py::ssize_t>(shape.size());
+  for (py::ssize_t d = 0; ok && d < a.ndim(); ++d) ok = a.shape(d) == shape[d];
+  if (!ok) {
+    std::string want = "(";
+    for (std::size_t d = 0; d < shape.size(); ++d) want += (d ? ", " : "") + std::to_string(shape[d]);
+    throw py::value_error(std::string(op) + ": " + name + " must have shape " + want + "), got " + shape_of(a));
+  }
+  if (!c_contiguous(a))
+    throw py::value_error(std::string(op) + ": " + name + " " + shape_of(a) + " must be C-contiguous");
+  check_writable(a, op);
+}
+
+// q (B, NH, Lq, D), k (B, NHK, Lk, D), v (B, NHK, Lk, Dv), mask None or (B, NH, Lq, Lk) bool or q's
+// dtype: checked here; any strides.
+DType check_attention_inputs(const char* op, const py::array& q, const py::array& k, const py::array& v,
+                             const py::object& mask) {
+  const DType tq = float_dtype(q, op, "q"), tk = float_dtype(k, op, "k"), tv = float_dtype(v, op, "v");
+  const std::string shapes = "q " + shape_of(q) + ", k " + shape_of(k) + ", v " + shape_of(v);
+  if (tq != tk || tq != tv)
+    throw py::type_error(std::string(op) + ": dtypes differ: q " + dtype_of(q) + ", k " + dtype_of(k) + ", v " +
+                         dtype_of(v) + " for " + shapes);
+  if (q.ndim() != 4 || k.ndim() != 4 || v.ndim() != 4)
+    throw py::value_error(std::string(op) + ": q, k and v must be 4-D (B, heads, L, D), got " + shapes);
+  const bool heads_ok =
+      k.shape(1) == v.shape(1) && (q.shape(1) == 0 || (k.shape(1) > 0 && q.shape(1) % k.shape(1) == 0));
+  if (q.shape(0) != k.shape(0) || q.shape(0) != v.shape(0) || !heads_ok || k.shape(2) != v.shape(2) ||
+      q.shape(3) != k.shape(3))
+    throw py::value_error(std::string(op) + ": shapes do not match: " + shapes +
+                          " (need equal B, equal k/v heads dividing q's heads, equal k/v length, equal q/k D)");
+  if (!mask.is_none()) {
+    const py::array m = mask.cast<py::array>();
+    if (!py::isinstance<py::array_t<bool>>(m) && !m.dtype().is(q.dtype()))
+      throw py::type_error(std::string(op) + ": mask must be bool or " + dtype_of(q) + ", got " + dtype_of(m) + " " +
+                           shape_of(m));
+    if (m.ndim() != 4 || m.shape(0) != q.shape(0) || m.shape(1) != q.shape(1) || m.shape(2) != q.shape(2) ||
+        m.shape(3) != k.shape(2))
+      throw py::value_error(std::string(op) + ": mask " + shape_of(m) + " must have shape (B, NH, Lq, Lk) for " +
+                            shapes);
+  }
+  return tq;
+}
+
+template <class T>
+fastdl::cpu::AttentionProblem<T> attention_problem(const char* op, const py::array& q, const py::array& k,
+                                                   const py::array& v, const py::object& mask, bool causal,
+                                                   double scale, double dropout_p, std::uint64_t seed) {
+  fastdl::cpu::AttentionProblem<T> p{};
+  p.B = q.shape(0), p.NH = q.shape(1), p.NHK = k.shape(1), p.Lq = q.shape(2), p.Lk = k.shape(2);
+  p.D = q.shape(3), p.Dv = v.shape(3);
+  p.Q = static_cast<const T*>(q.data());
+  p.K = static_cast<const T*>(k.data());
+  p.V = static_cast<const T*>(v.data());
+  for (int d = 0; d < 4; ++d) {
+    p.q_strides[d] = stride_of(q, d, op);
+    p.k_strides[d] = stride_of(k, d, op);
+    p.v_strides[d] = stride_of(v, d, op);
+    p.mask_strides[d] = 0;
+  }
+  p.mask_kind = fastdl::cpu::AttentionMask::none;
+  p.mask = nullptr;
+  if (!mask.is_none()) {
+    const py::array m = mask.cast<py::array>();
+    p.mask_kind = py::isinstance<py::array_t<bool>>(m) ? fastdl::cpu::AttentionMask::boolean
+                                                         : fastdl::cpu::AttentionMask::additive;
+    p.mask = m.data();
+    for (int d = 0; d < 4; ++d) p.mask_strides[d] = stride_of(m, d, op);
+  }
+  p.causal = causal;
+  p.scale = scale;
+  p.dropout_p = dropout_p;
+  p.seed = seed;
+  return p;
+}
+
+void attention_forward(const py::array& q, const py::array& k, const py::array& v, const py::object& mask,
+                       py::array out, py::array lse, bool causal, double scale, double dropout_p, std::uint64_t seed) {
+  const char* op = "attention_forward";
+  const DType dt = check_attention_inputs(op, q, k, v, mask);
+  check_output(op, "out", out, q, {q.shape(0), q.shape(1), q.shape(2), v.shape(3)});
+  check_output(op, "lse", lse, q, {q.shape(0), q.shape(1), q.shape(2)});
+  if (dt == DType::f32) {
+    const auto p = attention_problem<float>(op, q, k, v, mask, causal, scale, dropout_p, seed);
+    float* o = static_cast<float*>(out.mutable_data());
+    float* l = static_cast<float*>(lse.mutable_data());
+    py::gil_scoped_release release;
+    fastdl::cpu::attention_forward<float>(p, o, l);
+  } else {
+    const auto p = attention_problem<double>(op, q, k, v, mask, causal, scale, dropout_p, seed);
+    double* o = static_cast<double*>(out.mutable_data());
+    double* l = static_cast<double*>(lse.mutable_data());
+    py::gil_scoped_release release;
+    fastdl::cpu::attention_forward<double>(p, o, l);
+  }
+}
+
+template <class T>
+void attention_backward_typed(const fastdl::cpu::AttentionProblem<T>& p, const py::array& grad_out,
+                              const py::array& out, const py::array& lse, py::array& grad_q, py::array& grad_k,
+                              py::array& grad_v, const py::object& grad_mask) {
+  const T* dO = static_cast<const T*>(grad_out.data());
+  const T* O = static_cast<const T*>(out.data());
+  const T* L = static_cast<const T*>(lse.data());
+  T* dQ = static_cast<T*>(grad_q.mutable_data());
+  T* dK = static_cast<T*>(grad_k.mutable_data());
+  T* dV = static_cast<T*>(grad_v.mutable_data());
+  T* dM = grad_mask.is_none() ? nullptr : static_cast<T*>(grad_mask.cast<py::array>().mutable_data());
+  py::gil_scoped_release release;
+  fastdl::cpu::attention_backward<T>(p, O, dO, L, dQ, dK, dV, dM);
+}
+
+void attention_backward(const py::array& grad_out, const py::array& q, const py::array& k, const py::array& v,
+                        const py::array& out, const py::array& lse, const py::object& mask, py::array grad_q,
+                        py::array grad_k, py::array grad_v, const py::object& grad_mask, bool causal, double scale,
+                        double dropout_p, std::uint64_t seed) {
+  const char* op = "attention_backward";
+  const DType dt = check_attention_inputs(op, q, k, v, mask);
+  const index_t B = q.shape(0), NH = q.shape(1), NHK = k.shape(1), Lq = q.shape(2), Lk = k.shape(2);
+  const index_t D = q.shape(3), Dv = v.shape(3);
+  for (const auto& [name, a] : {std::pair<const char*, const py::array*>{"grad_out", &grad_out}, {"out", &out}}) {
+    if (!a->dtype().is(q.dtype()) || a->ndim() != 4 || a->shape(0) != B || a->shape(1) != NH || a->shape(2) != Lq ||
+        a->shape(3) != Dv || !c_contiguous(*a))
+      throw py::value_error(std::string(op) + ": " + name + " must be a C-contiguous " + dtype_of(q) +
+                            " array of shape (" + std::to_string(B) + ", " + std::to_string(NH) + ", " +
+                            std::to_string(Lq) + ", " + std::to_string(Dv) + "), got " + dtype_of(*a) + " " +
+                            shape_of(*a));
+  }
+  if (!lse.dtype().is(q.dtype()) || lse.ndim() != 3 || lse.shape(0) != B || lse.shape(1) != NH || lse.shape(2) != Lq ||
+      !c_contiguous(lse))
+    throw py::value_error(std::string(op) + ": lse must be a C-contiguous " + dtype_of(q) + " array of shape (" +
+                          std::to_string(B) + ", " + std::to_string(NH) + ", " + std::to_string(Lq) + "), got " +
+                          dtype_of(lse) + " " + shape_of(lse));
+  check_output(op, "grad_q", grad_q, q, {B, NH, Lq, D});
+  check_output(op, "grad_k", grad_k, q, {B, NHK, Lk, D});
+  check_output(op, "grad_v", grad_v, q, {B, NHK, Lk, Dv});
+  if (!grad_mask.is_none()) check_output(op, "grad_mask", grad_mask.cast<py::array>(), q, {B, NH, Lq, Lk});
+  if (dt == DType::f32)
+    attention_backward_typed<float>(attention_problem<float>(op, q, k, v, mask, causal, scale, dropout_p, seed),
+                                    grad_out, out, lse, grad_q, grad_k, grad_v, grad_mask);
+  else
+    attention_backward_typed<double>(attention_problem<double>(op, q, k, v, mask, causal, scale, dropout_p, seed),
+                                     grad_out, out, lse, grad_q, grad_k, grad_v, grad_mask);
+}
+
+py::array attention_exp2(const py::array& x) {
+  const DType t = float_dtype(x, "attention_exp2", "x");
+  if (x.ndim() != 1 || !c_contiguous(x))
+    throw py::value_error("attention_exp2: x must be 1-D contiguous, got " + shape_of(x));
+  py::array y(x.dtype(), std::vector<py::ssize_t>{x.shape(0)});
+  const index_t n = x.shape(0);
+  if (t == DType::f32) {
+    const float* px = static_cast<const float*>(x.data());
+    float* py_ = static_cast<float*>(y.mutable_data());
+    py::gil_scoped_release release;
+    fastdl::cpu::attention_exp2<float>(px, py_, n);
+  } else {
+    const double* px = static_cast<const double*>(x.data());
+    double* py_ = static_cast<double*>(y.mutable_data());
+    py::gil_scoped_release release;
+    fastdl::cpu::attention_exp2<double>(px, py_, n);
+  }
+  return y;
+}
+
 // ---- CUDA arrays: CuPy (or any producer) through __cuda_array_interface__ ---------------------
 
 // A device array as the interface describes it: pointer, shape, strides in elements, dtype.
@@ -757,6 +1226,35 @@ PYBIND11_MODULE(_C, m) {
   m.def("matmul_batched", &matmul_batched, py::arg("a"), py::arg("b"), py::arg("out"),
         "out[...] = a[...] @ b[...] over equal batch shapes (broadcast with zero strides)");
 
+  py::class_<ConvArgs>(m, "ConvArgs", "stride (2), padding (top, left, bottom, right), dilation (2), groups")
+      .def(py::init([](std::array<index_t, 2> stride, std::array<index_t, 4> padding,
+                       std::array<index_t, 2> dilation, index_t groups) {
+             return ConvArgs{stride, padding, dilation, groups};
+           }),
+           py::arg("stride"), py::arg("padding"), py::arg("dilation"), py::arg("groups"));
+  m.def("conv2d_forward", &conv2d_forward, py::arg("x"), py::arg("w"), py::arg("bias"), py::arg("y"), py::arg("args"),
+        "y = conv2d(x, w) + bias, NCHW, C-contiguous float32/float64");
+  m.def("conv2d_backward_input", &conv2d_backward_input, py::arg("grad_output"), py::arg("w"), py::arg("grad_input"),
+        py::arg("args"), "grad_input = d(conv2d)/dx · grad_output (conv_transpose2d's forward)");
+  m.def("conv2d_backward_weight", &conv2d_backward_weight, py::arg("grad_output"), py::arg("x"),
+        py::arg("grad_weight"), py::arg("grad_bias"), py::arg("args"),
+        "grad_weight (and grad_bias when not None) of conv2d, overwritten");
+  m.def("conv2d_forward_workspace", &conv2d_forward_workspace, py::arg("input_shape"), py::arg("weight_shape"),
+        py::arg("output_hw"), py::arg("args"), py::arg("dtype"), py::arg("threads"),
+        "scratch bytes a conv2d forward call allocates");
+  m.def("max_pool2d_forward", &max_pool2d_forward, py::arg("x"), py::arg("y"), py::arg("indices"),
+        py::arg("kernel"), py::arg("stride"), py::arg("padding"), py::arg("dilation"));
+  m.def("max_pool2d_backward", &max_pool2d_backward, py::arg("grad_output"), py::arg("indices"),
+        py::arg("grad_input"), py::arg("kernel"), py::arg("stride"), py::arg("padding"), py::arg("dilation"));
+  m.def("avg_pool2d_forward", &avg_pool2d_forward, py::arg("x"), py::arg("y"), py::arg("kernel"), py::arg("stride"),
+        py::arg("padding"), py::arg("count_include_pad"), py::arg("divisor"));
+  m.def("avg_pool2d_backward", &avg_pool2d_backward, py::arg("grad_output"), py::arg("grad_input"),
+        py::arg("kernel"), py::arg("stride"), py::arg("padding"), py::arg("count_include_pad"), py::arg("divisor"));
+  m.def("adaptive_avg_pool2d_forward", [](const py::array& x, py::array y) { adaptive_avg_pool2d(x, y, false); },
+        py::arg("x"), py::arg("y"));
+  m.def("adaptive_avg_pool2d_backward", [](const py::array& dy, py::array dx) { adaptive_avg_pool2d(dy, dx, true); },
+        py::arg("grad_output"), py::arg("grad_input"));
+
   m.def("lstm_forward", &lstm_forward, py::arg("x"), py::arg("w_ih"), py::arg("w_hh"), py::arg("b_ih"),
         py::arg("b_hh"), py::arg("h0"), py::arg("c0"), py::arg("y"), py::arg("h_n"), py::arg("c_n"),
         py::arg("gates"), py::arg("cell"), py::arg("path") = "auto",
@@ -779,6 +1277,23 @@ PYBIND11_MODULE(_C, m) {
   m.def("optim_step", &optim_step, py::arg("rule"), py::arg("hyper"), py::arg("params"), py::arg("grads"),
         py::arg("states"), py::arg("coefs"),
         "one fused optimizer step over a parameter group (rules: sgd adagrad adadelta rmsprop adam nadam adamax)");
+
+  m.def("attention_forward", &attention_forward, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("mask"),
+        py::arg("out"), py::arg("lse"), py::arg("causal"), py::arg("scale"), py::arg("dropout_p"), py::arg("seed"),
+        "fused attention on 4-D (B, heads, L, D) arrays of any strides into contiguous out and lse");
+  m.def("attention_backward", &attention_backward, py::arg("grad_out"), py::arg("q"), py::arg("k"), py::arg("v"),
+        py::arg("out"), py::arg("lse"), py::arg("mask"), py::arg("grad_q"), py::arg("grad_k"), py::arg("grad_v"),
+        py::arg("grad_mask"), py::arg("causal"), py::arg("scale"), py::arg("dropout_p"), py::arg("seed"),
+        "gradients of attention_forward (P recomputed from lse) into contiguous grad arrays");
+  m.def("attention_exp2", &attention_exp2, py::arg("x"), "2^x by the attention kernels' vectorised exp2");
+  m.def("attention_blocking", [](const std::string& dtype, index_t D, index_t Dv) {
+    FASTDL_CHECK(dtype == "float32" || dtype == "float64", "attention_blocking: dtype must be float32 or float64");
+    const auto b = dtype == "float32" ? fastdl::cpu::attention_blocking<float>(D, Dv)
+                                      : fastdl::cpu::attention_blocking<double>(D, Dv);
+    py::dict d;
+    d["MR"] = b.MR, d["W"] = b.W, d["Br"] = b.Br, d["Bc"] = b.Bc;
+    return d;
+  }, py::arg("dtype"), py::arg("D") = 64, py::arg("Dv") = 64);
 
   m.def("cuda_info", &cuda_info);
   m.def("gemm_cuda", &gemm_cuda, py::arg("a"), py::arg("b"), py::arg("out"), py::arg("trans_a") = false,

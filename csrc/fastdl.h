@@ -63,6 +63,20 @@ template <class T>
 void gemm_packed_b(index_t M, index_t N, index_t K, T alpha, const T* A, index_t rsa, index_t csa,
                    const PackBFunction<T>& pack_b, T beta, T* C, index_t rsc, index_t csc);
 
+// Caller-packed operands, for implicit GEMMs that run their own outer loops (conv2d). With MR, NR,
+// KC of gemm_blocking<T>() at the current capability and kc ≤ KC:
+//   gemm_pack_a: op(A) (mc×kc, any strides) → ceil(mc/MR) slivers, Ap[(i/MR)·MR·KC + p·MR + i%MR]
+//   gemm_pack_b: op(B) (kc×nc, any strides) → ceil(nc/NR) slivers, Bp[(j/NR)·NR·kc + p·NR + j%NR]
+//   (edge slivers zero-padded); gemm_packed_block: C (mc×nc) = alpha · Ap · Bp + beta · C with the
+//   micro-kernel, single-threaded (beta == 0 does not read C).
+template <class T>
+void gemm_pack_a(index_t mc, index_t kc, const T* A, index_t rsa, index_t csa, T* Ap);
+template <class T>
+void gemm_pack_b(index_t kc, index_t nc, const T* B, index_t rsb, index_t csb, T* Bp);
+template <class T>
+void gemm_packed_block(index_t mc, index_t nc, index_t kc, T alpha, const T* Ap, const T* Bp, T beta, T* C,
+                       index_t rsc, index_t csc);
+
 // The block sizes in use for a dtype at the current capability (for tests and `fastdl info`).
 struct GemmBlocking {
   int MR, NR;
@@ -70,6 +84,57 @@ struct GemmBlocking {
 };
 template <class T>
 GemmBlocking gemm_blocking();
+
+// ---- conv2d.cpp ----------------------------------------------------------------------------
+// NCHW, C-contiguous: x (N, C_in, H, W), w (C_out, C_in/groups, KH, KW), bias (C_out) or null,
+// y (N, C_out, OH, OW). Output rows: oh·stride_h − pad_top + kh·dilation_h indexes x; the padding
+// after the input (pad_bottom, pad_right) only enters through OH, OW:
+//   OH = (H + pad_top + pad_bottom − dilation_h·(KH − 1) − 1) / stride_h + 1   (likewise OW).
+// Every entry point checks the shape (ValueError naming conv2d) before touching memory.
+struct Conv2dShape {
+  index_t N, C_in, H, W, C_out, KH, KW, OH, OW;
+  index_t stride_h, stride_w, pad_top, pad_left, pad_bottom, pad_right, dilation_h, dilation_w, groups;
+};
+// y = conv2d(x, w) + bias.
+template <class T>
+void conv2d_forward(T* y, const T* x, const T* w, const T* bias, const Conv2dShape& s);
+// dx = ∂(Σ dy·y)/∂x (also conv_transpose2d's forward). H, W may exceed the forward's smallest input
+// for OH, OW (conv_transpose2d's output_padding): rows and columns no output reads get 0.
+template <class T>
+void conv2d_backward_input(T* dx, const T* dy, const T* w, const Conv2dShape& s);
+// dw = ∂/∂w, and dbias = Σ_{n,oh,ow} dy when dbias is not null; both overwritten. H, W may exceed
+// the smallest input for OH, OW, as for backward-input.
+template <class T>
+void conv2d_backward_weight(T* dw, T* dbias, const T* dy, const T* x, const Conv2dShape& s);
+// Scratch bytes a forward call with `threads` threads allocates (packed weights, per-thread panels):
+// independent of N.
+template <class T>
+std::size_t conv2d_forward_workspace(const Conv2dShape& s, int threads);
+
+// Pooling over NCHW planes (N·C of them), x (N, C, H, W) → y (N, C, OH, OW); windows start at
+// oh·stride_h − pad_h. ceil_mode only changes OH, OW (windows past the end are clipped).
+struct Pool2dShape {
+  index_t N, C, H, W, OH, OW, KH, KW, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w;
+};
+// indices (may be null): the flat position ih·W + iw of each maximum in its plane (first one on
+// ties; NaN wins, as in PyTorch).
+template <class T>
+void max_pool2d_forward(T* y, std::int64_t* indices, const T* x, const Pool2dShape& s);
+template <class T>
+void max_pool2d_backward(T* dx, const T* dy, const std::int64_t* indices, const Pool2dShape& s);
+// divisor: 0 → the window's size (count_include_pad: clipped to the padded input; else to the
+// input); > 0 → that number (divisor_override).
+template <class T>
+void avg_pool2d_forward(T* y, const T* x, const Pool2dShape& s, bool count_include_pad, index_t divisor);
+template <class T>
+void avg_pool2d_backward(T* dx, const T* dy, const Pool2dShape& s, bool count_include_pad, index_t divisor);
+// Window i of OH covers rows [floor(i·H/OH), ceil((i+1)·H/OH)); likewise columns.
+template <class T>
+void adaptive_avg_pool2d_forward(T* y, const T* x, index_t N, index_t C, index_t H, index_t W, index_t OH,
+                                 index_t OW);
+template <class T>
+void adaptive_avg_pool2d_backward(T* dx, const T* dy, index_t N, index_t C, index_t H, index_t W, index_t OH,
+                                  index_t OW);
 
 // ---- lstm.cpp ------------------------------------------------------------------------------
 // One LSTM layer over a whole sequence, PyTorch's gate order (i, f, g, o); every array contiguous.
@@ -111,6 +176,55 @@ void gru_backward(S* dx, S* dh0, S* dw_ih, S* dw_hh, S* db_ih, S* db_hh, S* dgx,
 // current level (what the gate kernels use; for accuracy tests).
 template <class S>
 void lstm_vector_math(const std::string& fn, const S* x, S* y, index_t n);
+
+// ---- attention.cpp -------------------------------------------------------------------------
+// Fused scaled-dot-product attention (FlashAttention-2), per (batch b, query head h):
+//   O = dropout(softmax(scale · Q Kᵀ + M)) · V, LSE = log Σ_j exp(scale · Q Kᵀ + M) (natural log).
+// Q (B, NH, Lq, D), K (B, NHK, Lk, D), V (B, NHK, Lk, Dv): any strides in elements (zero strides
+// broadcast); query head h reads kv head h / (NH / NHK) (grouped-query attention). The mask is
+// (B, NH, Lq, Lk) on any strides: boolean (uint8, nonzero = the key takes part) or additive (T).
+// causal keeps key j for query i only when j ≤ i (top-left aligned, as PyTorch). A row that no key
+// takes part in gives O = 0 and LSE = −inf. Dropout keeps each probability with 1 − dropout_p and
+// scales it by 1/(1 − dropout_p); the mask is a hash of (seed, b·NH + h, i, j), regenerated in the
+// backward.
+enum class AttentionMask : int { none = 0, boolean = 1, additive = 2 };
+template <class T>
+struct AttentionProblem {
+  index_t B, NH, NHK, Lq, Lk, D, Dv;
+  const T* Q;
+  index_t q_strides[4];
+  const T* K;
+  index_t k_strides[4];
+  const T* V;
+  index_t v_strides[4];
+  AttentionMask mask_kind;
+  const void* mask;
+  index_t mask_strides[4];
+  bool causal;
+  double scale;
+  double dropout_p;
+  std::uint64_t seed;
+};
+// O (B, NH, Lq, Dv) and LSE (B, NH, Lq), contiguous.
+template <class T>
+void attention_forward(const AttentionProblem<T>& p, T* O, T* LSE);
+// Inputs O, dO (B, NH, Lq, Dv) and LSE (B, NH, Lq) contiguous, from attention_forward on p.
+// Outputs, contiguous: dQ (B, NH, Lq, D), dK (B, NHK, Lk, D), dV (B, NHK, Lk, Dv), and dM
+// (B, NH, Lq, Lk) = ∂L/∂(scores) when not null (the additive mask's gradient).
+template <class T>
+void attention_backward(const AttentionProblem<T>& p, const T* O, const T* dO, const T* LSE, T* dQ, T* dK, T* dV,
+                        T* dM);
+// y = 2^x with the kernels' vectorised exp2 at the current level (for tests).
+template <class T>
+void attention_exp2(const T* x, T* y, index_t n);
+// Micro-tile rows MR, vector width W, query tile Br and key block Bc at the current level for
+// head dimensions D (queries/keys) and Dv (values).
+struct AttentionBlocking {
+  int MR, W;
+  index_t Br, Bc;
+};
+template <class T>
+AttentionBlocking attention_blocking(index_t D, index_t Dv);
 
 // ---- optim.cpp -----------------------------------------------------------------------------
 // One optimizer step for every tensor of a parameter group, fused: each element of p, grad and

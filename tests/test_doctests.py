@@ -5,7 +5,7 @@ import importlib
 import pytest
 
 MODULES = ["fastdl", "fastdl.tensor", "fastdl.autograd", "fastdl.functional", "fastdl.random", "fastdl.backend",
-           "fastdl.ops.gemm"]
+           "fastdl.ops.gemm", "fastdl.distributed", "fastdl.nn.parallel"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -352,6 +352,13 @@ def test_to_dtype_keeps_parameters_and_modes():
         model.to(fastdl.int64)
 
 
+def test_device_argument_places_parameters():
+    assert nn.Linear(2, 3, device="cpu").weight.device == "cpu"
+    if not fastdl.cuda.is_available():
+        with pytest.raises(RuntimeError, match="CUDA is not available"):
+            nn.Linear(2, 3, device="cuda")
+
+
 def test_apply_zero_grad_requires_grad_and_hooks():
     model = nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 1))
     model.apply(lambda m: nn.init.zeros_(m.weight) if isinstance(m, nn.Linear) else None)

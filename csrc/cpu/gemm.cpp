@@ -582,4 +582,53 @@ FASTDL_INSTANTIATE_GEMM(float)
 FASTDL_INSTANTIATE_GEMM(double)
 #undef FASTDL_INSTANTIATE_GEMM
 
+// ---- Caller-packed operands (conv2d's implicit GEMM) -----------------------------------------------
+// The packing formats and the micro-kernel loops of the five-loop driver, for callers that build
+// the packed panels themselves and run their own outer loops (tiles of an image, their own threads).
+
+template <class T>
+void gemm_pack_a(index_t mc, index_t kc, const T* A, index_t rsa, index_t csa, T* Ap) {
+  const Kernel<T> k = kernel_for<T>(capability());
+  FASTDL_CHECK(kc <= k.KC, "gemm_pack_a: kc ", kc, " exceeds KC ", k.KC);
+  // The k-major sliver layout (element (r, p) at p·MR + r), slivers MR·KC apart.
+  for (index_t i0 = 0; i0 < mc; i0 += k.MR) {
+    const index_t mr = std::min<index_t>(k.MR, mc - i0);
+    T* dst = Ap + i0 * k.KC;
+    const T* src = A + i0 * rsa;
+    for (index_t p = 0; p < kc; ++p) {
+      for (index_t r = 0; r < mr; ++r) dst[p * k.MR + r] = src[r * rsa + p * csa];
+      for (index_t r = mr; r < k.MR; ++r) dst[p * k.MR + r] = T(0);
+    }
+  }
+}
+
+template <class T>
+void gemm_pack_b(index_t kc, index_t nc, const T* B, index_t rsb, index_t csb, T* Bp) {
+  const int NR = kernel_for<T>(capability()).NR;
+  for (index_t j0 = 0; j0 < nc; j0 += NR)
+    pack_b_sliver(NR, std::min<index_t>(NR, nc - j0), kc, B + j0 * csb, rsb, csb, Bp + j0 * kc);
+}
+
+template <class T>
+void gemm_packed_block(index_t mc, index_t nc, index_t kc, T alpha, const T* Ap, const T* Bp, T beta, T* C,
+                       index_t rsc, index_t csc) {
+  if (mc <= 0 || nc <= 0) return;
+  if (kc <= 0) {
+    scale_c(mc, nc, beta, C, rsc, csc);
+    return;
+  }
+  const Kernel<T> k = kernel_for<T>(capability());
+  FASTDL_CHECK(kc <= k.KC, "gemm_packed_block: kc ", kc, " exceeds KC ", k.KC);
+  k.block(BlockArgs<T>{mc, nc, kc, 0, mc, Ap, false, Bp, C, rsc, csc, alpha, beta});
+}
+
+#define FASTDL_INSTANTIATE_GEMM_PACKED(T)                                                              \
+  template void gemm_pack_a<T>(index_t, index_t, const T*, index_t, index_t, T*);                     \
+  template void gemm_pack_b<T>(index_t, index_t, const T*, index_t, index_t, T*);                     \
+  template void gemm_packed_block<T>(index_t, index_t, index_t, T, const T*, const T*, T, T*, index_t, \
+                                     index_t);
+FASTDL_INSTANTIATE_GEMM_PACKED(float)
+FASTDL_INSTANTIATE_GEMM_PACKED(double)
+#undef FASTDL_INSTANTIATE_GEMM_PACKED
+
 }  // namespace fastdl::cpu

@@ -75,3 +75,8 @@ from . import nn, optim  # noqa: E402
 from .serialization import load, load_torch_state_dict, save  # noqa: E402
 
 __all__ += ["nn", "optim", "save", "load", "load_torch_state_dict"]
+
+# ---- data loading and the training loop (data branch) -------------------------------------------
+from . import data, train  # noqa: E402
+
+__all__ += ["data", "train"]

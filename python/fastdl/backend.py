@@ -41,6 +41,11 @@ FAMILY_IMPLEMENTATIONS: dict[str, dict[str, str]] = {
         "cpu": "native: BLIS-style packed GEMM, {level} micro-kernel",
         "cuda": "native: tiled SIMT float32/float64; wmma tensor cores for TF32 (opt-in), float16, bfloat16",
     },
+    "conv2d": {
+        "cpu": "native: implicit GEMM, {level} indirect register tiles (1x1: the GEMM; depthwise: direct "
+               "{level} kernel); pooling native",
+        "cuda": "not yet implemented",
+    },
 }
 _FALLBACKS: dict[tuple[str, str], dict] = {}
 
@@ -197,7 +202,7 @@ def backend_info() -> dict:
     >>> import fastdl
     >>> info = fastdl.backend_info()
     >>> sorted(info)[:3]
-    ['cpu', 'cuda', 'fallbacks']
+    ['cpu', 'cuda', 'distributed']
     >>> info["families"]["gemm"]["cpu"].startswith("native")
     True
     """
@@ -228,7 +233,14 @@ def backend_info() -> dict:
         "cuda": cuda,
         "families": families,
         "fallbacks": [dict(v) for v in _FALLBACKS.values()],
+        "distributed": _distributed_info(),
     }
+
+
+def _distributed_info() -> dict:
+    from .distributed import distributed_info
+
+    return distributed_info()
 
 
 # ---- lstm family ----------------------------------------------------------------------------------
@@ -238,6 +250,15 @@ FAMILY_IMPLEMENTATIONS["lstm"] = {
 }
 declare_fallback("lstm", "RNN", "composed from linear and tanh/relu per time step")
 declare_fallback("lstm", "LSTM proj_size > 0", "composed from linear, sigmoid, tanh and elementwise ops per time step")
+FAMILY_IMPLEMENTATIONS["attention"] = {
+    "cpu": "native: fused flash attention (FlashAttention-2 tiles, online softmax; masks, causal, GQA and dropout "
+           "inside the kernel), {level} micro-kernel",
+    "cuda": "composed from ops (declared fallback 'cuda'); no CUDA attention kernel yet",
+}
+declare_fallback("attention", "cuda", "softmax(Q·Kᵀ·scale + mask)·V composed from fastdl ops (stores the L×S scores)")
+declare_fallback("attention", "need_weights",
+                 "MultiheadAttention(need_weights=True): the composed formula, which returns the L×S weights")
+
 
 # ---- optim (nn branch) ----------------------------------------------------------------------------
 FAMILY_IMPLEMENTATIONS["optim"] = {

@@ -1,4 +1,4 @@
-"""The ``fastdl`` command: ``fastdl info`` and ``fastdl bench [family]``."""
+"""The ``fastdl`` command: ``fastdl info``, ``fastdl bench [family]`` and ``fastdl train EXAMPLE``."""
 from __future__ import annotations
 
 import argparse
@@ -32,6 +32,10 @@ def _info(args) -> int:
     else:
         print(f"CUDA     not built: {cuda['why_no_device']}")
     print(f"CuPy     {cuda['cupy_version'] or 'not installed'}")
+    dd = info["distributed"]
+    print(f"MPI      mpi4py {dd['mpi4py'] or 'not installed'}, launcher {dd['launcher'] or 'not found'}; "
+          f"NCCL {'available' if dd['nccl'] else 'not available'}"
+          + (f"; process group {dd['backend']} rank {dd['rank']} of {dd['world_size']}" if dd["backend"] else ""))
     print("families")
     for name, impls in info["families"].items():
         print(f"  {name:<10} " + "; ".join(f"{dev}: {text}" for dev, text in impls.items()))
@@ -48,6 +52,10 @@ def _bench(args) -> int:
     import fastdl
     from fastdl import bench
 
+    if args.family == "train":
+        return _bench_train(args)
+    if args.family == "ddp":
+        return _bench_ddp(args)
     families = list(bench.PROBLEMS) if args.family == "all" else [args.family]
     for family in families:
         if family not in bench.PROBLEMS:
@@ -71,6 +79,21 @@ def _bench(args) -> int:
         with open(args.json, "w") as fh:
             json.dump({"info": info, "rows": rows}, fh, indent=1)
     return 0
+
+
+def _bench_ddp(args) -> int:
+    """`fastdl bench ddp`: collectives and data-parallel training on --ranks MPI ranks."""
+    import fastdl
+    from fastdl import bench
+
+    info = fastdl.backend_info()
+    print(f"# fastdl {info['version']} | CPU {info['cpu']['model']} | kernels {info['cpu']['capability']} | "
+          f"{args.ranks} MPI ranks x 1 thread")
+    try:
+        return bench.run_ddp(ranks=args.ranks, repeats=args.repeats, json_prefix=args.json)
+    except FileNotFoundError as exc:
+        print(f"fastdl bench ddp: {exc}", file=sys.stderr)
+        return 2
 
 
 def _bench_cuda(args, families) -> int:
@@ -100,6 +123,78 @@ def _bench_cuda(args, families) -> int:
     return 0
 
 
+# ---- fastdl train: the course examples --------------------------------------------------------
+
+def examples_dir():
+    """The example scripts: packaged as fastdl/examples in an installed wheel, or the checkout's
+    examples/ folder when fastdl runs from source (PYTHONPATH=python)."""
+    from pathlib import Path
+
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "examples", here.parent.parent / "examples"):
+        if (candidate / "_common.py").is_file():
+            return candidate
+    return None
+
+
+def list_examples() -> dict[str, str]:
+    """Example name -> the first line of its docstring."""
+    import ast
+
+    folder = examples_dir()
+    if folder is None:
+        return {}
+    found = {}
+    for path in sorted(folder.glob("*.py")):
+        if path.name.startswith("_"):
+            continue
+        doc = ast.get_docstring(ast.parse(path.read_text(encoding="utf-8"))) or ""
+        found[path.stem] = doc.splitlines()[0] if doc else ""
+    return found
+
+
+def load_example(name: str):
+    """Import example ``name`` as a module (its folder goes on sys.path for its shared helpers)."""
+    import importlib.util
+
+    folder = examples_dir()
+    if folder is None or name not in list_examples():
+        raise ValueError(f"no example {name!r}; choose from {', '.join(list_examples()) or '(none found)'}")
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))
+    spec = importlib.util.spec_from_file_location(f"fastdl_example_{name}", folder / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _bench_train(args) -> int:
+    """`fastdl bench train`: whole training runs, fastdl against PyTorch, on each thread count."""
+    import fastdl
+    from fastdl.train import benchmark
+
+    info = fastdl.backend_info()
+    print(f"# fastdl {info['version']} | CPU {info['cpu']['model']} | kernels {info['cpu']['capability']}")
+    for threads in (int(t) for t in args.threads.split(",")):
+        print(f"\n## training, {threads} thread(s){'' if args.full else ' (short runs; --full for the long ones)'}")
+        benchmark.run(threads=threads, full=args.full)
+    return 0
+
+
+def _train(args) -> int:
+    examples = list_examples()
+    if args.name in (None, "list") or args.name not in examples:
+        if args.name not in (None, "list"):
+            print(f"fastdl train: unknown example {args.name!r}", file=sys.stderr)
+        print("examples (fastdl train NAME [--fast] [--epochs N] [--seed S] [--out DIR]):")
+        for name, doc in examples.items():
+            print(f"  {name:<18} {doc}")
+        return 0 if args.name in (None, "list") else 2
+    # Examples take sys.argv-style arguments: the program name first.
+    result = load_example(args.name).main([f"{args.name}.py", *args.rest])
+    return result if isinstance(result, int) else 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="fastdl", description="fastdl: native deep-learning kernels")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -107,16 +202,22 @@ def main(argv=None) -> int:
     p_info.add_argument("--json", action="store_true", help="print backend_info() as JSON")
     p_info.set_defaults(func=_info)
     p_bench = sub.add_parser("bench", help="time fastdl against NumPy and PyTorch in the same run")
-    p_bench.add_argument("family", nargs="?", default="gemm", help="kernel family or 'all' (default gemm)")
+    p_bench.add_argument("family", nargs="?", default="gemm",
+                         help="kernel family, 'all', 'train' (whole models vs PyTorch) or 'ddp' (data parallel on MPI ranks) (default gemm)")
     p_bench.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
                          help="cpu (default) or cuda (fastdl vs cuBLAS and PyTorch on the current GPU)")
     p_bench.add_argument("--threads", default="1,2", help="comma-separated thread counts (default 1,2)")
     p_bench.add_argument("--full", action="store_true", help="include the largest problems")
     p_bench.add_argument("--repeats", type=int, default=5)
-    p_bench.add_argument("--json", help="also write the rows to this JSON file")
+    p_bench.add_argument("--json", help="also write the rows to this JSON file (ddp: a prefix)")
+    p_bench.add_argument("--ranks", type=int, default=2, help="MPI ranks for 'fastdl bench ddp' (default 2)")
     p_bench.add_argument("--keep-openblas-env", action="store_true",
                          help="do not unset OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE for the NumPy reference")
     p_bench.set_defaults(func=_bench)
+    p_train = sub.add_parser("train", help="run a course example (fastdl train list: the examples)")
+    p_train.add_argument("name", nargs="?", help="example name, or 'list'")
+    p_train.add_argument("rest", nargs=argparse.REMAINDER, help="the example's options (--fast, --epochs, ...)")
+    p_train.set_defaults(func=_train)
     args = parser.parse_args(argv)
     return args.func(args)
 

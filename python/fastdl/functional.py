@@ -1821,6 +1821,80 @@ def rnn(input, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None, nonlinearit
     return stack(outputs), h
 
 
+# ---- attention: fused scaled-dot-product attention (native); composed on CUDA ---------------------
+
+from . import backend as _backend  # noqa: E402
+from .ops import attention as _attention  # noqa: E402
+
+__all__ += ["scaled_dot_product_attention"]
+
+
+def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
+                                 enable_gqa=False) -> Tensor:
+    """softmax(query·keyᵀ·scale + mask)·value on fastdl's fused attention kernel (PyTorch's semantics).
+
+    query (..., L, E), key (..., S, E), value (..., S, Ev) → (..., L, Ev); batch dimensions broadcast.
+    ``attn_mask`` broadcasts to (..., L, S): bool (True takes part) or additive in query's dtype (its
+    gradient flows when it requires grad). ``is_causal`` keeps key j for query i when j ≤ i
+    (top-left aligned when L ≠ S, as PyTorch; combined with ``attn_mask`` if both are given).
+    ``scale`` defaults to 1/sqrt(E). ``enable_gqa`` lets query have a multiple of key/value's heads
+    (dimension -3), each group of queries sharing one key/value head. ``dropout_p`` drops attention
+    probabilities (with fastdl's seeded generator); pass 0.0 when not training.
+
+    Rows whose mask removes every key give zeros (and zero gradients), never NaN. The L×S score
+    matrix is never stored: memory is linear in L and S. On CUDA tensors this runs the composed
+    formula (a declared fallback) until the CUDA attention kernel exists.
+
+    >>> import fastdl
+    >>> q = fastdl.ones(2, 4, 8)
+    >>> v = fastdl.arange(2 * 4 * 3, dtype=fastdl.float32).reshape(2, 4, 3)
+    >>> out = fastdl.functional.scaled_dot_product_attention(q, q, v, is_causal=True)
+    >>> out.shape, out[0, 1].tolist()
+    ((2, 4, 3), [1.5, 2.5, 3.5])
+    """
+    op = "scaled_dot_product_attention"
+    q, k, v = _tensor(query, op, "query"), _tensor(key, op, "key"), _tensor(value, op, "value")
+    m = None if attn_mask is None else _tensor(attn_mask, op, "attn_mask")
+    if not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"{op}: dropout_p must be in [0, 1), got {dropout_p}")
+    if builtins.any(t.is_cuda for t in (q, k, v, m) if t is not None):
+        _backend.note_fallback("attention", "cuda")
+        return _attention_composed(op, q, k, v, m, dropout_p, is_causal, scale, enable_gqa)[0]
+    seed = int(_random.generator().integers(0, 2**63)) if dropout_p > 0 else 0
+    options = (bool(is_causal), scale, float(dropout_p), seed, bool(enable_gqa))
+    if _record(q, k, v, m):
+        return _attention.ScaledDotProductAttentionFn.apply(q, k, v, m, *options)
+    return Tensor(_attention.ScaledDotProductAttentionFn.forward(
+        _NULL_CTX, q.data, k.data, v.data, None if m is None else m.data, *options))
+
+
+def _attention_composed(op, q, k, v, m, dropout_p, is_causal, scale, enable_gqa):
+    """(out, weights) of scaled-dot-product attention composed from fastdl ops, storing the L×S
+    weights: the path for CUDA tensors and for callers that need the weights themselves
+    (``nn.MultiheadAttention(need_weights=True)``). Rows with no key give zero weights."""
+    L, S, E = q.shape[-2], k.shape[-2], q.shape[-1]
+    if enable_gqa and q.data.ndim >= 3 and k.data.ndim >= 3 and q.shape[-3] != k.shape[-3]:
+        group = q.shape[-3] // builtins.max(k.shape[-3], 1)
+        if k.shape[-3] * group != q.shape[-3] or v.shape[-3] != k.shape[-3]:
+            raise ValueError(f"{op}: enable_gqa needs equal key/value heads that divide the query heads "
+                             f"(dimension -3): query {q.shape}, key {k.shape}, value {v.shape}")
+        k, v = (x.unsqueeze(-3).expand(*x.shape[:-2], group, *x.shape[-2:]).reshape(
+            *x.shape[:-3], q.shape[-3], *x.shape[-2:]) for x in (k, v))
+    if scale is None:
+        scale = 1.0 / math.sqrt(E) if E > 0 else 1.0
+    scores = matmul(q, k.transpose(-2, -1)) * scale
+    xp = array_module(q.data)
+    if is_causal:
+        scores = masked_fill(scores, Tensor(~xp.tril(xp.ones((L, S), dtype=bool))), float("-inf"))
+    if m is not None:
+        scores = masked_fill(scores, logical_not(m), float("-inf")) if m.dtype == np.bool_ else scores + m
+    some_key = Tensor((scores.data > -xp.inf).any(axis=-1, keepdims=True))
+    weights = softmax(where(some_key, scores, 0.0), dim=-1) * some_key.to(scores.dtype)
+    if dropout_p > 0:
+        weights = dropout(weights, dropout_p)
+    return matmul(weights, v), weights
+
+
 # ---- nn: dropout, normalisation, embedding and losses (the functional forms of fastdl.nn) ----------
 
 from .ops import nn as _nn_ops  # noqa: E402
@@ -2137,3 +2211,134 @@ def cosine_embedding_loss(input1, input2, target, margin: float = 0.0, *, reduct
     pos = where(target == 1, 1 - cos, zeros)
     neg = where(target == -1, (cos - margin).clamp(min=0), zeros)
     return _reduce_loss(pos + neg, reduction)
+
+
+# ---- conv2d family: convolution and pooling -------------------------------------------------------
+# (builtins.any/max/min: this module defines the tensor ops of those names.)
+
+from . import kernels as _kernels  # noqa: E402
+from .ops import conv2d as _conv  # noqa: E402
+
+__all__ += ["conv2d", "conv_transpose2d", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d"]
+
+
+def _conv_operands(op: str, input, weight=None, bias=None) -> bool:
+    """Checks the operands of a convolution or pooling op; True when input is unbatched (C, H, W)."""
+    named = [("input", input)] + ([("weight", weight)] if weight is not None else []) + \
+        ([("bias", bias)] if bias is not None else [])
+    for name, t in named:
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{op}: {name} must be a Tensor, got {type(t).__name__}")
+    if input.ndim not in (3, 4):
+        raise ValueError(f"{op}: input must be 3-D (C, H, W) or 4-D (N, C, H, W), got {input.shape}")
+    if weight is not None and weight.ndim != 4:
+        raise ValueError(f"{op}: weight must be 4-D, got {weight.shape} for input {input.shape}")
+    if input.dtype.kind != "f" or builtins.any(t.dtype != input.dtype for _, t in named):
+        raise TypeError(f"{op}: operands must share one floating-point dtype, got "
+                        + ", ".join(f"{name} {t.dtype} {t.shape}" for name, t in named))
+    if builtins.any(t.device != input.device for _, t in named):
+        raise ValueError(f"{op}: operands are on different devices: "
+                         + ", ".join(f"{name} {t.device} {t.shape}" for name, t in named))
+    return input.ndim == 3
+
+
+def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1) -> Tensor:
+    """2-D convolution (cross-correlation), as ``torch.nn.functional.conv2d``.
+
+    input (N, C_in, H, W) or (C_in, H, W), weight (C_out, C_in/groups, KH, KW), bias (C_out,) →
+    (N, C_out, OH, OW) with OH = ⌊(H + 2·padding − dilation·(KH − 1) − 1) / stride⌋ + 1.
+    ``stride``, ``dilation``: int or pair; ``padding``: int, pair, ``"same"`` (stride 1) or
+    ``"valid"``; ``groups`` divides both channel counts (groups = C_in: depthwise).
+
+    >>> import fastdl
+    >>> import fastdl.functional as F
+    >>> F.conv2d(fastdl.ones(1, 1, 4, 4), fastdl.ones(2, 1, 3, 3), padding=1).shape
+    (1, 2, 4, 4)
+    """
+    unbatched = _conv_operands("conv2d", input, weight, bias)
+    return _conv.Conv2dFn.apply(input, weight, bias, stride, padding, dilation, groups, unbatched)
+
+
+def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1,
+                     dilation=1) -> Tensor:
+    """Transposed convolution (the gradient of conv2d with respect to its input), as
+    ``torch.nn.functional.conv_transpose2d``.
+
+    input (N, C_in, H, W) or (C_in, H, W), weight (C_in, C_out/groups, KH, KW), bias (C_out,) →
+    (N, C_out, OH, OW) with OH = (H − 1)·stride − 2·padding + dilation·(KH − 1) + output_padding + 1;
+    ``output_padding`` < stride or < dilation picks among the input sizes a conv2d maps to H.
+
+    >>> import fastdl
+    >>> import fastdl.functional as F
+    >>> F.conv_transpose2d(fastdl.ones(1, 4, 3, 3), fastdl.ones(4, 2, 4, 4), stride=2, padding=1).shape
+    (1, 2, 6, 6)
+    """
+    op = "conv_transpose2d"
+    unbatched = _conv_operands(op, input, weight, bias)
+    stride = _kernels._pair(op, "stride", stride, 1)
+    padding = _kernels._pair(op, "padding", padding, 0)
+    output_padding = _kernels._pair(op, "output_padding", output_padding, 0)
+    dilation = _kernels._pair(op, "dilation", dilation, 1)
+    C_in, H, W = input.shape[-3:]
+    shapes = f"input {input.shape}, weight {weight.shape}"
+    if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
+        raise ValueError(f"{op}: groups must be a positive int, got {groups!r} for {shapes}")
+    if weight.shape[0] != C_in or C_in % groups:
+        raise ValueError(f"{op}: weight.shape[0] must equal the input channels {C_in} and be divisible by "
+                         f"groups {groups}, got {shapes}")
+    if bias is not None and bias.shape != (weight.shape[1] * groups,):
+        raise ValueError(f"{op}: bias must be ({weight.shape[1] * groups},), got {bias.shape} for {shapes}")
+    for d in (0, 1):
+        if output_padding[d] >= builtins.max(stride[d], dilation[d]):
+            raise ValueError(f"{op}: output_padding {output_padding} must be smaller than stride {stride} or "
+                             f"dilation {dilation} for {shapes}")
+    out_hw = tuple((n - 1) * stride[d] - 2 * padding[d] + dilation[d] * (weight.shape[2 + d] - 1)
+                   + output_padding[d] + 1 for d, n in enumerate((H, W)))
+    if builtins.min(out_hw) < 1:
+        raise ValueError(f"{op}: the output would be {out_hw}: padding {padding} is too large for {shapes}")
+    return _conv.ConvTranspose2dFn.apply(input, weight, bias, stride, padding, dilation, groups, out_hw, unbatched)
+
+
+def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False):
+    """Max pooling, as ``torch.nn.functional.max_pool2d``: input (N, C, H, W) or (C, H, W) → the
+    window maxima (N, C, OH, OW), and with ``return_indices`` also their flat positions ih·W + iw
+    (int64). ``stride`` defaults to ``kernel_size``; padding counts as −∞.
+
+    >>> import fastdl
+    >>> import fastdl.functional as F
+    >>> F.max_pool2d(fastdl.arange(16.0).reshape(1, 1, 4, 4), 2).tolist()
+    [[[[5.0, 7.0], [13.0, 15.0]]]]
+    """
+    unbatched = _conv_operands("max_pool2d", input)
+    out, indices = _conv.MaxPool2dFn.apply(input, kernel_size, stride, padding, dilation, ceil_mode, unbatched)
+    return (out, indices) if return_indices else out
+
+
+def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
+               divisor_override=None) -> Tensor:
+    """Average pooling, as ``torch.nn.functional.avg_pool2d``: input (N, C, H, W) or (C, H, W) →
+    (N, C, OH, OW); the divisor is the window size (with the zero padding when
+    ``count_include_pad``), or ``divisor_override``.
+
+    >>> import fastdl
+    >>> import fastdl.functional as F
+    >>> F.avg_pool2d(fastdl.arange(16.0).reshape(1, 1, 4, 4), 2).tolist()
+    [[[[2.5, 4.5], [10.5, 12.5]]]]
+    """
+    unbatched = _conv_operands("avg_pool2d", input)
+    return _conv.AvgPool2dFn.apply(input, kernel_size, stride, padding, ceil_mode, count_include_pad,
+                                   divisor_override, unbatched)
+
+
+def adaptive_avg_pool2d(input, output_size) -> Tensor:
+    """Adaptive average pooling, as ``torch.nn.functional.adaptive_avg_pool2d``: input (N, C, H, W)
+    or (C, H, W) → (N, C, OH, OW) for ``output_size`` = OH, (OH, OW) or (OH, None); window i covers
+    rows ⌊i·H/OH⌋ … ⌈(i+1)·H/OH⌉ − 1.
+
+    >>> import fastdl
+    >>> import fastdl.functional as F
+    >>> F.adaptive_avg_pool2d(fastdl.ones(2, 3, 7, 5), 1).shape
+    (2, 3, 1, 1)
+    """
+    unbatched = _conv_operands("adaptive_avg_pool2d", input)
+    return _conv.AdaptiveAvgPool2dFn.apply(input, output_size, unbatched)

@@ -389,6 +389,34 @@ def _check_gradient(node, i, g, edge):
     return g
 
 
+# Post-accumulate-grad hooks, by leaf: id(tensor) -> (weak reference, hooks). Kept outside the
+# Tensor (no slot, nothing to pay per tensor); an entry disappears with its tensor.
+_POST_ACCUMULATE_HOOKS: dict = {}
+
+
+class _HookHandle:
+    """What ``register_post_accumulate_grad_hook`` returns: ``remove()`` unregisters the hook."""
+
+    __slots__ = ("_key", "_hook")
+
+    def __init__(self, key, hook):
+        self._key, self._hook = key, hook
+
+    def remove(self) -> None:
+        entry = _POST_ACCUMULATE_HOOKS.get(self._key)
+        if entry is not None and self._hook in entry[1]:
+            entry[1].remove(self._hook)
+            if not entry[1]:
+                del _POST_ACCUMULATE_HOOKS[self._key]
+
+
+def _run_post_accumulate_hooks(leaf) -> None:
+    entry = _POST_ACCUMULATE_HOOKS.get(id(leaf))
+    if entry is not None:
+        for hook in list(entry[1]):
+            hook(leaf)
+
+
 def _run_backward(roots, root_grads, retain_graph: bool, inputs=None):
     """Backpropagate ``root_grads`` (arrays) from the ``roots`` (tensors).
 
@@ -404,6 +432,10 @@ def _run_backward(roots, root_grads, retain_graph: bool, inputs=None):
             key = t.grad_fn if t.grad_fn is not None else t
             capture.setdefault((id(key), t._output_nr), []).append(k)
     given = set()  # ids of gradient arrays handed on: a second recipient gets a copy
+    # Leaves with post-accumulate-grad hooks: id -> edges still to deliver; the hooks run after the
+    # last one (autograd.grad accumulates nothing, so it runs none).
+    hooked = {} if _POST_ACCUMULATE_HOOKS and capture is None else None
+    accumulated = set()
 
     def hand_out(g):
         if id(g) in given:
@@ -434,6 +466,8 @@ def _run_backward(roots, root_grads, retain_graph: bool, inputs=None):
         node = t.grad_fn
         if node is None:
             to_leaf(t, g)
+            if hooked is not None:
+                _run_post_accumulate_hooks(t)
             continue
         g = hand_out(g)
         if node._nout == 1:
@@ -466,6 +500,8 @@ def _run_backward(roots, root_grads, retain_graph: bool, inputs=None):
                 else:
                     deps[target] = 1
                     stack.append(target)
+            elif hooked is not None and edge is not None and id(edge[0]) in _POST_ACCUMULATE_HOOKS:
+                hooked[id(edge[0])] = hooked.get(id(edge[0]), 0) + 1
 
     ready = [n for n in deps if deps[n] == 0]
     while ready:
@@ -521,10 +557,16 @@ def _run_backward(roots, root_grads, retain_graph: bool, inputs=None):
                         slots[j] = g if slots[j] is None else slots[j] + g
                 else:
                     to_leaf(target, g)
+                    if hooked is not None:
+                        accumulated.add(id(target))
             if is_node:
                 deps[target] -= 1
                 if deps[target] == 0:
                     ready.append(target)
+            elif hooked is not None and id(target) in hooked:
+                hooked[id(target)] -= 1
+                if hooked[id(target)] == 0 and id(target) in accumulated:
+                    _run_post_accumulate_hooks(target)
     return captured
 
 
@@ -842,6 +884,32 @@ class Tensor:
         if node._retained is None:
             node._retained = {}
         node._retained[self._output_nr] = weakref.ref(self)
+
+    def register_post_accumulate_grad_hook(self, hook):
+        """Call ``hook(tensor)`` each time a backward has finished accumulating this leaf's
+        gradient into ``.grad`` (after all of this backward's contributions, as PyTorch's hook of the
+        same name; ``autograd.grad`` runs none). Returns a handle with ``remove()``.
+
+        >>> import fastdl
+        >>> w = fastdl.tensor([1.0, 2.0], requires_grad=True)
+        >>> handle = w.register_post_accumulate_grad_hook(lambda t: print("grad", t.grad.tolist()))
+        >>> (w * w + w).sum().backward()
+        grad [3.0, 5.0]
+        >>> handle.remove()
+        """
+        if self.grad_fn is not None or not self.requires_grad:
+            raise RuntimeError("register_post_accumulate_grad_hook: only a leaf tensor that requires grad "
+                               f"accumulates a gradient (this one: shape {self.shape}, "
+                               f"{'non-leaf' if self.grad_fn is not None else 'requires_grad=False'})")
+        if not callable(hook):
+            raise TypeError(f"register_post_accumulate_grad_hook: hook must be callable, got {type(hook).__name__}")
+        key = id(self)
+        entry = _POST_ACCUMULATE_HOOKS.get(key)
+        if entry is None or entry[0]() is not self:
+            entry = _POST_ACCUMULATE_HOOKS[key] = (
+                weakref.ref(self, lambda _, key=key: _POST_ACCUMULATE_HOOKS.pop(key, None)), [])
+        entry[1].append(hook)
+        return _HookHandle(key, hook)
 
     def backward(self, gradient=None, retain_graph=False) -> None:
         """Accumulate d(self)/d(leaf) · gradient into the ``.grad`` of every leaf that requires grad.

@@ -45,7 +45,9 @@ from .losses import (
     NLLLoss,
     SmoothL1Loss,
 )
+from .attention import MultiheadAttention
 from .module import Identity, Module, ModuleDict, ModuleList, Parameter, Sequential
+from . import parallel  # DistributedDataParallel
 
 __all__ = [
     "Module", "Parameter", "Sequential", "ModuleList", "ModuleDict", "Identity",
@@ -55,7 +57,9 @@ __all__ = [
     "PositionalEncoding", "sinusoidal_positional_encoding",
     "MSELoss", "L1Loss", "SmoothL1Loss", "BCELoss", "BCEWithLogitsLoss", "CrossEntropyLoss", "NLLLoss",
     "KLDivLoss", "CosineEmbeddingLoss",
+    "MultiheadAttention",
     "functional", "init", "utils",
+    "parallel",
 ]
 
 # ---- recurrent layers (lstm branch) ----------------------------------------------------------------

@@ -57,6 +57,7 @@ class Linear(Module):
         self.weight = _empty(out_features, in_features, dtype=dtype)
         self.bias = _empty(out_features, dtype=dtype) if bias else None
         self.reset_parameters()
+        self._place(device)
 
     def reset_parameters(self) -> None:
         init.kaiming_uniform_(self.weight, a=math.sqrt(5))
@@ -90,6 +91,7 @@ class Bilinear(Module):
         self.weight = _empty(out_features, in1_features, in2_features, dtype=dtype)
         self.bias = _empty(out_features, dtype=dtype) if bias else None
         self.reset_parameters()
+        self._place(device)
 
     def reset_parameters(self) -> None:
         bound = 1 / math.sqrt(self.weight.shape[1])
@@ -226,6 +228,7 @@ class _BatchNorm(Module):
             self.register_buffer("running_mean", None)
             self.register_buffer("running_var", None)
             self.register_buffer("num_batches_tracked", None)
+        self._place(device)
 
     def reset_running_stats(self) -> None:
         if self.track_running_stats:
@@ -314,6 +317,7 @@ class LayerNorm(Module):
         else:
             self.register_parameter("weight", None)
             self.register_parameter("bias", None)
+        self._place(device)
 
     def reset_parameters(self) -> None:
         if self.weight is not None:
@@ -357,6 +361,7 @@ class GroupNorm(Module):
         else:
             self.register_parameter("weight", None)
             self.register_parameter("bias", None)
+        self._place(device)
 
     def reset_parameters(self) -> None:
         if self.affine:
@@ -414,6 +419,7 @@ class Embedding(Module):
                 raise ValueError(f"Embedding: _weight has shape {tuple(_weight.shape)}, expected "
                                  f"({num_embeddings}, {embedding_dim})")
             self.weight = Parameter(_weight, requires_grad=not _freeze)
+        self._place(device)
 
     def reset_parameters(self) -> None:
         init.normal_(self.weight)

@@ -382,6 +382,11 @@ class Module:
             self._apply(lambda a: a.astype(dtype) if a.dtype.kind == "f" else a)
         return self
 
+    def _place(self, device) -> None:
+        """A constructor's ``device=`` argument: the parameters are made on the CPU, then moved."""
+        if device is not None and str(device) != "cpu":
+            self.to(device)
+
     def float(self) -> "Module":
         return self.to(np.float32)
 
