@@ -485,11 +485,12 @@ struct LstmArrays {
   };
   std::vector<Span> spans;
 
-  // Sizes from x (T, B, I) and w_hh (4H, H).
-  LstmArrays(const char* name, const py::array& x, const py::array& w_hh) : op(name), dtype(float_dtype(x, name, "x")) {
-    if (x.ndim() != 3 || w_hh.ndim() != 2 || w_hh.shape(0) != 4 * w_hh.shape(1))
-      throw py::value_error(op + ": x must be (T, B, I) and w_hh (4H, H), got x " + shape_of(x) + ", w_hh " +
-                            shape_of(w_hh));
+  // Sizes from x (T, B, I) and w_hh (gates·H, H): 4 gates for the LSTM, 3 for the GRU.
+  LstmArrays(const char* name, const py::array& x, const py::array& w_hh, int gates = 4)
+      : op(name), dtype(float_dtype(x, name, "x")) {
+    if (x.ndim() != 3 || w_hh.ndim() != 2 || w_hh.shape(0) != gates * w_hh.shape(1))
+      throw py::value_error(op + ": x must be (T, B, I) and w_hh (" + std::to_string(gates) + "H, H), got x " +
+                            shape_of(x) + ", w_hh " + shape_of(w_hh));
     T = x.shape(0), B = x.shape(1), I = x.shape(2), H = w_hh.shape(1);
     if (T < 1 || B < 1 || I < 1 || H < 1)
       throw py::value_error(op + ": sizes must be positive, got x " + shape_of(x) + ", w_hh " + shape_of(w_hh));
@@ -594,6 +595,90 @@ void lstm_backward(const py::object& dy, const py::object& dh_n, const py::objec
   else
     lstm_backward_typed<double>(a, dy, dh_n, dc_n, x, w_ih, w_hh, h0, c0, y, gates, cell, dx, dh0, dc0, dw_ih, dw_hh,
                                 db, dgates, p);
+}
+
+template <class S>
+void gru_forward_typed(LstmArrays& a, const py::array& x, const py::array& w_ih, const py::array& w_hh,
+                       const py::object& b_ih, const py::object& b_hh, const py::object& h0, const py::object& y,
+                       const py::object& h_n, const py::object& gates, const py::object& hn) {
+  const index_t T = a.T, B = a.B, I = a.I, H = a.H;
+  auto in = [&](const py::object& o, const char* n, std::vector<index_t> s, bool opt) {
+    return static_cast<const S*>(a.get(o, n, std::move(s), false, opt));
+  };
+  auto out = [&](const py::object& o, const char* n, std::vector<index_t> s, bool opt) {
+    return static_cast<S*>(a.get(o, n, std::move(s), true, opt));
+  };
+  const S* px = in(x, "x", {T, B, I}, false);
+  const S* pw_ih = in(w_ih, "w_ih", {3 * H, I}, false);
+  const S* pw_hh = in(w_hh, "w_hh", {3 * H, H}, false);
+  const S* pb_ih = in(b_ih, "b_ih", {3 * H}, true);
+  const S* pb_hh = in(b_hh, "b_hh", {3 * H}, true);
+  const S* ph0 = in(h0, "h0", {B, H}, true);
+  S* py_ = out(y, "y", {T, B, H}, false);
+  S* ph_n = out(h_n, "h_n", {B, H}, false);
+  S* pgates = out(gates, "gates", {T, B, 3 * H}, false);
+  S* phn = out(hn, "hn", {T, B, H}, true);
+  py::gil_scoped_release release;
+  fastdl::cpu::gru_forward<S>(py_, ph_n, pgates, phn, px, ph0, pw_ih, pw_hh, pb_ih, pb_hh, T, B, I, H);
+}
+
+void gru_forward(const py::array& x, const py::array& w_ih, const py::array& w_hh, const py::object& b_ih,
+                 const py::object& b_hh, const py::object& h0, const py::object& y, const py::object& h_n,
+                 const py::object& gates, const py::object& hn) {
+  LstmArrays a("gru_forward", x, w_hh, 3);
+  if (a.dtype == DType::f32)
+    gru_forward_typed<float>(a, x, w_ih, w_hh, b_ih, b_hh, h0, y, h_n, gates, hn);
+  else
+    gru_forward_typed<double>(a, x, w_ih, w_hh, b_ih, b_hh, h0, y, h_n, gates, hn);
+}
+
+template <class S>
+void gru_backward_typed(LstmArrays& a, const py::object& dy, const py::object& dh_n, const py::array& x,
+                        const py::array& w_ih, const py::array& w_hh, const py::object& h0, const py::object& y,
+                        const py::object& gates, const py::object& hn, const py::object& dx, const py::object& dh0,
+                        const py::object& dw_ih, const py::object& dw_hh, const py::object& db_ih,
+                        const py::object& db_hh, const py::object& dgx, const py::object& dgh) {
+  const index_t T = a.T, B = a.B, I = a.I, H = a.H;
+  auto in = [&](const py::object& o, const char* n, std::vector<index_t> s, bool opt) {
+    return static_cast<const S*>(a.get(o, n, std::move(s), false, opt));
+  };
+  auto out = [&](const py::object& o, const char* n, std::vector<index_t> s, bool opt) {
+    return static_cast<S*>(a.get(o, n, std::move(s), true, opt));
+  };
+  const S* pdy = in(dy, "dy", {T, B, H}, true);
+  const S* pdh_n = in(dh_n, "dh_n", {B, H}, true);
+  const S* px = in(x, "x", {T, B, I}, false);
+  const S* pw_ih = in(w_ih, "w_ih", {3 * H, I}, false);
+  const S* pw_hh = in(w_hh, "w_hh", {3 * H, H}, false);
+  const S* ph0 = in(h0, "h0", {B, H}, true);
+  const S* py_ = in(y, "y", {T, B, H}, false);
+  const S* pgates = in(gates, "gates", {T, B, 3 * H}, false);
+  const S* phn = in(hn, "hn", {T, B, H}, false);
+  S* pdx = out(dx, "dx", {T, B, I}, true);
+  S* pdh0 = out(dh0, "dh0", {B, H}, true);
+  S* pdw_ih = out(dw_ih, "dw_ih", {3 * H, I}, true);
+  S* pdw_hh = out(dw_hh, "dw_hh", {3 * H, H}, true);
+  S* pdb_ih = out(db_ih, "db_ih", {3 * H}, true);
+  S* pdb_hh = out(db_hh, "db_hh", {3 * H}, true);
+  S* pdgx = out(dgx, "dgx", {T, B, 3 * H}, false);
+  S* pdgh = out(dgh, "dgh", {T, B, 3 * H}, false);
+  py::gil_scoped_release release;
+  fastdl::cpu::gru_backward<S>(pdx, pdh0, pdw_ih, pdw_hh, pdb_ih, pdb_hh, pdgx, pdgh, pdy, pdh_n, px, ph0, pw_ih,
+                               pw_hh, py_, pgates, phn, T, B, I, H);
+}
+
+void gru_backward(const py::object& dy, const py::object& dh_n, const py::array& x, const py::array& w_ih,
+                  const py::array& w_hh, const py::object& h0, const py::object& y, const py::object& gates,
+                  const py::object& hn, const py::object& dx, const py::object& dh0, const py::object& dw_ih,
+                  const py::object& dw_hh, const py::object& db_ih, const py::object& db_hh, const py::object& dgx,
+                  const py::object& dgh) {
+  LstmArrays a("gru_backward", x, w_hh, 3);
+  if (a.dtype == DType::f32)
+    gru_backward_typed<float>(a, dy, dh_n, x, w_ih, w_hh, h0, y, gates, hn, dx, dh0, dw_ih, dw_hh, db_ih, db_hh,
+                              dgx, dgh);
+  else
+    gru_backward_typed<double>(a, dy, dh_n, x, w_ih, w_hh, h0, y, gates, hn, dx, dh0, dw_ih, dw_hh, db_ih, db_hh,
+                               dgx, dgh);
 }
 
 py::array lstm_vector_math(const std::string& fn, const py::array& x) {
@@ -1179,6 +1264,13 @@ PYBIND11_MODULE(_C, m) {
         py::arg("cell"), py::arg("dx"), py::arg("dh0"), py::arg("dc0"), py::arg("dw_ih"), py::arg("dw_hh"),
         py::arg("db"), py::arg("dgates"), py::arg("path") = "auto",
         "LSTM backward through time into the given gradient arrays (None: not wanted)");
+  m.def("gru_forward", &gru_forward, py::arg("x"), py::arg("w_ih"), py::arg("w_hh"), py::arg("b_ih"), py::arg("b_hh"),
+        py::arg("h0"), py::arg("y"), py::arg("h_n"), py::arg("gates"), py::arg("hn"),
+        "one GRU layer over a sequence into y, h_n; gates/hn are saved for gru_backward (None: optional)");
+  m.def("gru_backward", &gru_backward, py::arg("dy"), py::arg("dh_n"), py::arg("x"), py::arg("w_ih"),
+        py::arg("w_hh"), py::arg("h0"), py::arg("y"), py::arg("gates"), py::arg("hn"), py::arg("dx"), py::arg("dh0"),
+        py::arg("dw_ih"), py::arg("dw_hh"), py::arg("db_ih"), py::arg("db_hh"), py::arg("dgx"), py::arg("dgh"),
+        "GRU backward through time into the given gradient arrays (None: not wanted)");
   m.def("lstm_vector_math", &lstm_vector_math, py::arg("fn"), py::arg("x"),
         "the gate kernels' vectorised exp/sigmoid/tanh at the current CPU level (accuracy tests)");
 

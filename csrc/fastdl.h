@@ -139,9 +139,9 @@ void adaptive_avg_pool2d_backward(T* dx, const T* dy, index_t N, index_t C, inde
 // ---- lstm.cpp ------------------------------------------------------------------------------
 // One LSTM layer over a whole sequence, PyTorch's gate order (i, f, g, o); every array contiguous.
 //   x (T, B, I), w_ih (4H, I), w_hh (4H, H); h0, c0 (B, H) and b_ih, b_hh (4H) may be null (zero).
-//   Outputs y (T, B, H), h_n, c_n (B, H) (h_n may be y's last step itself). gates (T, B, 4H) is workspace that ends holding the
-//   activated gates; cell (T, B, H) receives every c_t. Both are what lstm_backward needs; pass
-//   cell = null when no backward follows.
+//   Outputs y (T, B, H), h_n, c_n (B, H) (h_n may be y's last step itself). gates (T, B, 4H) is
+//   workspace that ends holding the activated gates; cell (T, B, H) receives every c_t. Both are
+//   what lstm_backward needs; pass cell = null when no backward follows.
 // Paths: fused (W_hh packed once, recurrent product and gates in one tile kernel, one thread team
 // for the sequence) or stepwise (per step cpu::gemm, then the gates); automatic = fused for T > 1.
 enum class LstmPath : int { automatic = 0, stepwise = 1, fused = 2 };
@@ -157,6 +157,21 @@ template <class S>
 void lstm_backward(S* dx, S* dh0, S* dc0, S* dw_ih, S* dw_hh, S* db, S* dgates, const S* dy, const S* dh_n,
                    const S* dc_n, const S* x, const S* h0, const S* c0, const S* w_ih, const S* w_hh, const S* y,
                    const S* gates, const S* cell, index_t T, index_t B, index_t I, index_t H, LstmPath path);
+// One GRU layer over a whole sequence, PyTorch's equations and gate order (r, z, n), on the same
+// fused kernels: x (T, B, I), w_ih (3H, I), w_hh (3H, H), h0 (B, H), b_ih, b_hh (3H) may be null.
+// Outputs y (T, B, H), h_n (B, H) (may be y's last step). gates (T, B, 3H) is workspace that ends
+// holding (r, z, n); hn (T, B, H) receives W_hn·h_{t-1} + b_hn, or is null when no backward follows.
+template <class S>
+void gru_forward(S* y, S* h_n, S* gates, S* hn, const S* x, const S* h0, const S* w_ih, const S* w_hh, const S* b_ih,
+                 const S* b_hh, index_t T, index_t B, index_t I, index_t H);
+// Backward through time from the forward's y, gates and hn; dy (T, B, H) and dh_n (B, H) may be
+// null. Outputs, each null when not wanted: dx (T, B, I), dh0 (B, H), dw_ih (3H, I), dw_hh (3H, H),
+// db_ih, db_hh (3H). dgx, dgh (T, B, 3H) are workspace (the input and recurrent pre-activation
+// gradients).
+template <class S>
+void gru_backward(S* dx, S* dh0, S* dw_ih, S* dw_hh, S* db_ih, S* db_hh, S* dgx, S* dgh, const S* dy, const S* dh_n,
+                  const S* x, const S* h0, const S* w_ih, const S* w_hh, const S* y, const S* gates, const S* hn,
+                  index_t T, index_t B, index_t I, index_t H);
 // y[i] = fn(x[i]) for fn "exp" | "sigmoid" | "tanh" with the vectorised maths of simd.h at the
 // current level (what the gate kernels use; for accuracy tests).
 template <class S>

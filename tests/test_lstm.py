@@ -1,5 +1,7 @@
 """LSTM family: fastdl.kernels.lstm_forward / lstm_backward against a float64 NumPy step-by-step
 reference (and PyTorch with copied weights where installed), on every CPU level and both paths."""
+import functools
+
 import numpy as np
 import pytest
 
@@ -104,14 +106,20 @@ SHAPES = [
 
 # ---- forward ------------------------------------------------------------------------------------
 
+@functools.lru_cache(maxsize=None)
+def _forward_case(T, B, I, H, dtype):
+    """Seeded inputs and their float64 reference, computed once for every level and path."""
+    rng = np.random.default_rng(T * 1000 + B * 100 + I + H)
+    inputs = make(rng, T, B, I, H, dtype, state=(T + B) % 2 == 0)
+    return inputs, reference_forward(*inputs)[:3]
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("T,B,I,H", SHAPES)
 def test_lstm_forward_matches_reference(cpu_level, dtype, path, T, B, I, H):
-    rng = np.random.default_rng(T * 1000 + B * 100 + I + H)
-    x, w_ih, w_hh, b_ih, b_hh, h0, c0 = make(rng, T, B, I, H, dtype, state=(T + B) % 2 == 0)
+    (x, w_ih, w_hh, b_ih, b_hh, h0, c0), (ry, rh, rc) = _forward_case(T, B, I, H, np.dtype(dtype))
     y, h_n, c_n, saved = kernels.lstm_forward(x, w_ih, w_hh, b_ih, b_hh, h0, c0, training=(B != 3), path=path)
-    ry, rh, rc, _ = reference_forward(x, w_ih, w_hh, b_ih, b_hh, h0, c0)
     assert y.dtype == dtype and y.shape == (T, B, H) and h_n.shape == c_n.shape == (B, H)
     k = seq_k(T, I, H)
     assert_close(y, ry, dtype, k)
@@ -225,18 +233,25 @@ BACKWARD_SHAPES = [(1, 1, 1, 1), (2, 3, 3, 17), (17, 3, 17, 64), (17, 32, 64, 10
                    (2, 32, 256, 3), (17, 1, 100, 256)]
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("path", PATHS)
-@pytest.mark.parametrize("T,B,I,H", BACKWARD_SHAPES)
-def test_lstm_backward_matches_reference(cpu_level, dtype, path, T, B, I, H):
+@functools.lru_cache(maxsize=None)
+def _backward_case(T, B, I, H, dtype):
+    """Seeded inputs, output gradients and the float64 reference gradients, computed once."""
     rng = np.random.default_rng(T * 1000 + B * 100 + I + H + 1)
     x, w_ih, w_hh, b_ih, b_hh, h0, c0 = make(rng, T, B, I, H, dtype, state=(T + B) % 2 == 1)
     gy = rng.standard_normal((T, B, H)).astype(dtype)
     gh = rng.standard_normal((B, H)).astype(dtype) if B != 3 else None
     gc = rng.standard_normal((B, H)).astype(dtype) if T != 2 else None
+    expected = reference_backward(x, w_ih, w_hh, b_ih.astype(np.float64) + b_hh, h0, c0, gy, gh, gc)
+    return (x, w_ih, w_hh, b_ih, b_hh, h0, c0), (gy, gh, gc), expected
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("T,B,I,H", BACKWARD_SHAPES)
+def test_lstm_backward_matches_reference(cpu_level, dtype, path, T, B, I, H):
+    (x, w_ih, w_hh, b_ih, b_hh, h0, c0), (gy, gh, gc), expected = _backward_case(T, B, I, H, np.dtype(dtype))
     y, h_n, c_n, saved = kernels.lstm_forward(x, w_ih, w_hh, b_ih, b_hh, h0, c0, training=True, path=path)
     grads = kernels.lstm_backward(gy, gh, gc, x, w_ih, w_hh, h0, c0, y, saved, path=path)
-    expected = reference_backward(x, w_ih, w_hh, b_ih.astype(np.float64) + b_hh, h0, c0, gy, gh, gc)
     names = ("x", "h0", "c0", "w_ih", "w_hh", "b")
     for name, got, ref in zip(names, grads, expected):
         if name in ("h0", "c0") and h0 is None:
@@ -311,6 +326,128 @@ def test_lstm_backward_matches_torch():
     for got, ref in ((gx, tx.grad), (gh0, th0.grad[0]), (gc0, tc0.grad[0]), (gw_ih, lstm.weight_ih_l0.grad),
                      (gw_hh, lstm.weight_hh_l0.grad), (gb, lstm.bias_ih_l0.grad), (gb, lstm.bias_hh_l0.grad)):
         assert_close(got, ref.numpy(), np.float64, k)
+
+
+# ---- GRU kernels ----------------------------------------------------------------------------------
+
+def reference_gru(x, w_ih, w_hh, b_ih, b_hh, h0, gy=None, gh=None):
+    """Step by step in float64: (y, h_n) and, given output gradients, (dx, dh0, dw_ih, dw_hh, db_ih, db_hh)."""
+    x, w_ih, w_hh = (np.asarray(a, np.float64) for a in (x, w_ih, w_hh))
+    T, B, _ = x.shape
+    H = w_hh.shape[1]
+    b_ih = np.zeros(3 * H) if b_ih is None else np.asarray(b_ih, np.float64)
+    b_hh = np.zeros(3 * H) if b_hh is None else np.asarray(b_hh, np.float64)
+    h = np.zeros((B, H)) if h0 is None else np.asarray(h0, np.float64)
+    ys, cache = [], []
+    for t in range(T):
+        gx, gh_ = x[t] @ w_ih.T + b_ih, h @ w_hh.T + b_hh
+        r = sigmoid(gx[:, :H] + gh_[:, :H])
+        z = sigmoid(gx[:, H:2 * H] + gh_[:, H:2 * H])
+        n = np.tanh(gx[:, 2 * H:] + r * gh_[:, 2 * H:])
+        cache.append((h, r, z, n, gh_[:, 2 * H:]))
+        h = (1 - z) * n + z * h
+        ys.append(h)
+    y = np.stack(ys)
+    if gy is None and gh is None:
+        return y, h
+    dh = np.zeros((B, H)) if gh is None else np.asarray(gh, np.float64).copy()
+    grads = [np.zeros_like(x), None, np.zeros_like(w_ih), np.zeros_like(w_hh), np.zeros(3 * H), np.zeros(3 * H)]
+    for t in reversed(range(T)):
+        hp, r, z, n, ghn = cache[t]
+        if gy is not None:
+            dh = dh + gy[t]
+        dn = dh * (1 - z) * (1 - n * n)
+        dr = dn * ghn * r * (1 - r)
+        dz = dh * (hp - n) * z * (1 - z)
+        dgx, dgh = np.concatenate([dr, dz, dn], 1), np.concatenate([dr, dz, dn * r], 1)
+        grads[0][t] = dgx @ w_ih
+        grads[2] += dgx.T @ x[t]
+        grads[3] += dgh.T @ hp
+        grads[4] += dgx.sum(0)
+        grads[5] += dgh.sum(0)
+        dh = dh * z + dgh @ w_hh
+    grads[1] = dh
+    return y, h, grads
+
+
+def make_gru(rng, T, B, I, H, dtype, state=True):
+    k = 1.0 / np.sqrt(H)
+    x = rng.standard_normal((T, B, I)).astype(dtype)
+    w = [rng.uniform(-k, k, s).astype(dtype) for s in ((3 * H, I), (3 * H, H), (3 * H,), (3 * H,))]
+    h0 = rng.standard_normal((B, H)).astype(dtype) if state else None
+    return (x, *w, h0)
+
+
+@functools.lru_cache(maxsize=None)
+def _gru_case(T, B, I, H, dtype):
+    rng = np.random.default_rng(T * 1000 + B * 100 + I + H + 2)
+    inputs = make_gru(rng, T, B, I, H, dtype, state=(T + B) % 2 == 0)
+    gy = rng.standard_normal((T, B, H)).astype(dtype)
+    gh = rng.standard_normal((B, H)).astype(dtype) if B != 3 else None
+    return inputs, (gy, gh), reference_gru(*inputs, gy, gh)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("T,B,I,H", BACKWARD_SHAPES + [(100, 32, 17, 1), (2, 3, 3, 64)])
+def test_gru_kernels_match_reference(cpu_level, dtype, T, B, I, H):
+    (x, w_ih, w_hh, b_ih, b_hh, h0), (gy, gh), (ry, rh, rgrads) = _gru_case(T, B, I, H, np.dtype(dtype))
+    k = seq_k(T, I, H)
+    y, h_n, _ = kernels.gru_forward(x, w_ih, w_hh, b_ih, b_hh, h0)
+    assert_close(y, ry, dtype, k)
+    y, h_n, saved = kernels.gru_forward(x, w_ih, w_hh, b_ih, b_hh, h0, training=True)
+    assert_close(y, ry, dtype, k)
+    assert_close(h_n, rh, dtype, k)
+    grads = kernels.gru_backward(gy, gh, x, w_ih, w_hh, h0, y, saved)
+    for name, got, ref in zip(("x", "h0", "w_ih", "w_hh", "b_ih", "b_hh"), grads, rgrads):
+        if name == "h0" and h0 is None:
+            assert got is None
+            continue
+        assert_close(got, ref, dtype, k * (B if name.startswith(("w", "b")) else 1))
+
+
+def test_gru_kernels_without_bias_and_selected_grads(threads):
+    rng = np.random.default_rng(12)
+    x, w_ih, w_hh, b_ih, b_hh, h0 = make_gru(rng, 9, 5, 4, 21, np.float64)
+    ry, rh, rgrads = reference_gru(x, w_ih, w_hh, None, b_hh, h0, None, np.ones((5, 21)))
+    runs = []
+    for n in (1, 2, 3):
+        fastdl.set_num_threads(n)
+        y, h_n, saved = kernels.gru_forward(x, w_ih, w_hh, None, b_hh, h0, training=True)
+        grads = kernels.gru_backward(None, np.ones((5, 21)), x, w_ih, w_hh, h0, y, saved, grads=("w_hh", "h0"))
+        assert [g is None for g in grads] == [True, False, True, False, True, True]
+        runs.append((y, h_n, grads[1], grads[3]))
+    assert_close(runs[0][0], ry, np.float64, seq_k(9, 4, 21))
+    assert_close(runs[0][2], rgrads[1], np.float64, seq_k(9, 4, 21))
+    assert_close(runs[0][3], rgrads[3], np.float64, seq_k(9, 4, 21) * 5)
+    for run in runs[1:]:
+        for a, b in zip(run, runs[0]):
+            np.testing.assert_array_equal(a, b)
+
+
+BAD_GRU = [
+    (lambda: kernels.gru_forward(np.ones((4, 5)), np.ones((6, 5)), np.ones((6, 2))), ValueError, "3-D (T, B, I)"),
+    (lambda: kernels.gru_forward(np.ones((4, 3, 5)), np.ones((6, 5)), np.ones((8, 2))), ValueError,
+     "w_hh must be (3H, H), got (8, 2)"),
+    (lambda: kernels.gru_forward(np.ones((4, 3, 5)), np.ones((6, 4)), np.ones((6, 2))), ValueError,
+     "w_ih must be (3H, I) = (6, 5)"),
+    (lambda: kernels.gru_forward(np.ones((4, 3, 5)), np.ones((6, 5)), np.ones((6, 2)), h0=np.ones((2, 2))),
+     ValueError, "h0 must be (3, 2)"),
+    (lambda: kernels.gru_forward(np.ones((4, 3, 5)), np.ones((6, 5), np.float32), np.ones((6, 2))), TypeError,
+     "dtypes differ"),
+    (lambda: kernels.gru_backward(None, None, np.ones((4, 3, 5)), np.ones((6, 5)), np.ones((6, 2)), None,
+                                  np.ones((4, 3, 2)), None), ValueError, "training=True"),
+    (lambda: _C.gru_forward(np.ones((4, 3, 5)), np.ones((6, 5)), np.ones((6, 2)), None, None, None,
+                            np.empty((4, 3, 2)), np.empty((3, 2)), np.empty((4, 3, 5)), None), ValueError,
+     "gru_forward: gates must have shape (4, 3, 6)"),
+]
+
+
+@pytest.mark.parametrize("call,exc,words", BAD_GRU)
+def test_gru_bad_input(call, exc, words):
+    with pytest.raises(exc) as info:
+        call()
+    assert words in str(info.value)
+    assert "gru" in str(info.value)
 
 
 # ---- vectorised sigmoid / tanh / exp ------------------------------------------------------------
@@ -596,12 +733,13 @@ def test_functional_gru_rnn_gradcheck(name, gates):
     gradcheck(fn, arrays)
 
 
-def test_composed_gru_rnn_are_declared_and_counted():
+def test_composed_rnn_is_declared_and_counted():
     runs = {(f["family"], f["case"]): f["runs"] for f in fastdl.backend_info()["fallbacks"]}
-    before = runs[("lstm", "GRU/RNN")]
+    before = runs[("lstm", "RNN")]
     F.gru(fastdl.ones(2, 1, 3), None, fastdl.ones(6, 3), fastdl.ones(6, 2))
+    F.rnn(fastdl.ones(2, 1, 3), None, fastdl.ones(2, 3), fastdl.ones(2, 2))
     runs = {(f["family"], f["case"]): f["runs"] for f in fastdl.backend_info()["fallbacks"]}
-    assert runs[("lstm", "GRU/RNN")] == before + 1
+    assert runs[("lstm", "RNN")] == before + 1
     assert fastdl.backend_info()["families"]["lstm"]["cpu"].startswith("native")
 
 
@@ -728,7 +866,7 @@ def test_nn_lstm_float32_and_large_shapes_match_torch(dtype):
     if torch is None:
         pytest.skip("PyTorch is not installed")
     nn = _nn()
-    T, B, I, H = 17, 32, 64, 100
+    T, B, I, H = 9, 32, 64, 100
     t, f = _pair(torch.nn.LSTM, nn.LSTM, I, H, num_layers=2, dtype=dtype)
     x = np.random.default_rng(31).standard_normal((T, B, I))
     _compare_layer(t, f, x.astype(dtype).astype(np.float64) if dtype == np.float32 else x, None, dtype,

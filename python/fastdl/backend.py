@@ -245,10 +245,10 @@ def _distributed_info() -> dict:
 
 # ---- lstm family ----------------------------------------------------------------------------------
 FAMILY_IMPLEMENTATIONS["lstm"] = {
-    "cpu": "native: whole-sequence LSTM, fused recurrent GEMM + gates, {level}; GRU/RNN composed from ops",
+    "cpu": "native: whole-sequence LSTM and GRU, fused recurrent GEMM + gates, {level}; RNN composed from ops",
     "cuda": "not yet implemented",
 }
-declare_fallback("lstm", "GRU/RNN", "composed from linear, sigmoid, tanh/relu and elementwise ops per time step")
+declare_fallback("lstm", "RNN", "composed from linear and tanh/relu per time step")
 declare_fallback("lstm", "LSTM proj_size > 0", "composed from linear, sigmoid, tanh and elementwise ops per time step")
 FAMILY_IMPLEMENTATIONS["attention"] = {
     "cpu": "native: fused flash attention (FlashAttention-2 tiles, online softmax; masks, causal, GQA and dropout "

@@ -192,16 +192,19 @@ LSTM_CELL_SHAPES = [(1, 64, 128), (32, 128, 256)]
 
 def lstm_problems(full: bool = False) -> list[Problem]:
     """``nn.LSTM`` over a sequence, forward (inference, no grad) and forward+backward (gradients of
-    the input and every parameter), against ``torch.nn.LSTM`` (oneDNN) with the same weights; and
-    one ``nn.LSTMCell`` step called from Python (no grad) against ``torch.nn.LSTMCell``. float32,
-    plus float64 with ``full``. FLOPs: forward 2·T·B·4H·(I+H), the backward twice that."""
+    the input and every parameter), against ``torch.nn.LSTM`` (oneDNN) with the same weights; the
+    same for ``nn.GRU`` on two shapes; and one ``nn.LSTMCell`` step called from Python (no grad)
+    against ``torch.nn.LSTMCell``. float32, plus float64 with ``full``. FLOPs: forward
+    2·T·B·gates·H·(I+H) (4 gates for the LSTM, 3 for the GRU), the backward twice that."""
     dtypes = ("float32", "float64") if full else ("float32",)
     problems = [_lstm_problem(*shape, phase, dtype) for dtype in dtypes for shape in LSTM_SHAPES
                 for phase in ("fwd", "fwd+bwd")]
+    problems += [_lstm_problem(*shape, phase, "float32", "GRU") for shape in (LSTM_SHAPES[0], LSTM_SHAPES[2])
+                 for phase in ("fwd", "fwd+bwd")]
     return problems + [_lstm_cell_problem(*shape) for shape in LSTM_CELL_SHAPES]
 
 
-def _lstm_problem(T: int, B: int, I: int, H: int, phase: str, dtype: str) -> Problem:
+def _lstm_problem(T: int, B: int, I: int, H: int, phase: str, dtype: str, mode: str = "LSTM") -> Problem:
     def make():
         from . import nn
         from .tensor import Tensor, no_grad
@@ -209,7 +212,7 @@ def _lstm_problem(T: int, B: int, I: int, H: int, phase: str, dtype: str) -> Pro
         rng = np.random.default_rng(0)
         x = rng.standard_normal((T, B, I)).astype(dtype)
         grad_y = rng.standard_normal((T, B, H)).astype(dtype)
-        lstm = nn.LSTM(I, H, dtype=np.dtype(dtype))
+        lstm = getattr(nn, mode)(I, H, dtype=np.dtype(dtype))
         fx, fx_grad, fgy = Tensor(x), Tensor(x.copy(), requires_grad=True), Tensor(grad_y)
 
         def fastdl_fwd():
@@ -225,7 +228,7 @@ def _lstm_problem(T: int, B: int, I: int, H: int, phase: str, dtype: str) -> Pro
         impls = {"fastdl": fastdl_fwd if phase == "fwd" else fastdl_fwd_bwd}
         torch = _torch()
         if torch is not None:
-            tlstm = torch.nn.LSTM(I, H).to(getattr(torch, dtype))
+            tlstm = getattr(torch.nn, mode)(I, H).to(getattr(torch, dtype))
             tlstm.load_state_dict({k: torch.from_numpy(v.numpy()) for k, v in lstm.state_dict().items()})
             tx, tgy = torch.from_numpy(x), torch.from_numpy(grad_y)
             tx_grad = tx.clone().requires_grad_()
@@ -243,8 +246,10 @@ def _lstm_problem(T: int, B: int, I: int, H: int, phase: str, dtype: str) -> Pro
             impls["torch"] = torch_fwd if phase == "fwd" else torch_fwd_bwd
         return impls
 
-    flops = 2.0 * T * B * 4 * H * (I + H) * (1 if phase == "fwd" else 3)
-    return Problem("lstm", f"{phase} {T}x{B}x{I}x{H}", flops, make, dtype, steps=T)
+    gates = 4 if mode == "LSTM" else 3
+    flops = 2.0 * T * B * gates * H * (I + H) * (1 if phase == "fwd" else 3)
+    name = f"{phase} {T}x{B}x{I}x{H}" if mode == "LSTM" else f"{mode} {phase} {T}x{B}x{I}x{H}"
+    return Problem("lstm", name, flops, make, dtype, steps=T)
 
 
 def _lstm_cell_problem(B: int, I: int, H: int, dtype: str = "float32") -> Problem:

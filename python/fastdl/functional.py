@@ -1616,7 +1616,7 @@ def to_dtype(input, dtype) -> Tensor:
     return _ew.to_dtype(_tensor(input, "to_dtype"), dtype)
 
 
-# ---- recurrent: LSTM (native), GRU and RNN (composed) ---------------------------------------------
+# ---- recurrent: LSTM and GRU (native), RNN (composed) ----------------------------------------------
 
 from .backend import note_fallback as _note_fallback  # noqa: E402
 from .ops import lstm as _lstm  # noqa: E402
@@ -1662,7 +1662,7 @@ def _apply_recurrent(fn, operands):
     if _grad_mode.enabled and builtins.any(o is not None and o.requires_grad for o in operands):
         return fn.apply(*operands)
     out = fn.forward(_NULL_CTX, *(None if o is None else o.data for o in operands))
-    return tuple(Tensor(o) for o in out)
+    return tuple(Tensor(o) for o in out) if isinstance(out, tuple) else Tensor(out)
 
 
 def lstm(input, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None):
@@ -1719,33 +1719,21 @@ def lstm_cell(input, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None):
 
 
 def _note_composed():
-    _note_fallback("lstm", "GRU/RNN")
-
-
-def _gru_step(gi, h, weight_hh, bias_hh):
-    """h' = (1 − z)·n + z·h from the input projection gi (B, 3H) of this step (bias_ih included)."""
-    gh = linear(h, weight_hh, bias_hh)
-    i_r, i_z, i_n = chunk(gi, 3, 1)
-    h_r, h_z, h_n = chunk(gh, 3, 1)
-    r = sigmoid(i_r + h_r)
-    z = sigmoid(i_z + h_z)
-    n = tanh(i_n + r * h_n)
-    return n + z * (h - n)
+    _note_fallback("lstm", "RNN")
 
 
 def gru_cell(input, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None):
-    """One GRU step with PyTorch's equations and gate order (r, z, n), composed from ops:
+    """One GRU step with PyTorch's equations and gate order (r, z, n) on the native kernel (T = 1):
     input (B, I), hx (B, H) or None, weight_ih (3H, I), weight_hh (3H, H), biases (3H,) → h'.
 
     >>> import fastdl
     >>> fastdl.functional.gru_cell(fastdl.ones(2, 3), None, fastdl.ones(6, 3), fastdl.zeros(6, 2)).shape
     (2, 2)
     """
-    _recurrent_operands("gru_cell", _SINGLE_STATE_OPERANDS, (input, hx, weight_ih, weight_hh, bias_ih, bias_hh))
-    B, H = _check_cell("gru_cell", input, hx, 3, weight_ih, weight_hh, bias_ih, bias_hh)
-    _note_composed()
-    h = hx if hx is not None else Tensor(array_module(input.data).zeros((B, H), input.data.dtype))
-    return _gru_step(linear(input, weight_ih, bias_ih), h, weight_hh, bias_hh)
+    operands = (input, hx, weight_ih, weight_hh, bias_ih, bias_hh)
+    _recurrent_operands("gru_cell", _SINGLE_STATE_OPERANDS, operands)
+    _check_cell("gru_cell", input, hx, 3, weight_ih, weight_hh, bias_ih, bias_hh)
+    return _apply_recurrent(_lstm.GRUCellFn, operands)
 
 
 def _rnn_cell(op, nonlinearity, input, hx, weight_ih, weight_hh, bias_ih, bias_hh):
@@ -1798,21 +1786,18 @@ def _sequence(op, input, hx, weight_ih, weight_hh, bias_ih, bias_hh, gates):
 
 
 def gru(input, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None):
-    """One GRU layer over a time-major sequence, composed from ops (one GEMM for every step's input
-    projection, then per step a GEMM and the gates): input (T, B, I), hx (B, H) or None,
-    weight_ih (3H, I), weight_hh (3H, H), biases (3H,) → (output (T, B, H), h_n).
+    """One GRU layer over a time-major sequence on the fused native kernel (PyTorch's equations,
+    gate order r, z, n): input (T, B, I), hx (B, H) or None, weight_ih (3H, I), weight_hh (3H, H),
+    biases (3H,) → (output (T, B, H), h_n).
 
     >>> import fastdl
     >>> y, h = fastdl.functional.gru(fastdl.ones(5, 2, 3), None, fastdl.ones(6, 3), fastdl.zeros(6, 2))
     >>> y.shape, h.shape
     ((5, 2, 2), (2, 2))
     """
-    steps, h = _sequence("gru", input, hx, weight_ih, weight_hh, bias_ih, bias_hh, 3)
-    outputs = []
-    for gi in steps:
-        h = _gru_step(gi, h, weight_hh, bias_hh)
-        outputs.append(h)
-    return stack(outputs), h
+    operands = (input, hx, weight_ih, weight_hh, bias_ih, bias_hh)
+    _recurrent_operands("gru", _SINGLE_STATE_OPERANDS, operands)
+    return _apply_recurrent(_lstm.GRUFn, operands)
 
 
 def rnn(input, hx, weight_ih, weight_hh, bias_ih=None, bias_hh=None, nonlinearity="tanh"):

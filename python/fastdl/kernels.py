@@ -273,6 +273,114 @@ def lstm_backward(grad_y, grad_h_n, grad_c_n, x, w_ih, w_hh, h0, c0, y, saved, *
     return result
 
 
+# ---- gru (lstm family) -------------------------------------------------------------------------
+
+__all__ += ["gru_forward", "gru_backward"]
+
+_GRU_GRADS = ("x", "h0", "w_ih", "w_hh", "b_ih", "b_hh")
+
+
+def _gru_inputs(x, w_ih, w_hh, b_ih, b_hh, h0):
+    """The arrays checked (one float dtype, shapes consistent) and C-contiguous, plus T, B, I, H."""
+    x = _float_array("gru", "input", x)
+    w_ih = _float_array("gru", "w_ih", w_ih)
+    w_hh = _float_array("gru", "w_hh", w_hh)
+    if x.ndim != 3:
+        raise ValueError(f"gru: input must be 3-D (T, B, I), got {x.shape}")
+    T, B, I = x.shape
+    if T < 1 or B < 1 or I < 1:
+        raise ValueError(f"gru: input (T, B, I) must have positive sizes, got {x.shape}")
+    if w_hh.ndim != 2 or w_hh.shape[0] != 3 * w_hh.shape[1] or w_hh.shape[1] < 1:
+        raise ValueError(f"gru: w_hh must be (3H, H), got {w_hh.shape}")
+    H = w_hh.shape[1]
+    if w_ih.shape != (3 * H, I):
+        raise ValueError(
+            f"gru: w_ih must be (3H, I) = ({3 * H}, {I}) for input {x.shape} and w_hh {w_hh.shape}, got {w_ih.shape}"
+        )
+    arrays = {"input": x, "w_ih": w_ih, "w_hh": w_hh}
+    for name, a, shape in (("b_ih", b_ih, (3 * H,)), ("b_hh", b_hh, (3 * H,)), ("h0", h0, (B, H))):
+        if a is None:
+            arrays[name] = None
+            continue
+        a = _float_array("gru", name, a)
+        if a.shape != shape:
+            raise ValueError(f"gru: {name} must be {shape} for input {x.shape} and w_hh {w_hh.shape}, got {a.shape}")
+        arrays[name] = a
+    for name, a in arrays.items():
+        if a is not None and a.dtype != x.dtype:
+            raise TypeError(
+                f"gru: dtypes differ: input {x.dtype} {x.shape}, {name} {a.dtype} {a.shape} "
+                "(convert one with .astype; fastdl does not promote silently)"
+            )
+    return {k: (None if a is None else np.ascontiguousarray(a)) for k, a in arrays.items()}, (T, B, I, H)
+
+
+def gru_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, *, training: bool = False):
+    """One GRU layer over a whole sequence (PyTorch's equations and gate order r, z, n), on the
+    same fused native kernels as the LSTM.
+
+    x (T, B, I) time-major; w_ih (3H, I), w_hh (3H, H); b_ih, b_hh (3H,) and h0 (B, H) optional
+    (None: zero). Returns ``(y, h_n, saved)``: y (T, B, H), h_n (B, H), and ``saved`` the arrays
+    :func:`gru_backward` needs (the gates r, z, n (T, B, 3H) and W_hn·h + b_hn (T, B, H)) when
+    ``training``, else None.
+
+    >>> import numpy as np
+    >>> from fastdl.kernels import gru_forward
+    >>> y, h_n, _ = gru_forward(np.ones((5, 2, 3)), np.full((6, 3), 0.1), np.zeros((6, 2)))
+    >>> y.shape, bool(np.allclose(y[-1], h_n))
+    ((5, 2, 2), True)
+    """
+    a, (T, B, I, H) = _gru_inputs(x, w_ih, w_hh, b_ih, b_hh, h0)
+    dtype = a["input"].dtype
+    y = np.empty((T, B, H), dtype)
+    h_n = np.empty((B, H), dtype)
+    gates = np.empty((T, B, 3 * H), dtype)
+    hn = np.empty((T, B, H), dtype) if training else None
+    _C.gru_forward(a["input"], a["w_ih"], a["w_hh"], a["b_ih"], a["b_hh"], a["h0"], y, h_n, gates, hn)
+    return y, h_n, ((gates, hn) if training else None)
+
+
+def gru_backward(grad_y, grad_h_n, x, w_ih, w_hh, h0, y, saved, *, grads=_GRU_GRADS):
+    """Backward through time of :func:`gru_forward` (called with ``training=True``).
+
+    grad_y (T, B, H) and grad_h_n (B, H) may be None (zero). Returns ``(grad_x, grad_h0, grad_w_ih,
+    grad_w_hh, grad_b_ih, grad_b_hh)``; an entry is None when its name is not in ``grads`` (names
+    "x", "h0", "w_ih", "w_hh", "b_ih", "b_hh") or when h0 was None.
+
+    >>> import numpy as np
+    >>> from fastdl.kernels import gru_backward, gru_forward
+    >>> x, w_ih, w_hh = np.ones((4, 1, 2)), np.full((9, 2), 0.2), np.full((9, 3), -0.1)
+    >>> y, h_n, saved = gru_forward(x, w_ih, w_hh, training=True)
+    >>> [g.shape for g in gru_backward(np.ones_like(y), None, x, w_ih, w_hh, None, y, saved) if g is not None]
+    [(4, 1, 2), (9, 2), (9, 3), (9,), (9,)]
+    """
+    unknown = set(grads) - set(_GRU_GRADS)
+    if unknown:
+        raise ValueError(f"gru_backward: unknown gradient names {sorted(unknown)}; choose from {_GRU_GRADS}")
+    if saved is None:
+        raise ValueError("gru_backward: saved is None; run gru_forward with training=True")
+    a, (T, B, I, H) = _gru_inputs(x, w_ih, w_hh, None, None, h0)
+    dtype = a["input"].dtype
+    given = {}
+    for name, g, shape in (("grad_y", grad_y, (T, B, H)), ("grad_h_n", grad_h_n, (B, H))):
+        if g is None:
+            given[name] = None
+            continue
+        g = _float_array("gru_backward", name, g)
+        if g.shape != shape or g.dtype != dtype:
+            raise ValueError(f"gru_backward: {name} must be {dtype} {shape}, got {g.dtype} {g.shape}")
+        given[name] = np.ascontiguousarray(g)
+
+    def out(name, shape, present=True):
+        return np.empty(shape, dtype) if name in grads and present else None
+
+    result = (out("x", (T, B, I)), out("h0", (B, H), h0 is not None), out("w_ih", (3 * H, I)),
+              out("w_hh", (3 * H, H)), out("b_ih", (3 * H,)), out("b_hh", (3 * H,)))
+    _C.gru_backward(given["grad_y"], given["grad_h_n"], a["input"], a["w_ih"], a["w_hh"], a["h0"], y, *saved,
+                    *result, np.empty((T, B, 3 * H), dtype), np.empty((T, B, 3 * H), dtype))
+    return result
+
+
 # ---- attention ----------------------------------------------------------------------------------
 
 __all__ += ["attention_forward", "attention_backward"]

@@ -1,9 +1,9 @@
 """Recurrent layers with PyTorch's names, arguments, parameter names and semantics: LSTM, GRU, RNN
 and their one-step cells.
 
-``LSTM`` runs each layer and direction as one call of fastdl's fused whole-sequence kernel
-(``F.lstm``); ``GRU``, ``RNN`` and ``LSTM(proj_size > 0)`` are composed from ops per time step (a
-fallback declared in ``fastdl.backend_info()``). Parameters are named as PyTorch's
+``LSTM`` and ``GRU`` run each layer and direction as one call of fastdl's fused whole-sequence
+kernels (``F.lstm``, ``F.gru``); ``RNN`` and ``LSTM(proj_size > 0)`` are composed from ops per time
+step (fallbacks declared in ``fastdl.backend_info()``). Parameters are named as PyTorch's
 (``weight_ih_l0``, ``bias_hh_l1_reverse``, ``weight_hr_l0``), so state dicts map one to one.
 
 Variable-length batches: ``forward(input, hx=None, lengths=None)`` takes the length of each
@@ -330,7 +330,8 @@ class LSTM(RNNBase):
 
 
 class GRU(RNNBase):
-    """Multi-layer GRU with PyTorch's equations (gate order r, z, n), composed from ops.
+    """Multi-layer GRU with PyTorch's equations (gate order r, z, n), each layer and direction one
+    call of the fused native kernel.
 
     input (T, B, input_size) ((B, T, ·) with batch_first, or (T, input_size)), hx
     (num_layers·D, B, hidden_size) or None → output (T, B, D·hidden_size), h_n; ``lengths`` as LSTM.
@@ -454,8 +455,8 @@ class LSTMCell(_CellBase):
 
 
 class GRUCell(_CellBase):
-    """One GRU step (composed from ops): input (B, input_size) or (input_size,), hx (B, hidden_size)
-    or None → h'.
+    """One GRU step on the native kernel: input (B, input_size) or (input_size,), hx
+    (B, hidden_size) or None → h'.
 
     >>> import fastdl
     >>> fastdl.nn.GRUCell(3, 5)(fastdl.randn(3)).shape
@@ -467,7 +468,8 @@ class GRUCell(_CellBase):
 
     def forward(self, input, hx=None):
         batched, x, (h,) = self._batched(input, (("hx", hx),))
-        h = F.gru_cell(x, h, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
+        p = self._parameters
+        h = F._apply_recurrent(_lstm.GRUCellFn, (x, h, p["weight_ih"], p["weight_hh"], p["bias_ih"], p["bias_hh"]))
         return h if batched else F.squeeze(h, 0)
 
 

@@ -1,4 +1,4 @@
-"""LSTM on the native whole-sequence kernel (``fastdl._C.lstm_forward`` / ``lstm_backward``).
+"""LSTM and GRU on the native whole-sequence kernels (``fastdl._C.lstm_forward`` / ``lstm_backward``).
 
 LSTMFn is one layer over a time-major sequence: (x (T, B, I), h0, c0 (B, H), w_ih (4H, I),
 w_hh (4H, H), b_ih, b_hh (4H,)) → (y (T, B, H), h_n, c_n (B, H)); h0, c0 and the biases may be
@@ -7,8 +7,9 @@ kernel writes them anyway), and the backward runs backpropagation through time i
 that returns every gradient asked for. LSTMCellFn is one step (x (B, I), h, c) → (h', c'), the
 same kernels with T = 1, so that ``nn.LSTMCell`` pays one kernel call per step.
 
-GRU and RNN are composed from ops in :mod:`fastdl.functional` (a fallback declared in
-:mod:`fastdl.backend`, counted each time it runs).
+GRUFn and GRUCellFn are the same for the GRU (``fastdl._C.gru_forward`` / ``gru_backward``, three
+gates, PyTorch's r, z, n). The Elman RNN is composed from ops in :mod:`fastdl.functional` (a
+fallback declared in :mod:`fastdl.backend`, counted each time it runs).
 """
 from __future__ import annotations
 
@@ -79,3 +80,52 @@ class LSTMCellFn(Function):
         gx, gh, gc, gw_ih, gw_hh, gb = kernels.lstm_backward(
             None, grad_h, grad_c, x[None], w_ih, w_hh, h, c, y, (gates, cell), grads=_grads_wanted(needs))
         return (None if gx is None else gx[0], gh, gc, gw_ih, gw_hh) + _bias_grads(gb, needs)
+
+
+# ---- GRU: the same fused kernels with three gates ----------------------------------------------------
+
+def _gru_grads_wanted(needs) -> tuple:
+    """Names of the kernel's gradients for needs_input_grad of (x, h0, w_ih, w_hh, b_ih, b_hh)."""
+    return tuple(n for n, flag in zip(("x", "h0", "w_ih", "w_hh", "b_ih", "b_hh"), needs) if flag)
+
+
+class GRUFn(Function):
+    """(x (T, B, I), h0 (B, H), w_ih (3H, I), w_hh (3H, H), b_ih, b_hh (3H,)) → (y (T, B, H), h_n)."""
+
+    @staticmethod
+    def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh):
+        training = any(ctx.needs_input_grad)
+        y, h_n, saved = kernels.gru_forward(x, w_ih, w_hh, b_ih, b_hh, h0, training=training)
+        if training:
+            ctx.save_for_backward(x, h0, w_ih, w_hh, y, *saved)
+        return y, h_n
+
+    @staticmethod
+    def backward(ctx, grad_y, grad_h_n):
+        x, h0, w_ih, w_hh, y, gates, hn = ctx.saved_tensors
+        return kernels.gru_backward(grad_y, grad_h_n, x, w_ih, w_hh, h0, y, (gates, hn),
+                                    grads=_gru_grads_wanted(ctx.needs_input_grad))
+
+
+class GRUCellFn(Function):
+    """One step, (x (B, I), h (B, H), weights) → h'; shapes checked by the caller."""
+
+    @staticmethod
+    def forward(ctx, x, h, w_ih, w_hh, b_ih, b_hh):
+        training = any(ctx.needs_input_grad)
+        B, H = x.shape[0], w_hh.shape[1]
+        y = np.empty((1, B, H), x.dtype)
+        gates = np.empty((1, B, 3 * H), x.dtype)
+        hn = np.empty((1, B, H), x.dtype) if training else None
+        _C.gru_forward(_contiguous(x)[None], _contiguous(w_ih), _contiguous(w_hh), _contiguous(b_ih),
+                       _contiguous(b_hh), _contiguous(h), y, y[0], gates, hn)
+        if training:
+            ctx.save_for_backward(x, h, w_ih, w_hh, y, gates, hn)
+        return y[0]
+
+    @staticmethod
+    def backward(ctx, grad_h):
+        x, h, w_ih, w_hh, y, gates, hn = ctx.saved_tensors
+        gx, gh, gw_ih, gw_hh, gb_ih, gb_hh = kernels.gru_backward(
+            None, grad_h, x[None], w_ih, w_hh, h, y, (gates, hn), grads=_gru_grads_wanted(ctx.needs_input_grad))
+        return (None if gx is None else gx[0]), gh, gw_ih, gw_hh, gb_ih, gb_hh
