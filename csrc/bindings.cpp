@@ -728,8 +728,6 @@ bool c_contiguous(const py::array& a) {
   return true;
 }
 
-std::string dtype_of(const py::array& a) { return py::str(a.dtype()).cast<std::string>(); }
-
 // Checks an output array: dtype, shape, C-contiguous, writeable.
 void check_output(const char* op, const char* name, const py::array& a, const py::array& like,
                   const std::vector<index_t>& shape) {
@@ -742,7 +740,8 @@ void check_output(const char* op, const char* name, const py::array& a, const py
     for (std::size_t d = 0; d < shape.size(); ++d) want += (d ? ", " : "") + std::to_string(shape[d]);
     throw py::value_error(std::string(op) + ": " + name + " must have shape " + want + "), got " + shape_of(a));
   }
-  if (!c_contiguous(a)) throw py::value_error(std::string(op) + ": " + name + " " + shape_of(a) + " must be C-contiguous");
+  if (!c_contiguous(a))
+    throw py::value_error(std::string(op) + ": " + name + " " + shape_of(a) + " must be C-contiguous");
   check_writable(a, op);
 }
 
@@ -757,7 +756,8 @@ DType check_attention_inputs(const char* op, const py::array& q, const py::array
                          dtype_of(v) + " for " + shapes);
   if (q.ndim() != 4 || k.ndim() != 4 || v.ndim() != 4)
     throw py::value_error(std::string(op) + ": q, k and v must be 4-D (B, heads, L, D), got " + shapes);
-  const bool heads_ok = k.shape(1) == v.shape(1) && (q.shape(1) == 0 || (k.shape(1) > 0 && q.shape(1) % k.shape(1) == 0));
+  const bool heads_ok =
+      k.shape(1) == v.shape(1) && (q.shape(1) == 0 || (k.shape(1) > 0 && q.shape(1) % k.shape(1) == 0));
   if (q.shape(0) != k.shape(0) || q.shape(0) != v.shape(0) || !heads_ok || k.shape(2) != v.shape(2) ||
       q.shape(3) != k.shape(3))
     throw py::value_error(std::string(op) + ": shapes do not match: " + shapes +
@@ -769,7 +769,8 @@ DType check_attention_inputs(const char* op, const py::array& q, const py::array
                            shape_of(m));
     if (m.ndim() != 4 || m.shape(0) != q.shape(0) || m.shape(1) != q.shape(1) || m.shape(2) != q.shape(2) ||
         m.shape(3) != k.shape(2))
-      throw py::value_error(std::string(op) + ": mask " + shape_of(m) + " must have shape (B, NH, Lq, Lk) for " + shapes);
+      throw py::value_error(std::string(op) + ": mask " + shape_of(m) + " must have shape (B, NH, Lq, Lk) for " +
+                            shapes);
   }
   return tq;
 }
@@ -853,9 +854,10 @@ void attention_backward(const py::array& grad_out, const py::array& q, const py:
   for (const auto& [name, a] : {std::pair<const char*, const py::array*>{"grad_out", &grad_out}, {"out", &out}}) {
     if (!a->dtype().is(q.dtype()) || a->ndim() != 4 || a->shape(0) != B || a->shape(1) != NH || a->shape(2) != Lq ||
         a->shape(3) != Dv || !c_contiguous(*a))
-      throw py::value_error(std::string(op) + ": " + name + " must be a C-contiguous " + dtype_of(q) + " array of shape (" +
-                            std::to_string(B) + ", " + std::to_string(NH) + ", " + std::to_string(Lq) + ", " +
-                            std::to_string(Dv) + "), got " + dtype_of(*a) + " " + shape_of(*a));
+      throw py::value_error(std::string(op) + ": " + name + " must be a C-contiguous " + dtype_of(q) +
+                            " array of shape (" + std::to_string(B) + ", " + std::to_string(NH) + ", " +
+                            std::to_string(Lq) + ", " + std::to_string(Dv) + "), got " + dtype_of(*a) + " " +
+                            shape_of(*a));
   }
   if (!lse.dtype().is(q.dtype()) || lse.ndim() != 3 || lse.shape(0) != B || lse.shape(1) != NH || lse.shape(2) != Lq ||
       !c_contiguous(lse))
@@ -876,7 +878,8 @@ void attention_backward(const py::array& grad_out, const py::array& q, const py:
 
 py::array attention_exp2(const py::array& x) {
   const DType t = float_dtype(x, "attention_exp2", "x");
-  if (x.ndim() != 1 || !c_contiguous(x)) throw py::value_error("attention_exp2: x must be 1-D contiguous, got " + shape_of(x));
+  if (x.ndim() != 1 || !c_contiguous(x))
+    throw py::value_error("attention_exp2: x must be 1-D contiguous, got " + shape_of(x));
   py::array y(x.dtype(), std::vector<py::ssize_t>{x.shape(0)});
   const index_t n = x.shape(0);
   if (t == DType::f32) {

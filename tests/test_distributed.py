@@ -384,3 +384,26 @@ def test_nccl_collectives_on_the_gpus(monkeypatch):
 
     monkeypatch.setenv("FASTDL_TEST_BACKEND", "nccl")
     run_ok("nccl_collectives", n=cupy.cuda.runtime.getDeviceCount())
+
+
+def test_dataloader_with_a_distributed_sampler():
+    import numpy as np
+
+    from fastdl.data import DataLoader, TensorDataset
+
+    ds = TensorDataset(np.arange(10, dtype=np.float32), np.arange(10))
+    shares = []
+    for rank in range(3):
+        sampler = DistributedSampler(ds, num_replicas=3, rank=rank, shuffle=True, seed=2)
+        loader = DataLoader(ds, batch_size=2, sampler=sampler)
+        assert len(loader) == 2                            # 4 indices per rank (10 padded to 12)
+        got = [int(v) for _, y in loader for v in y.numpy()]
+        assert got == sampler.indices().tolist()
+        shares.append(got)
+        sampler.set_epoch(1)
+        assert [int(v) for _, y in loader for v in y.numpy()] == sampler.indices().tolist() != got
+    assert sorted(set(i for s in shares for i in s)) == list(range(10))
+    with pytest.raises(ValueError, match="sampler and shuffle=True exclude each other"):
+        DataLoader(ds, sampler=DistributedSampler(ds, 2, 0), shuffle=True)
+    with pytest.raises(TypeError, match="sampler must be an iterable of indices with len"):
+        DataLoader(ds, sampler=5)

@@ -176,7 +176,8 @@ inline void tile_gemm(index_t M, index_t N, index_t K, const typename V::T* a, i
   for (index_t i = 0; i < M; i += MR) {
     const typename V::T* ai = A_ROWS ? a + i * lda : a + i;
     index_t j = 0;
-    for (; j + NR <= N; j += NR) micro_kernel<V, MR, NV, A_ROWS>(K, ai, lda, b + j, ldb, c + i * ldc + j, ldc, accumulate);
+    for (; j + NR <= N; j += NR)
+      micro_kernel<V, MR, NV, A_ROWS>(K, ai, lda, b + j, ldb, c + i * ldc + j, ldc, accumulate);
     for (; j < N; j += W) micro_kernel<V, MR, 1, A_ROWS>(K, ai, lda, b + j, ldb, c + i * ldc + j, ldc, accumulate);
   }
 }
@@ -487,8 +488,12 @@ FASTDL_TARGET_AVX2 FASTDL_FLATTEN void backward_avx2_f32(const BackwardTask<floa
 FASTDL_TARGET_AVX2 FASTDL_FLATTEN void backward_avx2_f64(const BackwardTask<double>& t) { Avx2F64::backward(t); }
 FASTDL_FLATTEN void backward_portable_f32(const BackwardTask<float>& t) { PortableF32::backward(t); }
 FASTDL_FLATTEN void backward_portable_f64(const BackwardTask<double>& t) { PortableF64::backward(t); }
-FASTDL_TARGET_AVX512 FASTDL_FLATTEN void exp2_avx512_f32(const float* x, float* y, index_t n) { Avx512F32::exp2(x, y, n); }
-FASTDL_TARGET_AVX512 FASTDL_FLATTEN void exp2_avx512_f64(const double* x, double* y, index_t n) { Avx512F64::exp2(x, y, n); }
+FASTDL_TARGET_AVX512 FASTDL_FLATTEN void exp2_avx512_f32(const float* x, float* y, index_t n) {
+  Avx512F32::exp2(x, y, n);
+}
+FASTDL_TARGET_AVX512 FASTDL_FLATTEN void exp2_avx512_f64(const double* x, double* y, index_t n) {
+  Avx512F64::exp2(x, y, n);
+}
 FASTDL_TARGET_AVX2 FASTDL_FLATTEN void exp2_avx2_f32(const float* x, float* y, index_t n) { Avx2F32::exp2(x, y, n); }
 FASTDL_TARGET_AVX2 FASTDL_FLATTEN void exp2_avx2_f64(const double* x, double* y, index_t n) { Avx2F64::exp2(x, y, n); }
 FASTDL_FLATTEN void exp2_portable_f32(const float* x, float* y, index_t n) { PortableF32::exp2(x, y, n); }
@@ -582,7 +587,8 @@ void attention_forward(const AttentionProblem<T>& p, T* O, T* LSE) {
   const index_t nqt = ceil_div(p.Lq, Br), nkb = ceil_div(p.Lk, Bc), Dvp = round_up(p.Dv, cfg.W);
   const index_t kt_size = pad16(nkb * Bc * p.D), per_kv = kt_size + pad16(nkb * Bc * Dvp);
   const index_t kv_heads = p.B * p.NHK;
-  const index_t chunk = std::clamp<index_t>(kPackBytes / std::max<index_t>(1, per_kv * index_t(sizeof(T))), 1, kv_heads);
+  const index_t per_kv_bytes = std::max<index_t>(1, per_kv * index_t(sizeof(T)));
+  const index_t chunk = std::clamp<index_t>(kPackBytes / per_kv_bytes, 1, kv_heads);
   AlignedBuffer<T> packed;
   T* pk = packed.get(static_cast<std::size_t>(std::max<index_t>(1, chunk * per_kv)));
   const index_t ws_size = forward_workspace(Br, Bc, p.D, Dvp);

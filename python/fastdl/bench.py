@@ -884,8 +884,8 @@ def run_ddp(ranks: int = 2, repeats: int = 5, json_prefix: str | None = None, pr
     here = Network("this machine", alpha, busbw, alpha, busbw, gpus_per_node=ranks)
     t1 = one["seconds_per_step"]
     predicted = ddp_step_time([4 * DDP_EXAMPLE_MODELS["LeNet-5"]["params"]], t1 / 3, 2 * t1 / 3, 0.0, ranks, here)
-    printer(f"\ncost model, fitted here: α = {alpha * 1e6:.2f} µs per ring step, bus bandwidth {busbw / 1e9:.2f} GB/s; "
-            f"LeNet-5 all-reduce {predicted['exposed'] * 1e3:.3f} ms → predicted speed-up "
+    printer(f"\ncost model, fitted here: α = {alpha * 1e6:.2f} µs per ring step, bus bandwidth "
+            f"{busbw / 1e9:.2f} GB/s; LeNet-5 all-reduce {predicted['exposed'] * 1e3:.3f} ms → predicted speed-up "
             f"{ranks * t1 / predicted['step']:.2f}, measured {many['samples_per_s'] / one['samples_per_s']:.2f}")
     printer(f"\n## predicted scaling on {H100_CLUSTER.name} (bench/RESULTS.md names the assumptions)")
     ddp_cost_table(printer=printer)

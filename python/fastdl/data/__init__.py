@@ -13,13 +13,14 @@ graph).
 from . import transforms
 from .dataset import ConcatDataset, Dataset, Subset, TensorDataset, random_split
 from .datasets import CORPUS_FILES, CharCorpus, Graph, Splits, char_corpus, digits, karate_club
+from .distributed import DistributedSampler
 from .loader import DataLoader, collate_arrays, default_collate
 from .seeding import WorkerInfo, get_worker_info, rng
 from .text import CharTokenizer, SequenceDataset, SubwordTokenizer, words
 
 __all__ = [
-    "CORPUS_FILES", "CharCorpus", "CharTokenizer", "ConcatDataset", "DataLoader", "Dataset", "Graph",
-    "SequenceDataset", "Splits", "Subset", "SubwordTokenizer", "TensorDataset", "WorkerInfo",
+    "CORPUS_FILES", "CharCorpus", "CharTokenizer", "ConcatDataset", "DataLoader", "Dataset", "DistributedSampler",
+    "Graph", "SequenceDataset", "Splits", "Subset", "SubwordTokenizer", "TensorDataset", "WorkerInfo",
     "char_corpus", "collate_arrays", "default_collate", "digits", "get_worker_info", "karate_club",
     "random_split", "rng", "transforms", "words",
 ]

@@ -144,7 +144,9 @@ class DataLoader:
     shuffle: a new permutation each epoch, drawn from the loader's generator: ``generator`` (a
     ``numpy.random.Generator``), else one made from ``seed``, else fastdl's global generator
     (``fastdl.manual_seed``). The same seed gives the same batches, random transforms included,
-    whatever ``num_workers`` is. drop_last: drop the last batch when shorter than ``batch_size``.
+    whatever ``num_workers`` is. sampler: instead of shuffle, an iterable of dataset indices with
+    ``len()`` that gives each epoch's order (e.g. :class:`~fastdl.data.DistributedSampler`, one rank's
+    share). drop_last: drop the last batch when shorter than ``batch_size``.
     collate_fn: turns a list of samples into a batch (default: stack into Tensors; a dataset with
     ``get_batch`` is then indexed once per batch). num_workers: processes loading batches in parallel
     (0: in the main process); worker ``w`` seeds NumPy's and Python's global generators and
@@ -164,7 +166,7 @@ class DataLoader:
     def __init__(self, dataset, batch_size: int = 1, shuffle: bool = False, drop_last: bool = False,
                  collate_fn=None, generator: np.random.Generator | None = None, seed: int | None = None,
                  num_workers: int = 0, worker_init_fn=None, prefetch_factor: int = 2,
-                 multiprocessing_context: str | None = None):
+                 multiprocessing_context: str | None = None, sampler=None):
         if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or batch_size < 1:
             raise ValueError(f"DataLoader: batch_size must be a positive integer, got {batch_size!r}")
         if not isinstance(num_workers, (int, np.integer)) or num_workers < 0:
@@ -175,6 +177,14 @@ class DataLoader:
             len(dataset)
         except TypeError as exc:
             raise TypeError(f"DataLoader: dataset must define __len__ and __getitem__ ({exc})") from None
+        if sampler is not None:
+            if shuffle:
+                raise ValueError("DataLoader: sampler and shuffle=True exclude each other (the sampler decides "
+                                 "the order)")
+            if not hasattr(sampler, "__iter__") or not hasattr(sampler, "__len__"):
+                raise TypeError(f"DataLoader: sampler must be an iterable of indices with len(), got "
+                                f"{type(sampler).__name__}")
+        self.sampler = sampler
         self.dataset = dataset
         self.batch_size = int(batch_size)
         self.shuffle = bool(shuffle)
@@ -187,7 +197,7 @@ class DataLoader:
         self.multiprocessing_context = multiprocessing_context
 
     def __len__(self) -> int:
-        n = len(self.dataset)
+        n = len(self.dataset) if self.sampler is None else len(self.sampler)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def state_dict(self) -> dict:
@@ -205,8 +215,12 @@ class DataLoader:
     def __iter__(self):
         # The epoch's permutation and base seed are drawn now, not at the first next().
         gen = self.generator if self.generator is not None else seeding.global_generator()
-        n = len(self.dataset)
-        order = gen.permutation(n) if self.shuffle else np.arange(n)
+        if self.sampler is not None:
+            order = np.fromiter(iter(self.sampler), dtype=np.int64)
+            n = len(order)
+        else:
+            n = len(self.dataset)
+            order = gen.permutation(n) if self.shuffle else np.arange(n)
         base_seed = int(gen.integers(1 << 63))
         stop = (n // self.batch_size) * self.batch_size if self.drop_last else n
         batches = [order[i:i + self.batch_size] for i in range(0, stop, self.batch_size)]

@@ -22,9 +22,11 @@ __all__ = ["Callback", "EarlyStopping", "ModelCheckpoint", "LRSchedulerCallback"
 
 
 class Callback:
-    """Base class; every hook does nothing."""
+    """Base class; every hook does nothing. Under a data-parallel launcher, callbacks with
+    ``main_rank_only = True`` (output: progress bars, logs) run on rank 0 only."""
 
     order = 0
+    main_rank_only = False
 
     def on_train_begin(self, trainer) -> None:
         pass
@@ -199,6 +201,7 @@ class ProgressBar(Callback):
     Needs tqdm (``pip install 'fastdl[examples]'``)."""
 
     order = 50
+    main_rank_only = True
 
     def __init__(self, file=None, leave: bool = True):
         try:
@@ -231,6 +234,7 @@ class CSVLogger(Callback):
     """Append one row per epoch (epoch, then every log) to ``path``; a resumed run appends to it."""
 
     order = 60
+    main_rank_only = True
 
     def __init__(self, path):
         self.path = str(path)

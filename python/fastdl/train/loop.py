@@ -6,6 +6,13 @@ batch ``(x, y)``); ``loss = loss_fn(output, target)``; ``loss.item()`` (the one 
 is checked to be finite *before* the update, so a diverged run stops with the step named instead of
 writing NaNs into the weights; then ``zero_grad``, ``backward``, optional gradient clipping,
 ``optimizer.step()``. Epoch values are sample-weighted means over the batches.
+
+Under a data-parallel launcher (``fastdl.distributed`` initialised, the model wrapped in
+``nn.parallel.DistributedDataParallel``) the same call trains every rank: each epoch's logs are
+sample-weighted means over all ranks (so every rank takes the same early-stopping and scheduler
+decisions), each loader's ``sampler.set_epoch(epoch)`` is called, only rank 0 prints, runs the
+output callbacks and writes checkpoints, and a checkpoint holds the unwrapped model's state dict,
+which a single process loads without MPI.
 """
 from __future__ import annotations
 
@@ -80,6 +87,43 @@ def _set_generator_state(state):
     global_generator().bit_generator.state = state
 
 
+# ---- data parallel: fit() under the MPI launcher --------------------------------------------------
+
+def _rank_and_world() -> tuple:
+    from .. import distributed as dist
+
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _average_over_ranks(logs: dict, count: int, world: int) -> dict:
+    """Sample-weighted means of ``logs`` over the ranks (this rank saw ``count`` samples)."""
+    if world == 1:
+        return logs
+    import numpy as np
+
+    from .. import distributed as dist
+
+    keys = list(logs)
+    sums = np.array([logs[k] * count for k in keys] + [count], dtype=np.float64)
+    dist.all_reduce(sums)
+    return {k: float(sums[i] / sums[-1]) for i, k in enumerate(keys)}
+
+
+def _unwrap(model):
+    """What a checkpoint holds: the model inside DistributedDataParallel (loadable in one process)."""
+    from ..nn.parallel import DistributedDataParallel
+
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+def _set_epoch(loader, epoch: int) -> None:
+    sampler = getattr(loader, "sampler", None)
+    if hasattr(sampler, "set_epoch"):
+        sampler.set_epoch(epoch)
+
+
 class Trainer:
     """The state of one run: what :func:`fit` builds and callbacks see.
 
@@ -117,6 +161,7 @@ class Trainer:
         self.global_step = 0
         self.stop_training = False
         self.logs: dict = {}
+        self.rank, self.world_size = _rank_and_world()
 
     # ---- checkpoints ----------------------------------------------------------------------------
 
@@ -132,7 +177,7 @@ class Trainer:
             "val_loader": self.val_loader.state_dict() if hasattr(self.val_loader, "state_dict") else {},
         }
         return {
-            "model": self.model.state_dict(),
+            "model": _unwrap(self.model).state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "callbacks": {f"{i}:{type(cb).__name__}": cb.state_dict() for i, cb in enumerate(self.callbacks)},
             # Random states hold 128-bit integers: kept as JSON text, which any saver stores.
@@ -140,7 +185,7 @@ class Trainer:
         }
 
     def load_state_dict(self, state: dict) -> None:
-        self.model.load_state_dict(state["model"])
+        _unwrap(self.model).load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         saved = state.get("callbacks", {})
         for i, cb in enumerate(self.callbacks):
@@ -159,9 +204,11 @@ class Trainer:
             self.val_loader.load_state_dict(meta["val_loader"])
 
     def save_checkpoint(self, path) -> None:
-        """Write :meth:`state_dict` to ``path`` atomically with ``fastdl.save``."""
+        """Write :meth:`state_dict` to ``path`` atomically with ``fastdl.save`` (rank 0 only)."""
         from .. import save
 
+        if self.rank != 0:
+            return
         save(self.state_dict(), str(path))
 
     def load_checkpoint(self, path) -> None:
@@ -173,7 +220,8 @@ class Trainer:
 
     def _call(self, hook: str, *args) -> None:
         for cb in self.callbacks:
-            getattr(cb, hook)(self, *args)
+            if self.rank == 0 or not cb.main_rank_only:
+                getattr(cb, hook)(self, *args)
 
     def _clip(self) -> None:
         from ..nn.utils import clip_grad_norm_
@@ -186,6 +234,7 @@ class Trainer:
         model.train()
         metrics = [make_metric(m) for m in self.metrics]
         total, count = 0.0, 0
+        _set_epoch(self.train_loader, self.epoch)
         for step, batch in enumerate(self.train_loader, 1):
             batch = _to_device(batch, self.device)
             output, target = self.batch_fn(model, batch)
@@ -213,7 +262,7 @@ class Trainer:
             raise ValueError("fit: train_loader yielded no batch")
         logs = {"loss": total / count}
         logs.update({m.name: m.compute() for m in metrics})
-        return logs
+        return _average_over_ranks(logs, count, self.world_size)
 
     def run(self) -> History:
         if self.device is not None and hasattr(self.model, "to"):
@@ -233,11 +282,11 @@ class Trainer:
             self.logs = logs
             self.history.append(epoch, logs)
             self._call("on_epoch_end", epoch, logs)
-            if self.verbose:
+            if self.verbose and self.rank == 0:
                 shown = "  ".join(f"{k} {v:.4f}" for k, v in logs.items() if k not in ("lr", "time"))
                 print(f"epoch {epoch}/{self.epochs}  {shown}  ({logs['time']:.1f}s)", flush=True)
             if self.stop_training:
-                if self.verbose:
+                if self.verbose and self.rank == 0:
                     print(f"early stop after epoch {epoch}; best epoch {self.history.best_epoch}", flush=True)
                 break
         self._call("on_train_end")
@@ -309,4 +358,4 @@ def evaluate(model, loss_fn, loader, metrics=(), device=None, batch_fn=None) -> 
         raise ValueError("evaluate: the loader yielded no batch")
     logs = {"loss": total / count} if loss_fn is not None else {}
     logs.update({m.name: m.compute() for m in metrics})
-    return logs
+    return _average_over_ranks(logs, count, _rank_and_world()[1])
