@@ -210,6 +210,22 @@ def test_embedding_matches_torch(dtype, padding_idx):
 
 
 @needs_torch
+@pytest.mark.parametrize("num,count", [(7, 50), (2100, 2000)])  # the one-hot GEMM and the sorted scatter
+@pytest.mark.parametrize("padding_idx", [None, 3])
+def test_embedding_backward_paths_match_torch(num, count, padding_idx):
+    torch.manual_seed(0)
+    ref = torch.nn.Embedding(num, 5, padding_idx=padding_idx)
+    ours = nn.Embedding(num, 5, padding_idx=padding_idx)
+    copy_weights(ours, ref)
+    idx = np.random.default_rng(0).integers(0, num, count)
+    idx[::7] = 3  # many repeats of one index (the padding index when there is one)
+    g = np.random.default_rng(1).standard_normal((count, 5)).astype(np.float32)
+    ours(fastdl.tensor(idx)).backward(fastdl.tensor(g))
+    ref(torch.from_numpy(idx)).backward(torch.from_numpy(g))
+    assert_close(ours.weight.grad.data, ref.weight.grad.numpy(), np.float32, count)
+
+
+@needs_torch
 def test_embedding_max_norm_and_grad_scaling_match_torch():
     torch.manual_seed(0)
     ref = torch.nn.Embedding(6, 3, max_norm=1.0, scale_grad_by_freq=True)
