@@ -36,7 +36,7 @@ def setup(name: str, seed: int, out: str | None, threads: int | None = None) -> 
 
 def report(name: str, metrics: dict, out: str) -> dict:
     """Print ``metrics`` on one line and save them to ``out/metrics.json``."""
-    shown = "  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items())
+    shown = "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items())
     print(f"{name}: {shown}  (files in {out})", flush=True)
     with open(os.path.join(out, "metrics.json"), "w") as fh:
         json.dump(metrics, fh, indent=1)

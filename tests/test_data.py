@@ -437,3 +437,19 @@ def test_karate_club():
     ref = nx.karate_club_graph()
     assert {tuple(sorted(e)) for e in ref.edges()} == {tuple(sorted(e)) for e in g.edges.tolist()}
     assert [0 if ref.nodes[i]["club"] == "Mr. Hi" else 1 for i in range(34)] == g.labels.tolist()
+
+
+def test_loader_with_a_sampler():
+    ds = TensorDataset(np.arange(10, dtype=np.float32), np.arange(10))
+    parts = []
+    for rank in range(3):
+        sampler = data.DistributedSampler(ds, num_replicas=3, rank=rank, shuffle=True, seed=1)
+        sampler.set_epoch(2)
+        loader = DataLoader(ds, batch_size=3, sampler=sampler)
+        assert len(loader) == 2
+        parts.append([i for b in _ids(loader) for i in b])
+    assert [len(p) for p in parts] == [4, 4, 4]
+    assert sorted(set(i for p in parts for i in p)) == list(range(10))  # two padded repeats
+    assert _ids(DataLoader(ds, batch_size=4, sampler=[9, 0, 5])) == [[9, 0, 5]]
+    with pytest.raises(ValueError, match="exclude each other"):
+        DataLoader(ds, sampler=[0, 1], shuffle=True)

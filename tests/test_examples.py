@@ -11,7 +11,8 @@ from fastdl import cli
 
 pytest.importorskip("matplotlib", reason="the examples save their curves with matplotlib")
 
-EXAMPLES = ["perceptron", "mlp_digits", "word2vec", "autoencoder", "gan", "gnn", "regression", "optimizers"]
+EXAMPLES = ["perceptron", "mlp_digits", "char_lstm", "char_gru", "rnn_gradients", "word2vec", "autoencoder", "gan", "gnn",
+            "regression", "seq2seq", "optimizers"]
 
 
 def test_every_example_is_listed():
@@ -79,3 +80,9 @@ def test_optimizers_reach_a_minimum(tmp_path):
 def test_denoising_autoencoder_removes_noise(tmp_path):
     m = _full("autoencoder", tmp_path)
     assert m["denoised_mse"] < 0.5 * m["noisy_mse"]
+
+
+@pytest.mark.slow
+def test_rnn_gradients_vanish_and_explode(tmp_path):
+    m = _full("rnn_gradients", tmp_path)
+    assert m["tanh_rnn_ratio"] < 1e-10 and m["relu_rnn_ratio"] > 1e3 and 0.1 < m["lstm_ratio"] < 10

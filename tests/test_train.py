@@ -2,7 +2,10 @@
 reproducing the uninterrupted run exactly, NaN detection, and the callbacks' files."""
 import csv
 import io
+import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -278,3 +281,71 @@ def test_bench_train_rows(threads):
     if "torch" in row.speed:
         assert row.speedup() > 0 and 0.5 < row.quality["torch"] <= 1.0
     assert "MLP" in benchmark.format_table([row])
+
+
+def test_fit_sets_the_samplers_epoch():
+    class Recording(list):
+        def __init__(self, n):
+            super().__init__(range(n))
+            self.epochs = []
+
+        def set_epoch(self, epoch):
+            self.epochs.append(epoch)
+
+    x, y = blobs(n=12)
+    sampler = Recording(12)
+    model = mlp()
+    fit(model, nn.CrossEntropyLoss(), optim.SGD(model.parameters(), lr=0.1),
+        DataLoader(TensorDataset(x, y), batch_size=4, sampler=sampler), epochs=3, verbose=0)
+    assert sampler.epochs == [1, 2, 3]
+
+
+FIT_ON_TWO_RANKS = '''
+import json, sys
+import numpy as np
+import fastdl
+from fastdl import distributed as dist, nn, optim
+from fastdl.data import DataLoader, DistributedSampler, TensorDataset
+from fastdl.train import CSVLogger, ModelCheckpoint, fit
+
+dist.init_process_group("mpi")
+rank = dist.get_rank()
+rng = np.random.default_rng(0)
+x = rng.standard_normal((40, 4)).astype(np.float32)
+y = (x[:, 0] > 0).astype(np.int64)
+fastdl.manual_seed(0)
+model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+ds = TensorDataset(x, y)
+ckpt = ModelCheckpoint(sys.argv[1] + "/ckpt")
+history = fit(model, nn.CrossEntropyLoss(), optim.SGD(model.parameters(), lr=0.1),
+              DataLoader(ds, batch_size=5, sampler=DistributedSampler(ds, seed=1)),
+              DataLoader(ds, batch_size=8, sampler=DistributedSampler(ds, shuffle=False)), epochs=2,
+              metrics=["accuracy"], callbacks=[ckpt, CSVLogger(sys.argv[1] + "/log.csv")], verbose=1)
+logs = {k: v for k, v in history.history.items() if k != "time"}
+print("RESULT", rank, json.dumps({"logs": logs, "saved": len(ckpt.saved)}), flush=True)
+dist.destroy_process_group()
+'''
+
+
+def test_fit_on_two_ranks_averages_and_writes_once(tmp_path):
+    from .test_distributed import mpirun_command, require_mpi
+
+    require_mpi()
+    script = tmp_path / "fit_two_ranks.py"
+    script.write_text(FIT_ON_TWO_RANKS)
+    python_dir = os.path.dirname(os.path.dirname(os.path.abspath(fastdl.__file__)))
+    env = dict(os.environ, PYTHONPATH=python_dir, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    proc = subprocess.run(mpirun_command(2) + [sys.executable, str(script), str(tmp_path)], capture_output=True,
+                          text=True, env=env, timeout=240)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    results = {}
+    for line in proc.stdout.splitlines():
+        if line.startswith("RESULT"):
+            _, rank, payload = line.split(" ", 2)
+            results[int(rank)] = json.loads(payload)
+    assert sorted(results) == [0, 1]
+    assert results[0]["logs"] == results[1]["logs"]          # averaged over both ranks' samples
+    assert results[0]["saved"] == results[1]["saved"] == 2  # every rank decides; rank 0 writes
+    assert (tmp_path / "ckpt").exists()
+    assert proc.stdout.count("epoch 2/2") == 1              # only rank 0 prints
+    assert len(open(tmp_path / "log.csv").read().splitlines()) == 3
