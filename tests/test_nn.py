@@ -48,6 +48,30 @@ LAYERS = [
     ("GroupNorm", (3, 3), [(2, 3, 2, 2)], 4),
     ("GroupNorm", dict(num_groups=2, num_channels=4, bias=False), [(2, 4, 3)], 6),
     ("BatchNorm2d", dict(num_features=2, bias=False), [(3, 2, 2, 2)], 12),
+    ("Conv2d", (3, 5, 3), [(2, 3, 7, 9)], 27),
+    ("Conv2d", dict(in_channels=4, out_channels=6, kernel_size=(3, 2), stride=2, padding=1, dilation=(1, 2),
+                    groups=2, bias=False), [(2, 4, 9, 8)], 12),
+    ("Conv2d", dict(in_channels=2, out_channels=3, kernel_size=3, padding="same", dilation=2), [(1, 2, 6, 5)], 18),
+    ("Conv2d", dict(in_channels=3, out_channels=3, kernel_size=3, groups=3, padding="valid"), [(2, 3, 5, 5)], 9),
+    ("Conv2d", dict(in_channels=2, out_channels=4, kernel_size=3, padding=1, padding_mode="reflect"),
+     [(2, 2, 5, 6)], 18),
+    ("Conv2d", dict(in_channels=2, out_channels=4, kernel_size=(3, 5), padding=(1, 2), padding_mode="circular"),
+     [(2, 2, 5, 6)], 30),
+    ("Conv2d", dict(in_channels=2, out_channels=4, kernel_size=3, padding="same", padding_mode="replicate"),
+     [(1, 2, 4, 4)], 18),
+    ("ConvTranspose2d", dict(in_channels=4, out_channels=3, kernel_size=3, stride=2, padding=1, output_padding=1),
+     [(2, 4, 5, 5)], 36),
+    ("ConvTranspose2d", dict(in_channels=4, out_channels=6, kernel_size=(2, 3), groups=2, bias=False, dilation=2),
+     [(1, 4, 3, 4)], 12),
+    ("MaxPool2d", (2,), [(2, 3, 8, 8)], 1),
+    ("MaxPool2d", dict(kernel_size=3, stride=2, padding=1, ceil_mode=True), [(2, 3, 7, 6)], 1),
+    ("MaxPool2d", dict(kernel_size=2, dilation=2), [(1, 2, 7, 7)], 1),
+    ("AvgPool2d", (2,), [(2, 3, 8, 8)], 4),
+    ("AvgPool2d", dict(kernel_size=3, stride=2, padding=1, count_include_pad=False, ceil_mode=True),
+     [(2, 3, 7, 6)], 9),
+    ("AvgPool2d", dict(kernel_size=2, divisor_override=3), [(1, 2, 4, 6)], 4),
+    ("AdaptiveAvgPool2d", ((3, 2),), [(2, 3, 7, 5)], 12),
+    ("AdaptiveAvgPool2d", (1,), [(2, 4, 5, 5)], 25),
     ("ReLU", (), [(3, 7)], 1),
     ("LeakyReLU", (0.2,), [(3, 7)], 1),
     ("ELU", (0.5,), [(3, 7)], 1),
@@ -167,6 +191,22 @@ def test_embedding_matches_torch(dtype, padding_idx):
     if padding_idx is not None:
         assert not ours.weight.data[padding_idx].any() or padding_idx == -1
         assert not ours.weight.grad.data[padding_idx].any()
+
+
+@needs_torch
+@pytest.mark.parametrize("num,count", [(7, 50), (2100, 2000)])  # the one-hot GEMM and the sorted scatter
+@pytest.mark.parametrize("padding_idx", [None, 3])
+def test_embedding_backward_paths_match_torch(num, count, padding_idx):
+    torch.manual_seed(0)
+    ref = torch.nn.Embedding(num, 5, padding_idx=padding_idx)
+    ours = nn.Embedding(num, 5, padding_idx=padding_idx)
+    copy_weights(ours, ref)
+    idx = np.random.default_rng(0).integers(0, num, count)
+    idx[::7] = 3  # many repeats of one index (the padding index when there is one)
+    g = np.random.default_rng(1).standard_normal((count, 5)).astype(np.float32)
+    ours(fastdl.tensor(idx)).backward(fastdl.tensor(g))
+    ref(torch.from_numpy(idx)).backward(torch.from_numpy(g))
+    assert_close(ours.weight.grad.data, ref.weight.grad.numpy(), np.float32, count)
 
 
 @needs_torch
@@ -534,6 +574,18 @@ LAYER_ERRORS = [
     (lambda: nn.GroupNorm(3, 4), r"num_channels \(4\) must be divisible by num_groups \(3\)"),
     (lambda: nn.Embedding(5, 2, padding_idx=5), "padding_idx 5 must be within num_embeddings"),
     (lambda: nn.GELU(approximate="fast"), "approximate must be 'none' or 'tanh'"),
+    (lambda: nn.Conv2d(3, 8, 3)(_x(2, 4, 8, 8)),
+     r"Conv2d\(3, 8, kernel_size=\(3, 3\), stride=\(1, 1\)\) got input of shape \(2, 4, 8, 8\): expected "
+     r"\(N, C_in, H, W\) or \(C_in, H, W\) with C_in = in_channels = 3"),
+    (lambda: nn.Conv2d(3, 8, 3)(_x(3, 8)), r"Conv2d\(3, 8.* got input of shape \(3, 8\)"),
+    (lambda: nn.Conv2d(4, 6, 3, groups=4), r"in_channels \(4\) and out_channels \(6\) must be divisible by groups"),
+    (lambda: nn.Conv2d(2, 2, 3, stride=2, padding="same"), "padding='same' is not supported for strided"),
+    (lambda: nn.Conv2d(2, 2, 3, padding_mode="mirror"), "padding_mode must be one of"),
+    (lambda: nn.ConvTranspose2d(2, 2, 3, stride=2, output_padding=2), "output_padding .* must be smaller"),
+    (lambda: nn.ConvTranspose2d(2, 3, 3, stride=2)(_x(1, 2, 4, 4), output_size=(1, 3, 20, 20)),
+     r"ConvTranspose2d\(2, 3, .*\) got output_size \(20, 20\) for input of shape \(1, 2, 4, 4\)"),
+    (lambda: nn.MaxPool2d(2)(_x(4, 4)), r"MaxPool2d\(kernel_size=2, .*\) got input of shape \(4, 4\)"),
+    (lambda: nn.AdaptiveAvgPool2d(2)(_x(5)), r"AdaptiveAvgPool2d\(output_size=2\) got input of shape \(5,\)"),
 ]
 
 
@@ -570,3 +622,120 @@ def test_positional_encoding_module(batch_first):
     assert list(module.state_dict()) == []  # the table is not saved
     with pytest.raises(ValueError, match=r"PositionalEncoding\(d_model=8, max_len=20.*S ≤ max_len = 20"):
         module(fastdl.randn(3, 21, 8) if batch_first else fastdl.randn(21, 3, 8))
+
+
+@needs_torch
+def test_max_pool_indices_and_conv_transpose_output_size_match_torch():
+    x = np.random.default_rng(0).standard_normal((2, 3, 7, 6)).astype(np.float32)
+    out, idx = nn.MaxPool2d(2, return_indices=True)(fastdl.tensor(x))
+    ref, ref_idx = torch.nn.MaxPool2d(2, return_indices=True)(torch.from_numpy(x))
+    np.testing.assert_array_equal(out.data, ref.numpy())
+    np.testing.assert_array_equal(idx.data, ref_idx.numpy())
+    torch.manual_seed(0)
+    ref_up = torch.nn.ConvTranspose2d(3, 2, 3, stride=2)
+    up = nn.ConvTranspose2d(3, 2, 3, stride=2)
+    copy_weights(up, ref_up)
+    y = up(fastdl.tensor(x), output_size=(16, 14))
+    with torch.no_grad():
+        y_ref = ref_up(torch.from_numpy(x), output_size=(16, 14))
+    assert y.shape == (2, 2, 16, 14)
+    assert_close(y.data, y_ref.numpy(), np.float32, 27)
+
+
+# ---- transformer layers -----------------------------------------------------------------------------
+
+def _masks(lib, L, N, causal_bool):
+    if causal_bool:
+        mask = np.triu(np.ones((L, L), bool), k=1)
+    else:
+        mask = np.triu(np.full((L, L), -np.inf, np.float32), k=1)
+    padding = np.zeros((N, L), bool)
+    padding[0, -2:] = True
+    convert = torch.from_numpy if lib is torch else fastdl.tensor
+    return convert(mask), convert(padding)
+
+
+TRANSFORMER_CASES = [
+    dict(batch_first=True, norm_first=False, activation="relu", masks=None),
+    dict(batch_first=False, norm_first=True, activation="gelu", masks="float"),
+    dict(batch_first=True, norm_first=True, activation="relu", masks="bool"),
+]
+
+
+@needs_torch
+@pytest.mark.filterwarnings("ignore:enable_nested_tensor")
+@pytest.mark.filterwarnings("ignore:Support for mismatched src_key_padding_mask and mask")
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", TRANSFORMER_CASES, ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()))
+def test_transformer_encoder_matches_torch(case, dtype):
+    kwargs = dict(d_model=16, nhead=4, dim_feedforward=24, dropout=0.0, batch_first=case["batch_first"],
+                  norm_first=case["norm_first"], activation=case["activation"])
+    torch.manual_seed(0)
+    ref = torch.nn.TransformerEncoder(torch.nn.TransformerEncoderLayer(**kwargs), 2, norm=torch.nn.LayerNorm(16))
+    ours = nn.TransformerEncoder(nn.TransformerEncoderLayer(**kwargs), 2, norm=nn.LayerNorm(16))
+    to_dtype(ours, ref, dtype)
+    copy_weights(ours, ref)
+    L, N = 6, 3
+    shape = (N, L, 16) if case["batch_first"] else (L, N, 16)
+    (x,), (tx,) = inputs_for([shape], dtype, seed=1)
+    fkw, tkw = {}, {}
+    if case["masks"]:
+        fm, fp = _masks(fastdl, L, N, case["masks"] == "bool")
+        tm, tp = _masks(torch, L, N, case["masks"] == "bool")
+        if case["masks"] == "float":
+            fm, tm = fm.to(dtype), tm.to(torch.float64 if dtype == np.float64 else torch.float32)
+        fkw, tkw = dict(mask=fm, src_key_padding_mask=fp), dict(mask=tm, src_key_padding_mask=tp)
+    for mode in ("train", "eval"):
+        ours.train(mode == "train")
+        ref.train(mode == "train")
+        out = ours(x, **fkw)
+        ref_out = ref(tx, **tkw)
+        assert_close(out.data, ref_out.detach().numpy(), dtype, 64)
+    g = np.random.default_rng(2).standard_normal(out.shape).astype(dtype)
+    ours.train()
+    ref.train()
+    ours(x, **fkw).backward(fastdl.tensor(g))
+    ref(tx, **tkw).backward(torch.from_numpy(g))
+    assert_close(x.grad.data, tx.grad.numpy(), dtype, 256)
+    ours_params = dict(ours.named_parameters())
+    for name, p in ref.named_parameters():
+        assert_close(ours_params[name].grad.data, p.grad.numpy(), dtype, 1024)
+
+
+@needs_torch
+@pytest.mark.filterwarnings("ignore:enable_nested_tensor")
+@pytest.mark.parametrize("norm_first", [False, True])
+def test_transformer_decoder_and_full_model_match_torch(norm_first):
+    kwargs = dict(d_model=8, nhead=2, dim_feedforward=16, dropout=0.0, batch_first=True, norm_first=norm_first)
+    torch.manual_seed(0)
+    ref = torch.nn.Transformer(num_encoder_layers=1, num_decoder_layers=2, **kwargs)
+    ours = nn.Transformer(num_encoder_layers=1, num_decoder_layers=2, **kwargs)
+    assert list(ours.state_dict()) == list(ref.state_dict())
+    copy_weights(ours, ref)
+    (src, tgt), (tsrc, ttgt) = inputs_for([(2, 7, 8), (2, 5, 8)], np.float32, seed=3)
+    mask = nn.Transformer.generate_square_subsequent_mask(5)
+    ref_mask = torch.nn.Transformer.generate_square_subsequent_mask(5)
+    np.testing.assert_array_equal(mask.data, ref_mask.numpy())
+    pad = np.zeros((2, 7), bool)
+    pad[1, -3:] = True
+    out = ours(src, tgt, tgt_mask=mask, src_key_padding_mask=fastdl.tensor(pad),
+               memory_key_padding_mask=fastdl.tensor(pad), tgt_is_causal=True)
+    ref_out = ref(tsrc, ttgt, tgt_mask=ref_mask, src_key_padding_mask=torch.from_numpy(pad),
+                  memory_key_padding_mask=torch.from_numpy(pad), tgt_is_causal=True)
+    assert_close(out.data, ref_out.detach().numpy(), np.float32, 64)
+    out.sum().backward()
+    ref_out.sum().backward()
+    assert_close(src.grad.data, tsrc.grad.numpy(), np.float32, 512)
+    assert_close(tgt.grad.data, ttgt.grad.numpy(), np.float32, 512)
+
+
+def test_transformer_errors_and_copies():
+    layer = nn.TransformerEncoderLayer(8, 2, dim_feedforward=16)
+    encoder = nn.TransformerEncoder(layer, 2)
+    assert encoder.layers[0].linear1.weight is not encoder.layers[1].linear1.weight
+    with pytest.raises(ValueError, match=r"TransformerEncoderLayer\(\) got src of shape \(5, 3, 6\): .*d_model = 8"):
+        layer(fastdl.randn(5, 3, 6))
+    with pytest.raises(ValueError, match="activation should be relu/gelu or a callable"):
+        nn.TransformerEncoderLayer(8, 2, activation="swish")
+    gelu_layer = nn.TransformerEncoderLayer(8, 2, dim_feedforward=16, activation=nn.GELU())
+    assert "activation" in dict(gelu_layer.named_children())

@@ -12,9 +12,13 @@ from . import functional, init, utils
 from .layers import (
     ELU,
     GELU,
+    AdaptiveAvgPool2d,
+    AvgPool2d,
     BatchNorm1d,
     BatchNorm2d,
     Bilinear,
+    Conv2d,
+    ConvTranspose2d,
     Dropout,
     Dropout2d,
     Embedding,
@@ -24,6 +28,7 @@ from .layers import (
     LeakyReLU,
     Linear,
     LogSoftmax,
+    MaxPool2d,
     PositionalEncoding,
     ReLU,
     SiLU,
@@ -51,7 +56,8 @@ from . import parallel  # DistributedDataParallel
 
 __all__ = [
     "Module", "Parameter", "Sequential", "ModuleList", "ModuleDict", "Identity",
-    "Linear", "Bilinear", "Flatten", "Unflatten", "Dropout", "Dropout2d",
+    "Linear", "Bilinear", "Conv2d", "ConvTranspose2d", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d",
+    "Flatten", "Unflatten", "Dropout", "Dropout2d",
     "BatchNorm1d", "BatchNorm2d", "LayerNorm", "GroupNorm", "Embedding",
     "ReLU", "LeakyReLU", "ELU", "GELU", "SiLU", "Sigmoid", "Tanh", "Softmax", "LogSoftmax", "Softplus",
     "PositionalEncoding", "sinusoidal_positional_encoding",
@@ -66,3 +72,15 @@ __all__ = [
 from .recurrent import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell  # noqa: E402
 
 __all__ += ["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell"]
+
+# ---- transformer layers (nn branch, on MultiheadAttention) -----------------------------------------
+from .transformer import (  # noqa: E402
+    Transformer,
+    TransformerDecoder,
+    TransformerDecoderLayer,
+    TransformerEncoder,
+    TransformerEncoderLayer,
+)
+
+__all__ += ["Transformer", "TransformerEncoderLayer", "TransformerEncoder", "TransformerDecoderLayer",
+            "TransformerDecoder"]

@@ -22,7 +22,8 @@ from . import init
 from .module import Module, Parameter
 
 __all__ = [
-    "Linear", "Bilinear", "Flatten", "Unflatten", "Dropout", "Dropout2d",
+    "Linear", "Bilinear", "Conv2d", "ConvTranspose2d", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d",
+    "Flatten", "Unflatten", "Dropout", "Dropout2d",
     "BatchNorm1d", "BatchNorm2d", "LayerNorm", "GroupNorm", "Embedding",
     "ReLU", "LeakyReLU", "ELU", "GELU", "SiLU", "Sigmoid", "Tanh", "Softmax", "LogSoftmax", "Softplus",
     "PositionalEncoding", "sinusoidal_positional_encoding",
@@ -113,6 +114,251 @@ class Bilinear(Module):
     def extra_repr(self) -> str:
         return (f"in1_features={self.in1_features}, in2_features={self.in2_features}, "
                 f"out_features={self.out_features}, bias={self.bias is not None}")
+
+
+# ---- convolution and pooling (on the conv2d family: F.conv2d, F.max_pool2d, …) --------------------
+
+def _pair(value, name: str) -> tuple:
+    if isinstance(value, int):
+        return (value, value)
+    value = tuple(value)
+    if len(value) != 2 or not all(isinstance(v, int) for v in value):
+        raise ValueError(f"{name} must be an int or a pair of ints, got {value}")
+    return value
+
+
+class _ConvNd(Module):
+    _transposed = False
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride, padding, dilation, output_padding, groups,
+                 bias, padding_mode, device, dtype):
+        super().__init__()
+        name = type(self).__name__
+        if groups <= 0 or in_channels % groups or out_channels % groups:
+            raise ValueError(f"{name}: in_channels ({in_channels}) and out_channels ({out_channels}) must be "
+                             f"divisible by groups ({groups})")
+        if padding_mode not in ("zeros", "reflect", "replicate", "circular"):
+            raise ValueError(f"{name}: padding_mode must be one of 'zeros', 'reflect', 'replicate' or 'circular', "
+                             f"got {padding_mode!r}")
+        self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
+        self.kernel_size = _pair(kernel_size, "kernel_size")
+        self.stride = _pair(stride, "stride")
+        self.dilation = _pair(dilation, "dilation")
+        self.output_padding = _pair(output_padding, "output_padding")
+        if isinstance(padding, str):
+            if padding not in ("same", "valid"):
+                raise ValueError(f"{name}: padding must be 'same', 'valid', an int or a pair, got {padding!r}")
+            if padding == "same" and self.stride != (1, 1):
+                raise ValueError(f"{name}: padding='same' is not supported for strided convolutions")
+            self.padding = padding
+        else:
+            self.padding = _pair(padding, "padding")
+        self.padding_mode = padding_mode
+        if self._transposed:
+            shape = (in_channels, out_channels // groups) + self.kernel_size
+        else:
+            shape = (out_channels, in_channels // groups) + self.kernel_size
+        self.weight = _empty(*shape, dtype=dtype)
+        self.bias = _empty(out_channels, dtype=dtype) if bias else None
+        self.reset_parameters()
+        self._place(device)
+
+    def reset_parameters(self) -> None:
+        # PyTorch: kaiming_uniform_(a=√5) = U(±1/√fan_in) for the weight, the same bound for the bias.
+        init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        if self.bias is not None:
+            fan_in, _ = init._calculate_fan_in_and_fan_out(self.weight)
+            bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0
+            init.uniform_(self.bias, -bound, bound)
+
+    def _check_input(self, input) -> None:
+        if input.ndim not in (3, 4) or input.shape[-3] != self.in_channels:
+            raise self._error(f"got input of shape {_shape(input)}: expected (N, C_in, H, W) or (C_in, H, W) "
+                              f"with C_in = in_channels = {self.in_channels}")
+
+    def _explicit_padding(self, input):
+        """Non-zero padding modes pad the input first (PyTorch's order: last dim first)."""
+        if self.padding == "valid":
+            return input, 0
+        if self.padding == "same":
+            pads = []
+            for d, k in zip(reversed(self.dilation), reversed(self.kernel_size)):
+                total = d * (k - 1)
+                pads += [total // 2, total - total // 2]
+        else:
+            pads = [self.padding[1], self.padding[1], self.padding[0], self.padding[0]]
+        return F.pad(input, tuple(pads), mode=self.padding_mode), 0
+
+    def extra_repr(self) -> str:
+        text = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+                f"stride={self.stride}")
+        if self.padding != (0, 0):
+            text += f", padding={self.padding}"
+        if self.dilation != (1, 1):
+            text += f", dilation={self.dilation}"
+        if self.output_padding != (0, 0):
+            text += f", output_padding={self.output_padding}"
+        if self.groups != 1:
+            text += f", groups={self.groups}"
+        if self.bias is None:
+            text += ", bias=False"
+        if self.padding_mode != "zeros":
+            text += f", padding_mode={self.padding_mode}"
+        return text
+
+
+class Conv2d(_ConvNd):
+    """2-D convolution (cross-correlation): input (N, C_in, H, W) → (N, C_out, OH, OW) with
+    OH = ⌊(H + 2·padding − dilation·(KH − 1) − 1)/stride⌋ + 1 (likewise OW); weight
+    (C_out, C_in/groups, KH, KW), bias (C_out,), initialised as PyTorch's.
+
+    >>> import fastdl
+    >>> conv = fastdl.nn.Conv2d(3, 8, kernel_size=3, padding=1)
+    >>> conv(fastdl.randn(2, 3, 16, 16)).shape
+    (2, 8, 16, 16)
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
+                 groups: int = 1, bias: bool = True, padding_mode: str = "zeros", device=None, dtype=None):
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, 0, groups, bias,
+                         padding_mode, device, dtype)
+
+    def forward(self, input):
+        self._check_input(input)
+        padding = self.padding
+        if self.padding_mode != "zeros":
+            input, padding = self._explicit_padding(input)
+        return F.conv2d(input, self.weight, self.bias, self.stride, padding, self.dilation, self.groups)
+
+
+class ConvTranspose2d(_ConvNd):
+    """Transposed 2-D convolution (the gradient of Conv2d with respect to its input):
+    input (N, C_in, H, W) → (N, C_out, OH, OW), OH = (H − 1)·stride − 2·padding +
+    dilation·(KH − 1) + output_padding + 1; weight (C_in, C_out/groups, KH, KW).
+
+    >>> import fastdl
+    >>> up = fastdl.nn.ConvTranspose2d(8, 3, kernel_size=4, stride=2, padding=1)
+    >>> up(fastdl.randn(2, 8, 7, 7)).shape
+    (2, 3, 14, 14)
+    """
+
+    _transposed = True
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, output_padding=0,
+                 groups: int = 1, bias: bool = True, dilation=1, padding_mode: str = "zeros", device=None,
+                 dtype=None):
+        if padding_mode != "zeros":
+            raise ValueError(f"ConvTranspose2d: only padding_mode='zeros' is supported, got {padding_mode!r}")
+        if isinstance(padding, str):
+            raise ValueError(f"ConvTranspose2d: padding must be an int or a pair, got {padding!r}")
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, output_padding, groups,
+                         bias, padding_mode, device, dtype)
+        for op, s, d in zip(self.output_padding, self.stride, self.dilation):
+            if op >= max(s, d):
+                raise ValueError(f"ConvTranspose2d: output_padding {self.output_padding} must be smaller than "
+                                 f"either stride {self.stride} or dilation {self.dilation}")
+
+    def forward(self, input, output_size=None):
+        self._check_input(input)
+        output_padding = self.output_padding
+        if output_size is not None:
+            output_padding = self._output_padding_for(input, tuple(output_size)[-2:])
+        return F.conv_transpose2d(input, self.weight, self.bias, self.stride, self.padding, output_padding,
+                                  self.groups, self.dilation)
+
+    def _output_padding_for(self, input, size) -> tuple:
+        result = []
+        for i, want in enumerate(size):
+            smallest = ((input.shape[-2 + i] - 1) * self.stride[i] - 2 * self.padding[i]
+                        + self.dilation[i] * (self.kernel_size[i] - 1) + 1)
+            extra = want - smallest
+            if not 0 <= extra < max(self.stride[i], self.dilation[i]):
+                raise self._error(f"got output_size {tuple(size)} for input of shape {_shape(input)}: "
+                                  f"reachable sizes for dim {i} are {smallest}…"
+                                  f"{smallest + max(self.stride[i], self.dilation[i]) - 1}")
+            result.append(extra)
+        return tuple(result)
+
+
+class _PoolNd(Module):
+    def _check_input(self, input) -> None:
+        if input.ndim not in (3, 4):
+            raise self._error(f"got input of shape {_shape(input)}: expected (N, C, H, W) or (C, H, W)")
+
+
+class MaxPool2d(_PoolNd):
+    """Maximum over kernel_size windows: input (N, C, H, W) → (N, C, OH, OW); ``stride``
+    defaults to ``kernel_size``; ``return_indices`` also returns the flat argmax per window.
+
+    >>> import fastdl
+    >>> fastdl.nn.MaxPool2d(2)(fastdl.randn(1, 3, 8, 8)).shape
+    (1, 3, 4, 4)
+    """
+
+    def __init__(self, kernel_size, stride=None, padding=0, dilation=1, return_indices: bool = False,
+                 ceil_mode: bool = False):
+        super().__init__()
+        self.kernel_size = kernel_size
+        self.stride = stride if stride is not None else kernel_size
+        self.padding, self.dilation = padding, dilation
+        self.return_indices, self.ceil_mode = return_indices, ceil_mode
+
+    def forward(self, input):
+        self._check_input(input)
+        return F.max_pool2d(input, self.kernel_size, self.stride, self.padding, self.dilation,
+                            ceil_mode=self.ceil_mode, return_indices=self.return_indices)
+
+    def extra_repr(self) -> str:
+        return (f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, "
+                f"dilation={self.dilation}, ceil_mode={self.ceil_mode}")
+
+
+class AvgPool2d(_PoolNd):
+    """Mean over kernel_size windows: input (N, C, H, W) → (N, C, OH, OW); padded zeros count
+    unless ``count_include_pad=False``; ``divisor_override`` replaces the window size.
+
+    >>> import fastdl
+    >>> fastdl.nn.AvgPool2d(2)(fastdl.ones(1, 1, 4, 4)).tolist()
+    [[[[1.0, 1.0], [1.0, 1.0]]]]
+    """
+
+    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode: bool = False, count_include_pad: bool = True,
+                 divisor_override=None):
+        super().__init__()
+        self.kernel_size = kernel_size
+        self.stride = stride if stride is not None else kernel_size
+        self.padding, self.ceil_mode = padding, ceil_mode
+        self.count_include_pad, self.divisor_override = count_include_pad, divisor_override
+
+    def forward(self, input):
+        self._check_input(input)
+        return F.avg_pool2d(input, self.kernel_size, self.stride, self.padding, self.ceil_mode,
+                            self.count_include_pad, self.divisor_override)
+
+    def extra_repr(self) -> str:
+        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+
+
+class AdaptiveAvgPool2d(_PoolNd):
+    """Mean over the windows that split H × W into ``output_size`` (an int, a pair, or None to
+    keep that dim): input (N, C, H, W) → (N, C, OH, OW). ``AdaptiveAvgPool2d(1)`` is global
+    average pooling.
+
+    >>> import fastdl
+    >>> fastdl.nn.AdaptiveAvgPool2d((1, 1))(fastdl.randn(2, 5, 7, 7)).shape
+    (2, 5, 1, 1)
+    """
+
+    def __init__(self, output_size):
+        super().__init__()
+        self.output_size = output_size
+
+    def forward(self, input):
+        self._check_input(input)
+        return F.adaptive_avg_pool2d(input, self.output_size)
+
+    def extra_repr(self) -> str:
+        return f"output_size={self.output_size}"
 
 
 # ---- shape ----------------------------------------------------------------------------------------

@@ -17,6 +17,10 @@ import numpy as np
 
 from ..backend import array_module
 from ..tensor import Function
+from . import gemm as _gemm
+
+_ONE_HOT_LIMIT = 1 << 22
+_GEMM_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 def _normalize_rows(x2, eps):
@@ -179,8 +183,9 @@ class GroupNormFn(Function):
 class EmbeddingFn(Function):
     """weight (num_embeddings, dim)[indices] → indices.shape + (dim,); the backward scatter-adds
     rows (the ``padding_idx`` row gets none; ``scale_grad_by_freq`` divides by each index's count
-    in the batch). Scatter: indices sorted once; each index's first row is assigned, only the
-    repeats are added one by one."""
+    in the batch). Small tables (num_embeddings × indices ≤ 4M) scatter with one GEMM against the
+    one-hot matrix; large ones sort the indices once, assign each index's first row and add only
+    the repeats one by one."""
 
     @staticmethod
     def forward(ctx, indices, weight, padding_idx, scale_grad_by_freq):
@@ -202,6 +207,11 @@ class EmbeddingFn(Function):
         if ctx.padding_idx is not None:
             keep = flat != ctx.padding_idx
             flat, rows = flat[keep], rows[keep]
+        if 0 < ctx.num * flat.size <= _ONE_HOT_LIMIT and g.dtype in _GEMM_DTYPES:
+            # Small tables (many repeats): gw = one_hot(indices)ᵀ · rows, one GEMM.
+            one_hot = xp.zeros((ctx.num, flat.size), g.dtype)
+            one_hot[flat, xp.arange(flat.size)] = 1
+            return None, _gemm.matmul(one_hot, xp.ascontiguousarray(rows)), None, None
         gw = xp.zeros((ctx.num, rows.shape[1]), g.dtype)
         if flat.size:
             order = xp.argsort(flat, kind="stable")
