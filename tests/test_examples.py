@@ -12,7 +12,7 @@ from fastdl import cli
 pytest.importorskip("matplotlib", reason="the examples save their curves with matplotlib")
 
 EXAMPLES = ["perceptron", "mlp_digits", "char_lstm", "char_gru", "rnn_gradients", "word2vec", "autoencoder", "gan", "gnn",
-            "regression", "seq2seq", "optimizers"]
+            "regression", "seq2seq", "optimizers", "lenet_digits", "resnet_digits", "transfer", "tiny_transformer"]
 
 
 def test_every_example_is_listed():
@@ -51,6 +51,24 @@ def _full(name, tmp_path, **kwargs):
 @pytest.mark.slow
 def test_mlp_digits_reaches_97_percent(tmp_path):
     assert _full("mlp_digits", tmp_path)["test_accuracy"] >= 0.97
+
+
+@pytest.mark.slow
+def test_lenet_digits_reaches_98_percent(tmp_path):
+    assert _full("lenet_digits", tmp_path, threads=1)["test_accuracy"] >= 0.98
+
+
+@pytest.mark.slow
+def test_resnet_and_transfer_learn_the_digits(tmp_path):
+    assert _full("resnet_digits", tmp_path / "resnet", epochs=8)["test_accuracy"] >= 0.95
+    m = _full("transfer", tmp_path / "transfer", epochs=8)
+    assert m["finetuned_test_accuracy"] >= 0.7 and m["scratch_test_accuracy"] >= 0.7
+
+
+@pytest.mark.slow
+def test_tiny_transformer_learns_the_corpus(tmp_path):
+    # a uniform guess over the characters costs ln(vocabulary) ≈ 4.5 nats; one epoch gets to ≈ 2.3
+    assert _full("tiny_transformer", tmp_path, epochs=1)["val_loss"] < 2.8
 
 
 @pytest.mark.slow

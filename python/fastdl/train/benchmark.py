@@ -3,13 +3,14 @@
 Each model is defined twice, layer for layer (same sizes, initialisation scheme, optimizer and
 hyper-parameters, batch size and data), and trained by the same plain loop (forward, loss,
 zero_grad, backward, step) with each library's own DataLoader. Speed: the median time of an
-epoch (MLP), or tokens per second over the timed steps (char-LSTM),
+epoch (MLP, LeNet-5), or tokens per second over the timed steps (char-LSTM, tiny transformer),
 warm-up excluded; on one thread measured in process CPU time, so that other jobs on a shared
 machine do not count. Quality: the test accuracy, or the validation loss, after the same training.
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 
 import numpy as np
@@ -55,6 +56,12 @@ def _mlp(nn):
                          nn.Dropout(0.2), nn.Linear(128, 10))
 
 
+def _lenet(nn):
+    return nn.Sequential(nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(6, 16, 5), nn.ReLU(),
+                         nn.MaxPool2d(2), nn.Flatten(), nn.Linear(400, 120), nn.ReLU(), nn.Linear(120, 84),
+                         nn.ReLU(), nn.Linear(84, 10))
+
+
 def _char_lstm(nn, vocab):
     class CharLSTM(nn.Module):
         def __init__(self):
@@ -67,6 +74,31 @@ def _char_lstm(nn, vocab):
             return self.head(self.rnn(self.embed(x))[0])
 
     return CharLSTM()
+
+
+def _transformer(lib, vocab, context, pe, causal_mask, dim=128):
+    nn = lib.nn
+
+    class TinyGPT(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Embedding(vocab, dim)
+            layer = nn.TransformerEncoderLayer(dim, 4, dim_feedforward=4 * dim, dropout=0.1, activation="gelu",
+                                               batch_first=True, norm_first=True)
+            # PyTorch's fast path for padded batches does not apply here (no padding): turned off.
+            extra = {"enable_nested_tensor": False} if lib.name == "torch" else {}
+            self.blocks = nn.TransformerEncoder(layer, 2, **extra)
+            self.norm = nn.LayerNorm(dim)
+            self.head = nn.Linear(dim, vocab)
+            self.pe = pe
+            self.mask = causal_mask
+
+        def forward(self, x):
+            t = x.shape[1]
+            h = self.embed(x) * math.sqrt(dim) + self.pe[:t]
+            return self.head(self.norm(self.blocks(h, mask=self.mask, is_causal=True)))
+
+    return TinyGPT()
 
 
 # ---- the two libraries behind one interface -------------------------------------------------------
@@ -196,6 +228,17 @@ def bench_mlp(epochs: int, seed: int = 0) -> Row:
                {k: v[0] for k, v in res.items()}, "test accuracy", {k: v[1] for k, v in res.items()})
 
 
+def bench_lenet(epochs: int, seed: int = 0) -> Row:
+    from ..data import digits
+
+    s = digits(size=28)
+    splits = (s.train.arrays, s.test.arrays)
+    lr = {"lr": 0.05, "momentum": 0.9}
+    res = {lib: _image_run(_Lib(lib), _lenet, splits, epochs, 32, lr, seed) for lib in _libs()}
+    return Row(f"LeNet-5, digits 28x28, batch 32, {epochs} epochs", "ms/epoch",
+               {k: v[0] for k, v in res.items()}, "test accuracy", {k: v[1] for k, v in res.items()})
+
+
 def bench_char_lstm(steps: int, seed: int = 0) -> Row:
     from ..data import char_corpus
 
@@ -206,12 +249,31 @@ def bench_char_lstm(steps: int, seed: int = 0) -> Row:
                {k: v[0] for k, v in res.items()}, "val loss", {k: v[1] for k, v in res.items()})
 
 
+def bench_transformer(steps: int, seed: int = 0) -> Row:
+    from ..data import char_corpus
+
+    corpus = char_corpus()
+    context, dim = 64, 128
+    pos = np.arange(context)[:, None]
+    freq = np.exp(-math.log(10000.0) * np.arange(0, dim, 2) / dim)
+    pe = np.zeros((context, dim), np.float32)
+    pe[:, 0::2], pe[:, 1::2] = np.sin(pos * freq), np.cos(pos * freq)
+    mask = np.triu(np.full((context, context), -np.inf, np.float32), 1)
+
+    def make(L):
+        return _transformer(L, corpus.vocab_size, context, L.tensor(pe), L.tensor(mask), dim)
+
+    res = {lib: _lm_run(_Lib(lib), make, corpus, steps, 32, context, 1e-3, seed) for lib in _libs()}
+    return Row(f"tiny transformer d 128, 2 layers, 4 heads, batch 32 x 64, {steps} steps", "tokens/s",
+               {k: v[0] for k, v in res.items()}, "val loss", {k: v[1] for k, v in res.items()})
+
+
 def run(threads: int = 2, quick: bool = False, full: bool = False, printer=print) -> list[Row]:
-    """Run the comparisons on ``threads`` threads for both libraries; print and return rows.
+    """Run the four comparisons on ``threads`` threads for both libraries; print and return rows.
     ``quick``: a few steps each (a smoke test); ``full``: longer runs for the quality columns."""
     from .. import get_num_threads, set_num_threads
 
-    amounts = (3, 8) if quick else (60, 400) if full else (30, 100)
+    amounts = (3, 2, 8, 8) if quick else (60, 20, 400, 400) if full else (30, 8, 100, 100)
     torch = _torch()
     saved = get_num_threads()
     set_num_threads(threads)
@@ -222,7 +284,7 @@ def run(threads: int = 2, quick: bool = False, full: bool = False, printer=print
     try:
         printer(f"# {'process CPU time' if threads == 1 else 'wall time'}, {threads} thread(s)")
         printer(format_header())
-        for fn, amount in zip((bench_mlp, bench_char_lstm), amounts):
+        for fn, amount in zip((bench_mlp, bench_lenet, bench_char_lstm, bench_transformer), amounts):
             rows.append(fn(amount))
             printer(format_row(rows[-1]))
     finally:
