@@ -429,9 +429,11 @@ void gemm_driver(index_t M, index_t N, index_t K, T alpha, const T* A, index_t r
   const int threads = static_cast<int>(std::min<double>(max_threads, std::max(1.0, flops / kMinFlopsPerThread)));
   const bool a_rows = a_sliver_rows(csa);
   const index_t MC = std::min(k.MC, round_up(M, k.MR));
-  // Tasks: NC-wide column blocks of B; when there are fewer blocks than threads, narrower blocks,
-  // and when even those are too few, the A slivers are split between tasks as well.
-  const index_t nc_block = std::min(k.NC, std::max<index_t>(k.NR, round_up(ceil_div(N, threads), k.NR)));
+  // Tasks: column blocks of B at most NC wide, as many as a multiple of the thread count (three
+  // blocks on two threads would leave one thread a third of the time idle), of equal width; when
+  // even NR-wide blocks are too few, the A slivers are split between tasks as well.
+  const index_t balanced_blocks = round_up(ceil_div(N, k.NC), threads);
+  const index_t nc_block = std::min(k.NC, std::max<index_t>(k.NR, round_up(ceil_div(N, balanced_blocks), k.NR)));
   const index_t col_blocks = ceil_div(N, nc_block);
   // With a single column block nothing reuses a packed A block, so each task packs its A slivers
   // just before use into an L1-sized buffer of its own (the sliver then comes from memory once,

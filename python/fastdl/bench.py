@@ -32,13 +32,16 @@ class Problem:
 
 
 def best_times(impls: dict[str, Callable[[], object]], repeats: int = 5, min_time: float = 0.02,
-               clock: Callable[[], float] = time.perf_counter) -> dict[str, float]:
+               clock: Callable[[], float] = time.perf_counter, settle: float = 0.0) -> dict[str, float]:
     """Seconds per call for each implementation: calls are batched to last ``min_time``, the
     implementations interleaved within each repeat, and the best repeat kept (noise only adds).
 
     ``clock``: wall time by default; ``time.thread_time`` (CPU time of the calling thread) for
     one-thread runs, where every implementation computes in the calling thread, so time the thread
-    spent descheduled by other processes does not count."""
+    spent descheduled by other processes does not count.
+    ``settle``: seconds to sleep before each timed batch, so that the worker threads of the
+    implementation timed before (OpenBLAS, PyTorch's and fastdl's OpenMP teams) have stopped
+    spinning and do not take cores from the next one."""
     loops = {}
     for name, fn in impls.items():
         fn()  # warm-up: page faults, packing buffers, lazy imports
@@ -56,6 +59,8 @@ def best_times(impls: dict[str, Callable[[], object]], repeats: int = 5, min_tim
     for _ in range(repeats):
         for name, fn in impls.items():
             n = loops[name]
+            if settle:
+                time.sleep(settle)
             t0 = clock()
             for _ in range(n):
                 fn()
@@ -607,6 +612,12 @@ def clock_for(threads: int) -> Callable[[], float]:
     return time.thread_time if threads == 1 else time.perf_counter
 
 
+def settle_for(threads: int) -> float:
+    """The pause before each timed batch (see ``best_times``): none on one thread, where no team
+    spins; on more, longer than OpenBLAS's idle spin (2^28 cycles, about 0.1 s)."""
+    return 0.0 if threads == 1 else 0.15
+
+
 def run(family: str, threads_list=(1, 2), full: bool = False, repeats: int = 5, printer=print) -> list[dict]:
     """Time every problem of ``family`` on each thread count; print and return the rows."""
     import threadpoolctl
@@ -622,9 +633,8 @@ def run(family: str, threads_list=(1, 2), full: bool = False, repeats: int = 5, 
             peaks = {}
             with threadpoolctl.threadpool_limits(limits=threads):
                 for problem in PROBLEMS[family](full=full):
-                    times = best_times(problem.make(), repeats=repeats, clock=clock_for(threads))
                     impls = problem.make()
-                    times = best_times(impls, repeats=repeats)
+                    times = best_times(impls, repeats=repeats, clock=clock_for(threads), settle=settle_for(threads))
                     if not problem.flops:
                         row = {"family": family, "problem": problem.name, "dtype": problem.dtype, "threads": threads,
                                "us": {k: t * 1e6 for k, t in times.items()}, "seconds": times}
