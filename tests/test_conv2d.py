@@ -378,6 +378,8 @@ POOL_CASES = [  # kernel, stride, padding, dilation, ceil_mode, (H, W)
     (3, 3, 0, 2, True, (13, 10)),
     (1, 1, 0, 1, False, (1, 1)),
     (4, 3, 2, 1, True, (10, 10)),
+    (3, 2, 0, 1, False, (9, 12)),  # windows inside the plane: the row-at-a-time path
+    ((2, 3), (1, 2), 0, (2, 1), False, (7, 11)),
 ]
 
 
@@ -404,6 +406,10 @@ def test_max_pool2d_nan_and_ties():
     out, idx = kernels.max_pool2d_forward(x, 2)
     assert np.isnan(out[0, 0, 0, 0]) and idx[0, 0, 0, 0] == 1
     assert out[0, 0, 0, 1] == 3.0 and idx[0, 0, 0, 1] == 2  # first of the ties
+    # As in PyTorch: a NaN wins over larger values after it, and the last NaN of a window is taken.
+    x = np.array([[[[np.nan, 5.0, 1.0, 2.0, 0.0], [7.0, np.nan, 9.0, 1.0, 0.0], [0.0] * 5]]], np.float32)
+    out, idx = kernels.max_pool2d_forward(x, 2)
+    assert np.isnan(out[0, 0, 0, 0]) and idx[0, 0, 0, 0] == 6 and out[0, 0, 0, 1] == 9.0 and idx[0, 0, 0, 1] == 7
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
