@@ -67,6 +67,18 @@ void run_tasks(index_t tasks, int team, const Body& body) {
   for (index_t t = 0; t < tasks; ++t) body(t);
 }
 
+// run_tasks for bodies that add into per-thread accumulators: a fixed share of the tasks per
+// thread, in order, so the sums (and the trained weights) are the same from run to run.
+template <class Body>
+void run_accumulating_tasks(index_t tasks, int team, const Body& body) {
+  if (team <= 1) {
+    for (index_t t = 0; t < tasks; ++t) body(t);
+    return;
+  }
+#pragma omp parallel for schedule(static) num_threads(team)
+  for (index_t t = 0; t < tasks; ++t) body(t);
+}
+
 // How many parts to cut each of `items` independent jobs into so that the tasks share evenly among
 // the threads (3 images on 2 threads → 2 parts each, 6 tasks); 1 when there are plenty.
 index_t parts_for_balance(index_t items, int threads, index_t max_parts) {
@@ -1113,7 +1125,7 @@ void backward_weight_gemm(T* dw, const T* dy, const T* x, const Geo& g) {
   T* acc = acc_buffer.get(per_thread * team);
   std::fill(acc, acc + per_thread * team, T(0));
   const index_t band_rows = ceil_div(g.OH, bands);
-  run_tasks(tasks, team, [&](index_t t) {
+  run_accumulating_tasks(tasks, team, [&](index_t t) {
     static thread_local AlignedBuffer<T> slab_buffer, b_buffer;
     static thread_local AlignedBuffer<index_t> pixel_buffer;
     const index_t n = t / (g.G * bands), gi = (t / bands) % g.G, band = t % bands;
