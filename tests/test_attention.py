@@ -879,3 +879,19 @@ def test_multihead_attention_bad_configuration():
         nn.MultiheadAttention(10, 3)
     with pytest.raises(ValueError, match="positive"):
         nn.MultiheadAttention(0, 1)
+
+
+@pytest.mark.parametrize("is_causal", [False, True])
+def test_backward_is_reproducible_on_two_threads(threads, is_causal):
+    # One head, several key blocks: two threads work on the same query tiles at once, and each
+    # tile's dQ must still be summed in key-block order (the same bits on every call).
+    fastdl.set_num_threads(2)
+    rng = np.random.default_rng(31)
+    q, k, v = (randn(rng, (1, 1, 700, 32), np.float32) for _ in range(3))
+    out, lse = kernels.attention_forward(q, k, v, is_causal=is_causal)
+    dout = randn(rng, out.shape, np.float32)
+    first = kernels.attention_backward(dout, q, k, v, out, lse, is_causal=is_causal)
+    for _ in range(15):
+        again = kernels.attention_backward(dout, q, k, v, out, lse, is_causal=is_causal)
+        for a, b in zip(first, again):
+            np.testing.assert_array_equal(a, b)

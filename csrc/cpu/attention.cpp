@@ -6,7 +6,8 @@
 // S = Q_tile·K_blkᵀ, online softmax (running max and sum, O rescaled by 2^(m_old − m_new)), O += P·V_blk;
 // the Lq×Lk matrix never exists. K (transposed) and V are packed once per kv head, ≤ 8 MB at a time.
 // Backward: a task per (batch·kv head, key block) owns its dK/dV rows, sweeps the query tiles of its
-// query heads, recomputes P from the LSE and adds its dQ tile under a per-tile lock. Causal blocks
+// query heads, recomputes P from the LSE and adds its dQ tile in key-block order (a per-tile turn
+// counter: the sum, and so training, is the same bits from run to run). Causal blocks
 // above the diagonal are skipped. Blocking: Br = 64 × Bc = 256 (avx2 48 × 192; Bc halved in float64 or
 // for D + Dv > 256): Q, S and O tiles (≈ 100–200 KB) stay in L2; long key blocks amortise the per-row
 // softmax. One register-tiled product (MR×NV vectors: avx512 8×2, avx2 6×2, portable 4×2) serves all
@@ -233,11 +234,14 @@ struct BackwardTask {
   const T* dO;   // (B, NH, Lq, Dv)
   const T* LSE;  // (B, NH, Lq)
   const T* Di;   // (B, NH, Lq): rowsum(dO ⊙ O)
-  T* dQ;         // (B, NH, Lq, D), zeroed; tiles added under locks
+  T* dQ;         // (B, NH, Lq, D), zeroed; tiles added in key-block order
   T* dK;         // (B, NHK, Lk, D)
   T* dV;         // (B, NHK, Lk, Dv)
   T* dM;         // (B, NH, Lq, Lk) or null, zeroed
-  std::atomic<bool>* locks;  // one per (b, h, query tile)
+  // One per (b, h, query tile): the key block whose dQ part is added next. The blocks that reach a
+  // tile are 0, 1, … (causal skipping drops a tail, never a middle one), and tasks are handed out in
+  // key-block order, so a waiting task only waits for an earlier, running one.
+  std::atomic<index_t>* turns;
   index_t b, g, kb;
   index_t Br, Bc;
   T* ws;  // backward_workspace() elements
@@ -444,13 +448,12 @@ struct Attention {
         tile_gemm<V, MR, NV, false>(Mk, Dp, Mr, dS, Bc, Qr, Dp, dKacc, Dp, true);  // dK += dSᵀ Q
         tile_gemm<V, MR, NV, true>(Mr, Dp, nkt, dS, Bc, Kr, Dp, dQt, Dp, false);    // dQ tile = dS K
 
-        std::atomic<bool>& lock = t.locks[bh * nqt + qt];
-        while (lock.exchange(true, std::memory_order_acquire))
-          while (lock.load(std::memory_order_relaxed)) _mm_pause();
+        std::atomic<index_t>& turn = t.turns[bh * nqt + qt];
+        while (turn.load(std::memory_order_acquire) != t.kb) _mm_pause();
         T* dQ = t.dQ + (bh * p.Lq + i0) * D;
         for (index_t i = 0; i < rows; ++i)
           for (index_t d = 0; d < D; ++d) dQ[i * D + d] += scale * dQt[i * Dp + d];
-        lock.store(false, std::memory_order_release);
+        turn.store(t.kb + 1, std::memory_order_release);
       }
     }
 
@@ -639,9 +642,9 @@ void attention_backward(const AttentionProblem<T>& p, const T* O, const T* dO, c
       Di[r] = s;
     }
   });
-  const index_t n_locks = std::max<index_t>(1, p.B * p.NH * nqt);
-  std::unique_ptr<std::atomic<bool>[]> locks(new std::atomic<bool>[n_locks]);
-  for (index_t i = 0; i < n_locks; ++i) locks[i].store(false, std::memory_order_relaxed);
+  const index_t n_turns = std::max<index_t>(1, p.B * p.NH * nqt);
+  std::unique_ptr<std::atomic<index_t>[]> turns(new std::atomic<index_t>[n_turns]);
+  for (index_t i = 0; i < n_turns; ++i) turns[i].store(0, std::memory_order_relaxed);
 
   const index_t Dp = round_up(p.D, cfg.W), Dvp = round_up(p.Dv, cfg.W);
   const index_t ws_size = backward_workspace(Br, Bc, p.D, Dp, p.Dv, Dvp);
@@ -655,7 +658,7 @@ void attention_backward(const AttentionProblem<T>& p, const T* O, const T* dO, c
 #pragma omp for schedule(dynamic, 1)
     for (index_t task = 0; task < tasks; ++task) {
       const index_t kb = task / kv_heads, kvh = task % kv_heads;
-      cfg.backward({&p, O, dO, LSE, Di.data(), dQ, dK, dV, dM, locks.get(), kvh / p.NHK, kvh % p.NHK, kb, Br, Bc, ws});
+      cfg.backward({&p, O, dO, LSE, Di.data(), dQ, dK, dV, dM, turns.get(), kvh / p.NHK, kvh % p.NHK, kb, Br, Bc, ws});
     }
   }
 }
