@@ -701,6 +701,54 @@ py::array lstm_vector_math(const std::string& fn, const py::array& x) {
   return y;
 }
 
+// ---- elementwise ----------------------------------------------------------------------------
+// gelu_forward(x, y, cdf) and gelu_backward(x, cdf, grad, dx): C-contiguous arrays of one dtype and
+// one size (any shape).
+
+void check_like(const py::array& a, const py::array& x, const char* op, const char* name, DType t) {
+  check_conv_array(a, op, name, t);
+  if (a.size() != x.size())
+    throw py::value_error(std::string(op) + ": " + name + " " + shape_of(a) + " must have the size of x " +
+                          shape_of(x));
+}
+
+void gelu_forward(const py::array& x, py::array y, py::array cdf) {
+  const char* op = "gelu";
+  const DType t = float_dtype(x, op, "x");
+  check_conv_array(x, op, "x", t);
+  check_like(y, x, op, "y", t);
+  check_like(cdf, x, op, "cdf", t);
+  check_writable(y, op);
+  check_writable(cdf, op);
+  with_float(t, [&](auto zero) {
+    using T = decltype(zero);
+    const T* px = static_cast<const T*>(x.data());
+    T* py_ = static_cast<T*>(y.mutable_data());
+    T* pc = static_cast<T*>(cdf.mutable_data());
+    py::gil_scoped_release release;
+    fastdl::cpu::gelu_forward<T>(px, py_, pc, static_cast<index_t>(x.size()));
+  });
+}
+
+void gelu_backward(const py::array& x, const py::array& cdf, const py::array& grad, py::array dx) {
+  const char* op = "gelu_backward";
+  const DType t = float_dtype(x, op, "x");
+  check_conv_array(x, op, "x", t);
+  check_like(cdf, x, op, "cdf", t);
+  check_like(grad, x, op, "grad", t);
+  check_like(dx, x, op, "dx", t);
+  check_writable(dx, op);
+  with_float(t, [&](auto zero) {
+    using T = decltype(zero);
+    const T* px = static_cast<const T*>(x.data());
+    const T* pc = static_cast<const T*>(cdf.data());
+    const T* pg = static_cast<const T*>(grad.data());
+    T* pd = static_cast<T*>(dx.mutable_data());
+    py::gil_scoped_release release;
+    fastdl::cpu::gelu_backward<T>(px, pc, pg, pd, static_cast<index_t>(x.size()));
+  });
+}
+
 // ---- optim ----------------------------------------------------------------------------------
 // optim_step(rule, hyper, params, grads, states, coefs): one fused step over a parameter group.
 // params/grads are lists of arrays; states is a list of 3 lists (each empty or one array per
@@ -1273,6 +1321,11 @@ PYBIND11_MODULE(_C, m) {
         "GRU backward through time into the given gradient arrays (None: not wanted)");
   m.def("lstm_vector_math", &lstm_vector_math, py::arg("fn"), py::arg("x"),
         "the gate kernels' vectorised exp/sigmoid/tanh at the current CPU level (accuracy tests)");
+
+  m.def("gelu_forward", &gelu_forward, py::arg("x"), py::arg("y"), py::arg("cdf"),
+        "the exact GELU: y = x·Φ(x), and Φ(x) into cdf (contiguous arrays of one dtype and size)");
+  m.def("gelu_backward", &gelu_backward, py::arg("x"), py::arg("cdf"), py::arg("grad"), py::arg("dx"),
+        "dx = grad·(Φ(x) + x·φ(x)) from gelu_forward's cdf");
 
   m.def("optim_step", &optim_step, py::arg("rule"), py::arg("hyper"), py::arg("params"), py::arg("grads"),
         py::arg("states"), py::arg("coefs"),

@@ -258,6 +258,14 @@ OptimRule parse_optim_rule(const std::string& name);  // ValueError for an unkno
 template <class T>
 void optim_step(OptimRule rule, const OptimHyper& h, const OptimTensor<T>* tensors, index_t count);
 
+// ---- elementwise.cpp ------------------------------------------------------------------------
+// The exact GELU over n contiguous elements: y = x·Φ(x), and Φ(x) kept for the backward;
+// dx = grad·(Φ(x) + x·φ(x)).
+template <class T>
+void gelu_forward(const T* x, T* y, T* cdf, index_t n);
+template <class T>
+void gelu_backward(const T* x, const T* cdf, const T* grad, T* dx, index_t n);
+
 }  // namespace cpu
 
 namespace cuda {

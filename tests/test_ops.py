@@ -585,3 +585,56 @@ def test_dropout_gradcheck_with_a_fixed_mask():
         return F.dropout(x, 0.3)
 
     gradcheck(fn, [data((4, 5))])
+
+
+def test_native_gelu_accuracy_on_every_level():
+    # csrc/cpu/elementwise.cpp: float32 vectorised (erfc from exp and a Chebyshev fit), float64 libm.
+    from scipy.special import erfc
+
+    from fastdl.backend import _C
+
+    x32 = np.concatenate([np.linspace(-13, 10, 200_003), [0.0, -0.0, 1e-30, -1e-30, 3e38, -3e38]]).astype(np.float32)
+    x = x32.astype(np.float64)
+    cdf_ref = 0.5 * erfc(-x / math.sqrt(2))
+    dx_ref = cdf_ref + x * np.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)
+    previous = fastdl.cpu_capability()
+    levels = ("portable", "avx2", "avx512")
+    try:
+        for level in levels[: levels.index(_C.detected_cpu_capability()) + 1]:
+            fastdl.set_cpu_capability(level)
+            y, cdf, dx = np.empty_like(x32), np.empty_like(x32), np.empty_like(x32)
+            _C.gelu_forward(x32, y, cdf)
+            _C.gelu_backward(x32, cdf, np.ones_like(x32), dx)
+            normal = cdf_ref >= 1e-37  # below, results may flush towards 0 (absolute error < 2e-38)
+            ulp = np.abs(cdf[normal] - cdf_ref[normal]) / np.spacing(cdf_ref[normal].astype(np.float32))
+            assert ulp[x[normal] >= -5].max() <= 24 and ulp.max() <= 160, level
+            assert np.abs(cdf[~normal] - cdf_ref[~normal]).max() < 2e-38
+            np.testing.assert_allclose(y, x * cdf_ref, rtol=1e-5, atol=1e-37)
+            np.testing.assert_allclose(dx, dx_ref, rtol=1e-5, atol=1e-6)
+    finally:
+        fastdl.set_cpu_capability(previous)
+    y64, cdf64 = np.empty_like(x), np.empty_like(x)
+    _C.gelu_forward(x, y64, cdf64)
+    np.testing.assert_allclose(cdf64, cdf_ref, rtol=1e-12, atol=1e-300)  # argument rounding: z²·2ε
+
+
+def test_native_gelu_layouts_nan_and_errors():
+    from fastdl.backend import _C
+
+    base = np.random.default_rng(3).standard_normal((6, 10)).astype(np.float32)
+    for x in (base[:, ::3], base.T, np.float32(0.7) * np.ones(()), base[:0]):
+        t = fastdl.tensor(x, requires_grad=True)
+        y = F.gelu(t)
+        assert y.shape == x.shape
+        y.sum().backward()
+        ref = x * 0.5 * (1 + _np_erf(x.astype(np.float64) / math.sqrt(2)))
+        np.testing.assert_allclose(y.detach().numpy(), ref, rtol=1e-5, atol=1e-7)
+        assert t.grad.shape == x.shape
+    assert np.isnan(F.gelu(fastdl.tensor([np.nan, 1.0])).numpy()[0])
+    x = np.ones(4, np.float32)
+    with pytest.raises(TypeError, match="gelu"):
+        _C.gelu_forward(x, np.empty(4), np.empty(4))
+    with pytest.raises(ValueError, match="gelu.*size"):
+        _C.gelu_forward(x, np.empty(3, np.float32), np.empty(4, np.float32))
+    with pytest.raises(TypeError, match="gelu"):
+        _C.gelu_forward(np.ones(4, np.int64), np.empty(4), np.empty(4))

@@ -265,3 +265,7 @@ FAMILY_IMPLEMENTATIONS["optim"] = {
     "cpu": "native: fused multi-tensor optimizer step (one pass per group), {level}",
     "cuda": "not yet implemented",
 }
+FAMILY_IMPLEMENTATIONS["elementwise"] = {
+    "cpu": "NumPy ufuncs; exact GELU native (vectorised erfc, {level} for float32, libm for float64)",
+    "cuda": "CuPy array operations",
+}

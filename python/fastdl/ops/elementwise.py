@@ -17,7 +17,7 @@ import math
 
 import numpy as np
 
-from ..backend import array_module, declare_fallback, note_fallback
+from ..backend import _C, array_module, declare_fallback, note_fallback
 from ..tensor import NULL_CTX, Function, Tensor, _defaults, _grad_mode, _raise_devices, op_name
 
 _KIND_CATEGORY = {"b": 0, "i": 1, "u": 1, "f": 2}
@@ -568,6 +568,13 @@ def erf_array(x):
 
 
 _SQRT_HALF = math.sqrt(0.5)
+_NATIVE_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _c_contiguous(a):
+    """``a`` itself when C-contiguous, else a C-contiguous copy (0-d arrays stay 0-d)."""
+    return a if a.flags.c_contiguous else a.copy(order="C")
+
 _INV_SQRT_2PI = 1 / math.sqrt(2 * math.pi)
 _SQRT_2_OVER_PI = math.sqrt(2 / math.pi)
 
@@ -583,9 +590,15 @@ class GeluFn(ElementwiseFn):
             ctx.save_for_backward(x, t)
             ctx.approximate = approximate
             return 0.5 * x * (1 + t)
+        ctx.approximate = approximate
+        if xp is np and x.dtype in _NATIVE_FLOATS:  # csrc/cpu/elementwise.cpp: one pass, Φ kept
+            x = _c_contiguous(x)
+            out, cdf = np.empty_like(x), np.empty_like(x)
+            _C.gelu_forward(x, out, cdf)
+            ctx.save_for_backward(x, cdf)
+            return out
         cdf = 0.5 * (1 + erf_array(x * _SQRT_HALF))
         ctx.save_for_backward(x, cdf)
-        ctx.approximate = approximate
         return x * cdf
 
     @staticmethod
@@ -594,6 +607,10 @@ class GeluFn(ElementwiseFn):
         xp = array_module(x)
         if ctx.approximate == "tanh":
             d = 0.5 * (1 + s) + 0.5 * x * (1 - s * s) * (_SQRT_2_OVER_PI * (1 + 3 * 0.044715 * x * x))
+        elif xp is np and x.dtype in _NATIVE_FLOATS:
+            grad = np.empty_like(x)
+            _C.gelu_backward(x, s, _c_contiguous(g.astype(x.dtype, copy=False)), grad)
+            return grad, None
         else:
             d = s + x * (_INV_SQRT_2PI * xp.exp(-0.5 * x * x))
         return g * d, None
