@@ -749,6 +749,20 @@ void gelu_backward(const py::array& x, const py::array& cdf, const py::array& gr
   });
 }
 
+void dropout_mask(py::array mask, double p, std::uint64_t seed) {
+  const char* op = "dropout";
+  const DType t = float_dtype(mask, op, "mask");
+  check_conv_array(mask, op, "mask", t);
+  check_writable(mask, op);
+  if (!(p >= 0 && p < 1)) throw py::value_error("dropout: p must be in [0, 1), got " + std::to_string(p));
+  with_float(t, [&](auto zero) {
+    using T = decltype(zero);
+    T* pm = static_cast<T*>(mask.mutable_data());
+    py::gil_scoped_release release;
+    fastdl::cpu::dropout_mask<T>(pm, static_cast<index_t>(mask.size()), p, seed);
+  });
+}
+
 // ---- optim ----------------------------------------------------------------------------------
 // optim_step(rule, hyper, params, grads, states, coefs): one fused step over a parameter group.
 // params/grads are lists of arrays; states is a list of 3 lists (each empty or one array per
@@ -1326,6 +1340,9 @@ PYBIND11_MODULE(_C, m) {
         "the exact GELU: y = x·Φ(x), and Φ(x) into cdf (contiguous arrays of one dtype and size)");
   m.def("gelu_backward", &gelu_backward, py::arg("x"), py::arg("cdf"), py::arg("grad"), py::arg("dx"),
         "dx = grad·(Φ(x) + x·φ(x)) from gelu_forward's cdf");
+
+  m.def("dropout_mask", &dropout_mask, py::arg("mask"), py::arg("p"), py::arg("seed"),
+        "fill a contiguous float array with 1/(1-p) or 0 (probability p), a pure function of (seed, index)");
 
   m.def("optim_step", &optim_step, py::arg("rule"), py::arg("hyper"), py::arg("params"), py::arg("grads"),
         py::arg("states"), py::arg("coefs"),

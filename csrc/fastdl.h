@@ -265,6 +265,9 @@ template <class T>
 void gelu_forward(const T* x, T* y, T* cdf, index_t n);
 template <class T>
 void gelu_backward(const T* x, const T* cdf, const T* grad, T* dx, index_t n);
+// mask[i] = 1/(1−p) or 0 (probability p), a pure function of (seed, i); 0 <= p < 1.
+template <class T>
+void dropout_mask(T* mask, index_t n, double p, std::uint64_t seed);
 
 }  // namespace cpu
 

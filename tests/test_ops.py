@@ -638,3 +638,30 @@ def test_native_gelu_layouts_nan_and_errors():
         _C.gelu_forward(x, np.empty(3, np.float32), np.empty(4, np.float32))
     with pytest.raises(TypeError, match="gelu"):
         _C.gelu_forward(np.ones(4, np.int64), np.empty(4), np.empty(4))
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.9])
+def test_native_dropout_mask_statistics(threads, p):
+    from fastdl.backend import _C
+
+    n = 1 << 20
+    mask = np.empty(n, np.float32)
+    _C.dropout_mask(mask, p, 2024)
+    assert set(np.unique(mask).tolist()) == {0.0, np.float32(1 / (1 - p))}
+    kept = mask != 0
+    assert abs(kept.mean() - (1 - p)) < 5 * math.sqrt(p * (1 - p) / n)  # 5 standard deviations
+    # neighbours independent: the kept fraction after a kept element is the overall one
+    assert abs(kept[1:][kept[:-1]].mean() - (1 - p)) < 6 * math.sqrt(p * (1 - p) / kept.sum())
+    again, other = np.empty_like(mask), np.empty_like(mask)
+    fastdl.set_num_threads(1)
+    _C.dropout_mask(again, p, 2024)
+    _C.dropout_mask(other, p, 2025)
+    np.testing.assert_array_equal(again, mask)  # a pure function of (seed, index): any thread split
+    assert (other != mask).mean() > 0.5 * 2 * p * (1 - p)
+    m64 = np.empty(10, np.float64)
+    _C.dropout_mask(m64, p, 2024)
+    np.testing.assert_array_equal(m64 != 0, kept[:10])
+    with pytest.raises(ValueError, match="dropout"):
+        _C.dropout_mask(mask, 1.0, 0)
+    with pytest.raises(TypeError, match="dropout"):
+        _C.dropout_mask(np.empty(3, np.int32), 0.5, 0)

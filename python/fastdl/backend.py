@@ -266,6 +266,7 @@ FAMILY_IMPLEMENTATIONS["optim"] = {
     "cuda": "not yet implemented",
 }
 FAMILY_IMPLEMENTATIONS["elementwise"] = {
-    "cpu": "NumPy ufuncs; exact GELU native (vectorised erfc, {level} for float32, libm for float64)",
+    "cpu": "NumPy ufuncs; native exact GELU (vectorised erfc, {level}, for float32; libm for float64) and "
+           "dropout masks (counter-based hash, {level})",
     "cuda": "CuPy array operations",
 }

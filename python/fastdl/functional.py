@@ -1587,7 +1587,8 @@ def triu(input, diagonal=0) -> Tensor:
 
 def dropout(input, p=0.5, training=True, inplace=False) -> Tensor:
     """Zero each element with probability ``p`` and scale the rest by 1/(1-p) (training only); the
-    mask comes from fastdl's seeded generator.
+    mask comes from fastdl's seeded generator (on the CPU: one 64-bit seed drawn from it, expanded
+    by the native ``_C.dropout_mask``, the same mask for any thread count).
 
     >>> import fastdl
     >>> _ = fastdl.manual_seed(0)
@@ -1602,6 +1603,10 @@ def dropout(input, p=0.5, training=True, inplace=False) -> Tensor:
         return x
     if p == 1.0:
         return x * 0.0
+    if isinstance(x.data, np.ndarray) and x.data.dtype in (np.float32, np.float64):
+        mask = np.empty(x.shape, x.data.dtype)
+        _C.dropout_mask(mask, p, int(_random.generator().integers(0, 2**63)))
+        return x * mask
     keep = _random.generator().random(x.shape, dtype=np.float32) >= p
     return x * (keep.astype(x.data.dtype) * (1.0 / (1.0 - p)))
 
