@@ -550,8 +550,12 @@ _erf_impl = None
 
 def erf_array(x):
     """The error function elementwise (SciPy's when installed; otherwise ``math.erf`` per element,
-    a declared fallback)."""
+    a declared fallback); CuPy arrays use ``cupyx.scipy.special.erf``."""
     global _erf_impl
+    if array_module(x) is not np:
+        from cupyx.scipy.special import erf as cupy_erf
+
+        return cupy_erf(x)
     if _erf_impl is None:
         try:
             from scipy.special import erf as scipy_erf
