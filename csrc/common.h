@@ -46,6 +46,17 @@ template <class... Parts>
 constexpr index_t ceil_div(index_t a, index_t b) { return (a + b - 1) / b; }
 constexpr index_t round_up(index_t a, index_t b) { return ceil_div(a, b) * b; }
 
+// The "lowbias32" integer hash (C. Wellons: two multiply–xorshift rounds, low bias): the random
+// bits of the counter-based dropout masks (attention.cpp, elementwise.cpp).
+inline std::uint32_t lowbias32(std::uint32_t x) {
+  x ^= x >> 16;
+  x *= 0x7feb352dU;
+  x ^= x >> 15;
+  x *= 0x846ca68bU;
+  x ^= x >> 16;
+  return x;
+}
+
 // Runs body(begin, end) over [0, n) in contiguous chunks, one per thread; serial when the work is
 // below `grain` items per thread or when already inside a parallel region.
 template <class Body>

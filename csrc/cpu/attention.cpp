@@ -103,16 +103,7 @@ inline typename V::T reduce_max(typename V::reg v) {
 
 // ---- dropout ---------------------------------------------------------------------------------
 // Z_ij is a pure function of (seed, batch·head, i, j), so the backward regenerates the forward's
-// mask without storing it. Hash: the "lowbias32" integer finaliser (C. Wellons); keep when the top
-// 24 bits are ≥ p·2^24.
-inline std::uint32_t mix32(std::uint32_t x) {
-  x ^= x >> 16;
-  x *= 0x7feb352dU;
-  x ^= x >> 15;
-  x *= 0x846ca68bU;
-  x ^= x >> 16;
-  return x;
-}
+// mask without storing it. Hash: lowbias32 (common.h); keep when the top 24 bits are ≥ p·2^24.
 
 template <class T>
 struct Dropout {
@@ -128,13 +119,13 @@ struct Dropout {
         keep_scale(static_cast<T>(1.0 / (1.0 - p))) {}
 
   std::uint32_t row_key(index_t bh, index_t i) const {
-    return mix32(mix32(seed_lo ^ mix32(static_cast<std::uint32_t>(bh))) + static_cast<std::uint32_t>(i));
+    return lowbias32(lowbias32(seed_lo ^ lowbias32(static_cast<std::uint32_t>(bh))) + static_cast<std::uint32_t>(i));
   }
   // dst[j] = src[j] · Z(row, j0 + j) for j < n.
   void apply(std::uint32_t key, index_t j0, index_t n, const T* src, T* dst) const {
     const std::uint32_t base = static_cast<std::uint32_t>(j0) + seed_hi;
     for (index_t j = 0; j < n; ++j) {
-      const std::uint32_t h = mix32(key ^ mix32(base + static_cast<std::uint32_t>(j)));
+      const std::uint32_t h = lowbias32(key ^ lowbias32(base + static_cast<std::uint32_t>(j)));
       dst[j] = (h >> 8) >= threshold ? src[j] * keep_scale : T(0);
     }
   }

@@ -147,15 +147,6 @@ BackwardSpan backward_span(CpuCapability level) {
                                                                                         : backward_portable;
 }
 
-inline std::uint32_t lowbias32(std::uint32_t x) {
-  x ^= x >> 16;
-  x *= 0x7feb352dU;
-  x ^= x >> 15;
-  x *= 0x846ca68bU;
-  x ^= x >> 16;
-  return x;
-}
-
 template <class T>
 void dropout_mask_span(T* mask, std::uint32_t threshold, T scale, std::uint64_t seed, index_t begin, index_t end) {
   const auto seed_lo = static_cast<std::uint32_t>(seed), seed_hi = static_cast<std::uint32_t>(seed >> 32);
