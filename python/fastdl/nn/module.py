@@ -528,7 +528,47 @@ class Identity(Module):
         return input
 
 
-class Sequential(Module):
+class _IndexedModules(Module):
+    """What Sequential and ModuleList share: integer indexing (negative from the end), item
+    assignment and deletion (the rest renumbered 0, 1, … as PyTorch does), length, iteration,
+    append and extend."""
+
+    def _index(self, idx: int) -> str:
+        size = len(self)
+        idx = operator.index(idx)
+        if not -size <= idx < size:
+            raise IndexError(f"index {idx} is out of range for {type(self).__name__} of length {size}")
+        return list(self._modules)[idx % size]
+
+    def __setitem__(self, idx, module) -> None:
+        setattr(self, self._index(idx), module)
+
+    def __delitem__(self, idx) -> None:
+        keys = list(self._modules)[idx] if isinstance(idx, slice) else [self._index(idx)]
+        for key in keys:
+            del self._modules[key]
+        items = list(self._modules.values())
+        self._modules.clear()
+        for i, module in enumerate(items):
+            self._modules[str(i)] = module
+
+    def __len__(self) -> int:
+        return len(self._modules)
+
+    def __iter__(self):
+        return iter(self._modules.values())
+
+    def append(self, module: Module):
+        self.add_module(str(len(self)), module)
+        return self
+
+    def extend(self, modules):
+        for module in modules:
+            self.append(module)
+        return self
+
+
+class Sequential(_IndexedModules):
     """Modules applied in order: ``Sequential(m0, m1, …)`` or ``Sequential(OrderedDict(name=m))``.
 
     Indexing gives a module (an int) or a Sequential (a slice).
@@ -549,49 +589,15 @@ class Sequential(Module):
             for idx, module in enumerate(args):
                 self.add_module(str(idx), module)
 
-    def _index(self, idx: int) -> str:
-        size = len(self)
-        idx = operator.index(idx)
-        if not -size <= idx < size:
-            raise IndexError(f"index {idx} is out of range for {type(self).__name__} of length {size}")
-        return list(self._modules)[idx % size]
-
     def __getitem__(self, idx):
         if isinstance(idx, slice):
             return type(self)(OrderedDict(list(self._modules.items())[idx]))
         return self._modules[self._index(idx)]
 
-    def __setitem__(self, idx, module) -> None:
-        setattr(self, self._index(idx), module)
-
-    def __delitem__(self, idx) -> None:
-        keys = list(self._modules)[idx] if isinstance(idx, slice) else [self._index(idx)]
-        for key in keys:
-            del self._modules[key]
-        items = list(self._modules.values())
-        self._modules.clear()
-        for i, module in enumerate(items):
-            self._modules[str(i)] = module
-
-    def __len__(self) -> int:
-        return len(self._modules)
-
-    def __iter__(self):
-        return iter(self._modules.values())
-
     def __add__(self, other: "Sequential") -> "Sequential":
         if not isinstance(other, Sequential):
             raise ValueError(f"add operator supports only objects of Sequential class, but {type(other)} is given.")
         return Sequential(*self, *other)
-
-    def append(self, module: Module) -> "Sequential":
-        self.add_module(str(len(self)), module)
-        return self
-
-    def extend(self, modules) -> "Sequential":
-        for module in modules:
-            self.append(module)
-        return self
 
     def insert(self, index: int, module: Module) -> "Sequential":
         items = list(self._modules.values())
@@ -629,7 +635,7 @@ def _compressed_repr(module: Module) -> str:
     return module._get_name() + "(\n  " + "\n  ".join(lines) + "\n)"
 
 
-class ModuleList(Module):
+class ModuleList(_IndexedModules):
     """A list of modules, registered (their parameters are the list's), indexed like a list.
 
     >>> from fastdl import nn
@@ -643,50 +649,17 @@ class ModuleList(Module):
         if modules is not None:
             self.extend(modules)
 
-    def _index(self, idx: int) -> str:
-        size = len(self)
-        idx = operator.index(idx)
-        if not -size <= idx < size:
-            raise IndexError(f"index {idx} is out of range for ModuleList of length {size}")
-        return str(idx % size)
 
     def __getitem__(self, idx):
         if isinstance(idx, slice):
             return type(self)(list(self._modules.values())[idx])
         return self._modules[self._index(idx)]
 
-    def __setitem__(self, idx, module) -> None:
-        setattr(self, self._index(idx), module)
-
-    def __delitem__(self, idx) -> None:
-        keys = list(self._modules)[idx] if isinstance(idx, slice) else [self._index(idx)]
-        for key in keys:
-            del self._modules[key]
-        items = list(self._modules.values())
-        self._modules.clear()
-        for i, module in enumerate(items):
-            self._modules[str(i)] = module
-
-    def __len__(self) -> int:
-        return len(self._modules)
-
-    def __iter__(self):
-        return iter(self._modules.values())
-
     def __iadd__(self, modules) -> "ModuleList":
         return self.extend(modules)
 
     def __add__(self, other) -> "ModuleList":
         return ModuleList([*self, *other])
-
-    def append(self, module: Module) -> "ModuleList":
-        self.add_module(str(len(self)), module)
-        return self
-
-    def extend(self, modules) -> "ModuleList":
-        for module in modules:
-            self.append(module)
-        return self
 
     def insert(self, index: int, module: Module) -> None:
         items = list(self._modules.values())
