@@ -159,40 +159,48 @@ __all__ += ["lstm_forward", "lstm_backward"]
 _LSTM_GRADS = ("x", "h0", "c0", "w_ih", "w_hh", "b")
 
 
-def _lstm_inputs(x, w_ih, w_hh, b_ih, b_hh, h0, c0):
-    """The arrays checked (one float dtype, shapes consistent) and C-contiguous, plus T, B, I, H."""
-    x = _float_array("lstm", "input", x)
-    w_ih = _float_array("lstm", "w_ih", w_ih)
-    w_hh = _float_array("lstm", "w_hh", w_hh)
+def _recurrent_inputs(op: str, gates: int, x, w_ih, w_hh, **optional):
+    """The arrays of a recurrent layer with ``gates`` gates (LSTM 4, GRU 3) checked (one float dtype,
+    shapes consistent) and C-contiguous, plus T, B, I, H. ``optional``: b_ih and b_hh (gates·H,),
+    h0 and c0 (B, H), each None or an array."""
+    x = _float_array(op, "input", x)
+    w_ih = _float_array(op, "w_ih", w_ih)
+    w_hh = _float_array(op, "w_hh", w_hh)
     if x.ndim != 3:
-        raise ValueError(f"lstm: input must be 3-D (T, B, I), got {x.shape}")
+        raise ValueError(f"{op}: input must be 3-D (T, B, I), got {x.shape}")
     T, B, I = x.shape
     if T < 1 or B < 1 or I < 1:
-        raise ValueError(f"lstm: input (T, B, I) must have positive sizes, got {x.shape}")
-    if w_hh.ndim != 2 or w_hh.shape[0] != 4 * w_hh.shape[1] or w_hh.shape[1] < 1:
-        raise ValueError(f"lstm: w_hh must be (4H, H), got {w_hh.shape}")
+        raise ValueError(f"{op}: input (T, B, I) must have positive sizes, got {x.shape}")
+    if w_hh.ndim != 2 or w_hh.shape[0] != gates * w_hh.shape[1] or w_hh.shape[1] < 1:
+        raise ValueError(f"{op}: w_hh must be ({gates}H, H), got {w_hh.shape}")
     H = w_hh.shape[1]
-    if w_ih.shape != (4 * H, I):
+    if w_ih.shape != (gates * H, I):
         raise ValueError(
-            f"lstm: w_ih must be (4H, I) = ({4 * H}, {I}) for input {x.shape} and w_hh {w_hh.shape}, got {w_ih.shape}"
+            f"{op}: w_ih must be ({gates}H, I) = ({gates * H}, {I}) for input {x.shape} and w_hh {w_hh.shape}, "
+            f"got {w_ih.shape}"
         )
     arrays = {"input": x, "w_ih": w_ih, "w_hh": w_hh}
-    for name, a, shape in (("b_ih", b_ih, (4 * H,)), ("b_hh", b_hh, (4 * H,)), ("h0", h0, (B, H)), ("c0", c0, (B, H))):
+    shapes = {"b_ih": (gates * H,), "b_hh": (gates * H,), "h0": (B, H), "c0": (B, H)}
+    for name, a in optional.items():
         if a is None:
             arrays[name] = None
             continue
-        a = _float_array("lstm", name, a)
-        if a.shape != shape:
-            where = f"input {x.shape} and w_hh {w_hh.shape}"
-            raise ValueError(f"lstm: {name} must be {shape} for {where}, got {a.shape}")
+        a = _float_array(op, name, a)
+        if a.shape != shapes[name]:
+            raise ValueError(f"{op}: {name} must be {shapes[name]} for input {x.shape} and w_hh {w_hh.shape}, "
+                             f"got {a.shape}")
         arrays[name] = a
     for name, a in arrays.items():
         if a is not None and a.dtype != x.dtype:
             raise TypeError(
-                f"lstm: dtypes differ: input {x.dtype} {x.shape}, {name} {a.dtype} {a.shape} "
+                f"{op}: dtypes differ: input {x.dtype} {x.shape}, {name} {a.dtype} {a.shape} "
                 "(convert one with .astype; fastdl does not promote silently)"
             )
     return {k: (None if a is None else np.ascontiguousarray(a)) for k, a in arrays.items()}, (T, B, I, H)
+
+
+def _lstm_inputs(x, w_ih, w_hh, b_ih, b_hh, h0, c0):
+    return _recurrent_inputs("lstm", 4, x, w_ih, w_hh, b_ih=b_ih, b_hh=b_hh, h0=h0, c0=c0)
 
 
 def lstm_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, *, training: bool = False,
@@ -281,38 +289,7 @@ _GRU_GRADS = ("x", "h0", "w_ih", "w_hh", "b_ih", "b_hh")
 
 
 def _gru_inputs(x, w_ih, w_hh, b_ih, b_hh, h0):
-    """The arrays checked (one float dtype, shapes consistent) and C-contiguous, plus T, B, I, H."""
-    x = _float_array("gru", "input", x)
-    w_ih = _float_array("gru", "w_ih", w_ih)
-    w_hh = _float_array("gru", "w_hh", w_hh)
-    if x.ndim != 3:
-        raise ValueError(f"gru: input must be 3-D (T, B, I), got {x.shape}")
-    T, B, I = x.shape
-    if T < 1 or B < 1 or I < 1:
-        raise ValueError(f"gru: input (T, B, I) must have positive sizes, got {x.shape}")
-    if w_hh.ndim != 2 or w_hh.shape[0] != 3 * w_hh.shape[1] or w_hh.shape[1] < 1:
-        raise ValueError(f"gru: w_hh must be (3H, H), got {w_hh.shape}")
-    H = w_hh.shape[1]
-    if w_ih.shape != (3 * H, I):
-        raise ValueError(
-            f"gru: w_ih must be (3H, I) = ({3 * H}, {I}) for input {x.shape} and w_hh {w_hh.shape}, got {w_ih.shape}"
-        )
-    arrays = {"input": x, "w_ih": w_ih, "w_hh": w_hh}
-    for name, a, shape in (("b_ih", b_ih, (3 * H,)), ("b_hh", b_hh, (3 * H,)), ("h0", h0, (B, H))):
-        if a is None:
-            arrays[name] = None
-            continue
-        a = _float_array("gru", name, a)
-        if a.shape != shape:
-            raise ValueError(f"gru: {name} must be {shape} for input {x.shape} and w_hh {w_hh.shape}, got {a.shape}")
-        arrays[name] = a
-    for name, a in arrays.items():
-        if a is not None and a.dtype != x.dtype:
-            raise TypeError(
-                f"gru: dtypes differ: input {x.dtype} {x.shape}, {name} {a.dtype} {a.shape} "
-                "(convert one with .astype; fastdl does not promote silently)"
-            )
-    return {k: (None if a is None else np.ascontiguousarray(a)) for k, a in arrays.items()}, (T, B, I, H)
+    return _recurrent_inputs("gru", 3, x, w_ih, w_hh, b_ih=b_ih, b_hh=b_hh, h0=h0)
 
 
 def gru_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, *, training: bool = False):
