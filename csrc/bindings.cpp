@@ -440,6 +440,15 @@ struct LstmArrays {
   index_t T = 0, B = 0, I = 0, H = 0;
   std::vector<py::array> keep;  // holds the checked arrays while the kernel runs
 
+  template <class S>
+  const S* input(const py::object& obj, const char* name, std::vector<index_t> shape, bool optional) {
+    return static_cast<const S*>(get(obj, name, std::move(shape), false, optional));
+  }
+  template <class S>
+  S* output(const py::object& obj, const char* name, std::vector<index_t> shape, bool optional) {
+    return static_cast<S*>(get(obj, name, std::move(shape), true, optional));
+  }
+
   // The data pointer of `obj` (null for None) after checking dtype, shape, layout and writability.
   void* get(const py::object& obj, const char* name, std::vector<index_t> shape, bool writable, bool optional) {
     if (obj.is_none()) {
@@ -510,24 +519,18 @@ void lstm_forward_typed(LstmArrays& a, const py::array& x, const py::array& w_ih
                         const py::object& y, const py::object& h_n, const py::object& c_n, const py::object& gates,
                         const py::object& cell, fastdl::cpu::LstmPath path) {
   const index_t T = a.T, B = a.B, I = a.I, H = a.H;
-  auto in = [&](const py::object& o, const char* n, std::vector<index_t> s, bool opt) {
-    return static_cast<const S*>(a.get(o, n, std::move(s), false, opt));
-  };
-  auto out = [&](const py::object& o, const char* n, std::vector<index_t> s, bool opt) {
-    return static_cast<S*>(a.get(o, n, std::move(s), true, opt));
-  };
-  const S* px = in(x, "x", {T, B, I}, false);
-  const S* pw_ih = in(w_ih, "w_ih", {4 * H, I}, false);
-  const S* pw_hh = in(w_hh, "w_hh", {4 * H, H}, false);
-  const S* pb_ih = in(b_ih, "b_ih", {4 * H}, true);
-  const S* pb_hh = in(b_hh, "b_hh", {4 * H}, true);
-  const S* ph0 = in(h0, "h0", {B, H}, true);
-  const S* pc0 = in(c0, "c0", {B, H}, true);
-  S* py_ = out(y, "y", {T, B, H}, false);
-  S* ph_n = out(h_n, "h_n", {B, H}, false);
-  S* pc_n = out(c_n, "c_n", {B, H}, false);
-  S* pgates = out(gates, "gates", {T, B, 4 * H}, false);
-  S* pcell = out(cell, "cell", {T, B, H}, true);
+  const S* px = a.input<S>(x, "x", {T, B, I}, false);
+  const S* pw_ih = a.input<S>(w_ih, "w_ih", {4 * H, I}, false);
+  const S* pw_hh = a.input<S>(w_hh, "w_hh", {4 * H, H}, false);
+  const S* pb_ih = a.input<S>(b_ih, "b_ih", {4 * H}, true);
+  const S* pb_hh = a.input<S>(b_hh, "b_hh", {4 * H}, true);
+  const S* ph0 = a.input<S>(h0, "h0", {B, H}, true);
+  const S* pc0 = a.input<S>(c0, "c0", {B, H}, true);
+  S* py_ = a.output<S>(y, "y", {T, B, H}, false);
+  S* ph_n = a.output<S>(h_n, "h_n", {B, H}, false);
+  S* pc_n = a.output<S>(c_n, "c_n", {B, H}, false);
+  S* pgates = a.output<S>(gates, "gates", {T, B, 4 * H}, false);
+  S* pcell = a.output<S>(cell, "cell", {T, B, H}, true);
   py::gil_scoped_release release;
   fastdl::cpu::lstm_forward<S>(py_, ph_n, pc_n, pgates, pcell, px, ph0, pc0, pw_ih, pw_hh, pb_ih, pb_hh, T, B, I, H,
                                path);
@@ -553,30 +556,24 @@ void lstm_backward_typed(LstmArrays& a, const py::object& dy, const py::object& 
                          const py::object& dw_hh, const py::object& db, const py::object& dgates,
                          fastdl::cpu::LstmPath path) {
   const index_t T = a.T, B = a.B, I = a.I, H = a.H;
-  auto in = [&](const py::object& o, const char* n, std::vector<index_t> s, bool opt) {
-    return static_cast<const S*>(a.get(o, n, std::move(s), false, opt));
-  };
-  auto out = [&](const py::object& o, const char* n, std::vector<index_t> s, bool opt) {
-    return static_cast<S*>(a.get(o, n, std::move(s), true, opt));
-  };
-  const S* pdy = in(dy, "dy", {T, B, H}, true);
-  const S* pdh_n = in(dh_n, "dh_n", {B, H}, true);
-  const S* pdc_n = in(dc_n, "dc_n", {B, H}, true);
-  const S* px = in(x, "x", {T, B, I}, false);
-  const S* pw_ih = in(w_ih, "w_ih", {4 * H, I}, false);
-  const S* pw_hh = in(w_hh, "w_hh", {4 * H, H}, false);
-  const S* ph0 = in(h0, "h0", {B, H}, true);
-  const S* pc0 = in(c0, "c0", {B, H}, true);
-  const S* py_ = in(y, "y", {T, B, H}, false);
-  const S* pgates = in(gates, "gates", {T, B, 4 * H}, false);
-  const S* pcell = in(cell, "cell", {T, B, H}, false);
-  S* pdx = out(dx, "dx", {T, B, I}, true);
-  S* pdh0 = out(dh0, "dh0", {B, H}, true);
-  S* pdc0 = out(dc0, "dc0", {B, H}, true);
-  S* pdw_ih = out(dw_ih, "dw_ih", {4 * H, I}, true);
-  S* pdw_hh = out(dw_hh, "dw_hh", {4 * H, H}, true);
-  S* pdb = out(db, "db", {4 * H}, true);
-  S* pdgates = out(dgates, "dgates", {T, B, 4 * H}, false);
+  const S* pdy = a.input<S>(dy, "dy", {T, B, H}, true);
+  const S* pdh_n = a.input<S>(dh_n, "dh_n", {B, H}, true);
+  const S* pdc_n = a.input<S>(dc_n, "dc_n", {B, H}, true);
+  const S* px = a.input<S>(x, "x", {T, B, I}, false);
+  const S* pw_ih = a.input<S>(w_ih, "w_ih", {4 * H, I}, false);
+  const S* pw_hh = a.input<S>(w_hh, "w_hh", {4 * H, H}, false);
+  const S* ph0 = a.input<S>(h0, "h0", {B, H}, true);
+  const S* pc0 = a.input<S>(c0, "c0", {B, H}, true);
+  const S* py_ = a.input<S>(y, "y", {T, B, H}, false);
+  const S* pgates = a.input<S>(gates, "gates", {T, B, 4 * H}, false);
+  const S* pcell = a.input<S>(cell, "cell", {T, B, H}, false);
+  S* pdx = a.output<S>(dx, "dx", {T, B, I}, true);
+  S* pdh0 = a.output<S>(dh0, "dh0", {B, H}, true);
+  S* pdc0 = a.output<S>(dc0, "dc0", {B, H}, true);
+  S* pdw_ih = a.output<S>(dw_ih, "dw_ih", {4 * H, I}, true);
+  S* pdw_hh = a.output<S>(dw_hh, "dw_hh", {4 * H, H}, true);
+  S* pdb = a.output<S>(db, "db", {4 * H}, true);
+  S* pdgates = a.output<S>(dgates, "dgates", {T, B, 4 * H}, false);
   py::gil_scoped_release release;
   fastdl::cpu::lstm_backward<S>(pdx, pdh0, pdc0, pdw_ih, pdw_hh, pdb, pdgates, pdy, pdh_n, pdc_n, px, ph0, pc0, pw_ih,
                                 pw_hh, py_, pgates, pcell, T, B, I, H, path);
@@ -602,22 +599,16 @@ void gru_forward_typed(LstmArrays& a, const py::array& x, const py::array& w_ih,
                        const py::object& b_ih, const py::object& b_hh, const py::object& h0, const py::object& y,
                        const py::object& h_n, const py::object& gates, const py::object& hn) {
   const index_t T = a.T, B = a.B, I = a.I, H = a.H;
-  auto in = [&](const py::object& o, const char* n, std::vector<index_t> s, bool opt) {
-    return static_cast<const S*>(a.get(o, n, std::move(s), false, opt));
-  };
-  auto out = [&](const py::object& o, const char* n, std::vector<index_t> s, bool opt) {
-    return static_cast<S*>(a.get(o, n, std::move(s), true, opt));
-  };
-  const S* px = in(x, "x", {T, B, I}, false);
-  const S* pw_ih = in(w_ih, "w_ih", {3 * H, I}, false);
-  const S* pw_hh = in(w_hh, "w_hh", {3 * H, H}, false);
-  const S* pb_ih = in(b_ih, "b_ih", {3 * H}, true);
-  const S* pb_hh = in(b_hh, "b_hh", {3 * H}, true);
-  const S* ph0 = in(h0, "h0", {B, H}, true);
-  S* py_ = out(y, "y", {T, B, H}, false);
-  S* ph_n = out(h_n, "h_n", {B, H}, false);
-  S* pgates = out(gates, "gates", {T, B, 3 * H}, false);
-  S* phn = out(hn, "hn", {T, B, H}, true);
+  const S* px = a.input<S>(x, "x", {T, B, I}, false);
+  const S* pw_ih = a.input<S>(w_ih, "w_ih", {3 * H, I}, false);
+  const S* pw_hh = a.input<S>(w_hh, "w_hh", {3 * H, H}, false);
+  const S* pb_ih = a.input<S>(b_ih, "b_ih", {3 * H}, true);
+  const S* pb_hh = a.input<S>(b_hh, "b_hh", {3 * H}, true);
+  const S* ph0 = a.input<S>(h0, "h0", {B, H}, true);
+  S* py_ = a.output<S>(y, "y", {T, B, H}, false);
+  S* ph_n = a.output<S>(h_n, "h_n", {B, H}, false);
+  S* pgates = a.output<S>(gates, "gates", {T, B, 3 * H}, false);
+  S* phn = a.output<S>(hn, "hn", {T, B, H}, true);
   py::gil_scoped_release release;
   fastdl::cpu::gru_forward<S>(py_, ph_n, pgates, phn, px, ph0, pw_ih, pw_hh, pb_ih, pb_hh, T, B, I, H);
 }
@@ -639,29 +630,23 @@ void gru_backward_typed(LstmArrays& a, const py::object& dy, const py::object& d
                         const py::object& dw_ih, const py::object& dw_hh, const py::object& db_ih,
                         const py::object& db_hh, const py::object& dgx, const py::object& dgh) {
   const index_t T = a.T, B = a.B, I = a.I, H = a.H;
-  auto in = [&](const py::object& o, const char* n, std::vector<index_t> s, bool opt) {
-    return static_cast<const S*>(a.get(o, n, std::move(s), false, opt));
-  };
-  auto out = [&](const py::object& o, const char* n, std::vector<index_t> s, bool opt) {
-    return static_cast<S*>(a.get(o, n, std::move(s), true, opt));
-  };
-  const S* pdy = in(dy, "dy", {T, B, H}, true);
-  const S* pdh_n = in(dh_n, "dh_n", {B, H}, true);
-  const S* px = in(x, "x", {T, B, I}, false);
-  const S* pw_ih = in(w_ih, "w_ih", {3 * H, I}, false);
-  const S* pw_hh = in(w_hh, "w_hh", {3 * H, H}, false);
-  const S* ph0 = in(h0, "h0", {B, H}, true);
-  const S* py_ = in(y, "y", {T, B, H}, false);
-  const S* pgates = in(gates, "gates", {T, B, 3 * H}, false);
-  const S* phn = in(hn, "hn", {T, B, H}, false);
-  S* pdx = out(dx, "dx", {T, B, I}, true);
-  S* pdh0 = out(dh0, "dh0", {B, H}, true);
-  S* pdw_ih = out(dw_ih, "dw_ih", {3 * H, I}, true);
-  S* pdw_hh = out(dw_hh, "dw_hh", {3 * H, H}, true);
-  S* pdb_ih = out(db_ih, "db_ih", {3 * H}, true);
-  S* pdb_hh = out(db_hh, "db_hh", {3 * H}, true);
-  S* pdgx = out(dgx, "dgx", {T, B, 3 * H}, false);
-  S* pdgh = out(dgh, "dgh", {T, B, 3 * H}, false);
+  const S* pdy = a.input<S>(dy, "dy", {T, B, H}, true);
+  const S* pdh_n = a.input<S>(dh_n, "dh_n", {B, H}, true);
+  const S* px = a.input<S>(x, "x", {T, B, I}, false);
+  const S* pw_ih = a.input<S>(w_ih, "w_ih", {3 * H, I}, false);
+  const S* pw_hh = a.input<S>(w_hh, "w_hh", {3 * H, H}, false);
+  const S* ph0 = a.input<S>(h0, "h0", {B, H}, true);
+  const S* py_ = a.input<S>(y, "y", {T, B, H}, false);
+  const S* pgates = a.input<S>(gates, "gates", {T, B, 3 * H}, false);
+  const S* phn = a.input<S>(hn, "hn", {T, B, H}, false);
+  S* pdx = a.output<S>(dx, "dx", {T, B, I}, true);
+  S* pdh0 = a.output<S>(dh0, "dh0", {B, H}, true);
+  S* pdw_ih = a.output<S>(dw_ih, "dw_ih", {3 * H, I}, true);
+  S* pdw_hh = a.output<S>(dw_hh, "dw_hh", {3 * H, H}, true);
+  S* pdb_ih = a.output<S>(db_ih, "db_ih", {3 * H}, true);
+  S* pdb_hh = a.output<S>(db_hh, "db_hh", {3 * H}, true);
+  S* pdgx = a.output<S>(dgx, "dgx", {T, B, 3 * H}, false);
+  S* pdgh = a.output<S>(dgh, "dgh", {T, B, 3 * H}, false);
   py::gil_scoped_release release;
   fastdl::cpu::gru_backward<S>(pdx, pdh0, pdw_ih, pdw_hh, pdb_ih, pdb_hh, pdgx, pdgh, pdy, pdh_n, px, ph0, pw_ih,
                                pw_hh, py_, pgates, phn, T, B, I, H);
